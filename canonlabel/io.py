@@ -1,0 +1,147 @@
+"""Reading input records (JSONL, CSV, plain text, stdin) without ever crashing a job.
+
+A line that cannot be read (bad JSON, not UTF-8, missing text field, too long) becomes
+a record with ``error`` set, which the caller reports as a per-item failure.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from canonlabel.errors import InputError
+
+MAX_LINE_BYTES = 1 << 20  # a "short text" line over 1 MiB is a broken file, not a text
+
+
+@dataclass(frozen=True)
+class Record:
+    line: int
+    id: str | None
+    text: str | None
+    error: str | None = None
+    extra: dict | None = None
+
+
+def detect_format(path: str) -> str:
+    suffix = Path(path).suffix.lower()
+    if path == "-" or suffix in (".jsonl", ".ndjson", ".json"):
+        return "jsonl" if path != "-" else "auto"
+    if suffix in (".csv", ".tsv"):
+        return suffix[1:]
+    if suffix == ".txt":
+        return "txt"
+    raise InputError(f"cannot tell the format of {path}: use a .jsonl, .csv, .tsv or .txt "
+                     "file, or - for stdin")
+
+
+def read_records(path: str, *, text_field: str = "text", id_field: str = "id",
+                 fmt: str | None = None) -> Iterator[Record]:
+    """Yield one :class:`Record` per input line (or CSV row)."""
+    fmt = fmt or detect_format(path)
+    if path == "-":
+        stream = sys.stdin.buffer
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise InputError(f"input file {path} does not exist")
+        stream = p.open("rb")
+    try:
+        if fmt in ("csv", "tsv"):
+            yield from _read_csv(stream, text_field, id_field, "\t" if fmt == "tsv" else ",")
+        else:
+            yield from _read_lines(stream, fmt, text_field, id_field)
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+
+
+def _lines(stream) -> Iterator[tuple[int, bytes | None]]:
+    number = 0
+    while True:
+        raw = stream.readline(MAX_LINE_BYTES + 1)
+        if not raw:
+            return
+        number += 1
+        if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+            while (rest := stream.readline(MAX_LINE_BYTES)) and not rest.endswith(b"\n"):
+                pass
+            yield number, None
+            continue
+        yield number, raw
+
+
+def _read_lines(stream, fmt, text_field, id_field) -> Iterator[Record]:
+    for number, raw in _lines(stream):
+        if raw is None:
+            yield Record(number, None, None, f"line {number} is longer than 1 MiB")
+            continue
+        try:
+            line = raw.decode("utf-8").removeprefix("\ufeff")
+        except UnicodeDecodeError as exc:
+            yield Record(number, None, None, f"line {number} is not valid UTF-8 ({exc.reason} "
+                         f"at byte {exc.start})")
+            continue
+        if not line.strip():
+            continue  # blank lines separate nothing in JSONL or text files
+        if fmt == "txt" or (fmt == "auto" and not line.lstrip().startswith("{")):
+            yield Record(number, None, line.rstrip("\r\n"))
+            continue
+        yield _json_record(number, line, text_field, id_field)
+
+
+def _json_record(number: int, line: str, text_field: str, id_field: str) -> Record:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return Record(number, None, None, f"line {number} is not valid JSON: {exc.msg}")
+    if not isinstance(obj, dict):
+        return Record(number, None, None, f"line {number} is not a JSON object")
+    ext_id = obj.get(id_field)
+    ext_id = None if ext_id is None else str(ext_id)
+    text = obj.get(text_field)
+    if not isinstance(text, str):
+        return Record(number, ext_id, None,
+                      f"line {number} has no string field {text_field!r} (use --text-field)")
+    return Record(number, ext_id, text, extra=obj)
+
+
+def _read_csv(stream, text_field, id_field, delimiter) -> Iterator[Record]:
+    wrapper = io.TextIOWrapper(stream, encoding="utf-8", errors="surrogateescape", newline="")
+    csv.field_size_limit(MAX_LINE_BYTES)
+    reader = csv.DictReader(wrapper, delimiter=delimiter)
+    if reader.fieldnames is None or text_field not in reader.fieldnames:
+        raise InputError(f"CSV has no column {text_field!r} (columns: {reader.fieldnames}); "
+                         "use --text-field")
+    number = 1
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            number += 1
+            yield Record(number, None, None, f"CSV row {number}: {exc}")
+            continue
+        number = reader.line_num
+        text = row.get(text_field)
+        ext_id = row.get(id_field) if id_field in row else None
+        if text is None:
+            yield Record(number, ext_id, None, f"CSV row {number} has too few columns")
+        elif any(0xDC80 <= ord(ch) <= 0xDCFF for ch in text):
+            yield Record(number, ext_id, None, f"CSV row {number} is not valid UTF-8")
+        else:
+            yield Record(number, ext_id, text)
+
+
+def count_lines(path: str) -> int | None:
+    """Fast line count for a progress bar total (None for stdin)."""
+    if path == "-":
+        return None
+    with open(path, "rb") as fh:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))

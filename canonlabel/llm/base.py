@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+from canonlabel.types import LabelRequest, LabelResponse
+
+
+class Labeler(ABC):
+    """Asks an LLM for a snake_case label per text.
+
+    Subclasses implement :meth:`label_batch`; it must be safe to call from several
+    threads. Transport failures raise :class:`~canonlabel.errors.BackendError`;
+    output validation is the caller's job (see :func:`canonlabel.canon.clean_label`).
+    """
+
+    id: str = "labeler"
+
+    @abstractmethod
+    def label_batch(self, requests: Sequence[LabelRequest]) -> list[LabelResponse]:
+        """Answer each request, in order."""
+
+    def label(self, request: LabelRequest) -> LabelResponse:
+        return self.label_batch([request])[0]

