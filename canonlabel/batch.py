@@ -43,8 +43,16 @@ class Asked:
 
 
 def failure(text: str, ext_id: str | None, error: Exception, timings=None) -> Result:
-    return Result(text=text, label=None, label_id=None, raw_label=None, source=None,
-                  id=ext_id, error=str(error), timings=timings or {})
+    return Result(
+        text=text,
+        label=None,
+        label_id=None,
+        raw_label=None,
+        source=None,
+        id=ext_id,
+        error=str(error),
+        timings=timings or {},
+    )
 
 
 class BatchRun:
@@ -94,8 +102,16 @@ class BatchRun:
             except CanonlabelError as exc:
                 self._fail(pos, text if isinstance(text, str) else repr(text), ext_id, exc)
                 continue
-            items.append(Item(pos, norm, None if ext_id is None else str(ext_id), truncated,
-                              text_key(norm), {"normalise": time.perf_counter() - start}))
+            items.append(
+                Item(
+                    pos,
+                    norm,
+                    None if ext_id is None else str(ext_id),
+                    truncated,
+                    text_key(norm),
+                    {"normalise": time.perf_counter() - start},
+                )
+            )
         return items
 
     def _lookup(self, items: list[Item]) -> list[Item]:
@@ -114,11 +130,18 @@ class BatchRun:
                 self._done(it.pos, clf._result_from_stored(row, timings=it.timings), "resumed")
             elif (row := by_key.get(it.key)) is not None:
                 result = clf._result_from_stored(
-                    row, source="exact", similarity=1.0, ext_id=it.ext_id, text=it.text,
-                    truncated=it.truncated, timings=it.timings)
+                    row,
+                    source="exact",
+                    similarity=1.0,
+                    ext_id=it.ext_id,
+                    text=it.text,
+                    truncated=it.truncated,
+                    timings=it.timings,
+                )
                 self._done(it.pos, result, "exact_hits")
-                self.hit_rows.append(self._hit_row(it, row.label_id, row.raw_label, "exact",
-                                                   1.0, row.id))
+                self.hit_rows.append(
+                    self._hit_row(it, row.label_id, row.raw_label, "exact", 1.0, row.id)
+                )
             elif it.key in paid:
                 self._fail(it.pos, it.text, it.ext_id, LabelError(paid[it.key], []))
             elif it.key in first_of_key:
@@ -185,8 +208,9 @@ class BatchRun:
         self.futures[self.pool.submit(self.clf.ask, it.text, candidates)] = (it, candidates)
 
     def _drain(self, block: bool) -> None:
-        done, _ = wait(list(self.futures), timeout=None if block else 0,
-                       return_when=FIRST_COMPLETED)
+        done, _ = wait(
+            list(self.futures), timeout=None if block else 0, return_when=FIRST_COMPLETED
+        )
         for future in done:
             it, candidates = self.futures.pop(future)
             self._finish(it, future.result(), candidates)
@@ -201,8 +225,15 @@ class BatchRun:
         if asked.error is not None:
             kind = "invalid_output" if isinstance(asked.error, LabelError) else "backend"
             with store.write() as c:
-                store.record_failure(c, ext_id=it.ext_id, text_key=it.key, text=it.text,
-                                     kind=kind, error=str(asked.error), outputs=asked.outputs)
+                store.record_failure(
+                    c,
+                    ext_id=it.ext_id,
+                    text_key=it.key,
+                    text=it.text,
+                    kind=kind,
+                    error=str(asked.error),
+                    outputs=asked.outputs,
+                )
             self._fail(it.pos, it.text, it.ext_id, asked.error, it.timings)
             for follower, _ in self.followers.pop(it.pos, []):
                 self._submit(follower)  # its own text may still get a valid label
@@ -223,8 +254,12 @@ class BatchRun:
             elif not decision.known:
                 store.insert_alias(c, raw, label_id, decision.similarity)
             row = self._hit_row(it, label_id, raw, "llm", None, None)
-            row.update(vector=it.vector, cached=True, prompt_tokens=asked.usage.prompt_tokens,
-                       completion_tokens=asked.usage.completion_tokens)
+            row.update(
+                vector=it.vector,
+                cached=True,
+                prompt_tokens=asked.usage.prompt_tokens,
+                completion_tokens=asked.usage.completion_tokens,
+            )
             item_id = store.insert_items(c, [row])[0]
         it.timings["store"] = time.perf_counter() - start
         if decision.label_id is None:
@@ -232,9 +267,17 @@ class BatchRun:
         if not decision.known:
             clf.space.add_alias(raw, label_id)
         self._add_to_cache([item_id], [label_id], [it.vector])
-        result = Result(text=it.text, label=clf.space.names[label_id], label_id=label_id,
-                        raw_label=raw, source="llm", truncated=it.truncated, id=it.ext_id,
-                        timings=it.timings, usage=asked.usage)
+        result = Result(
+            text=it.text,
+            label=clf.space.names[label_id],
+            label_id=label_id,
+            raw_label=raw,
+            source="llm",
+            truncated=it.truncated,
+            id=it.ext_id,
+            timings=it.timings,
+            usage=asked.usage,
+        )
         self._done(it.pos, result, "llm_items")
         self.answered[it.pos] = (label_id, raw, item_id)
         for follower, sim in self.followers.pop(it.pos, []):
@@ -244,14 +287,23 @@ class BatchRun:
     def _cache_hit(self, it: Item, item_id: int, sim: float) -> None:
         label_id = self.clf.space.resolve(self.clf._item_label[item_id])
         raw = self.clf.store.conn.execute(
-            "SELECT raw_label FROM items WHERE id = ?", (item_id,)).fetchone()[0]
+            "SELECT raw_label FROM items WHERE id = ?", (item_id,)
+        ).fetchone()[0]
         self._take(it, label_id, raw, item_id, sim=sim)
 
     def _take(self, it: Item, label_id: int, raw: str | None, item_id: int, *, sim: float) -> None:
         label_id = self.clf.space.resolve(label_id)
-        result = Result(text=it.text, label=self.clf.space.names[label_id], label_id=label_id,
-                        raw_label=raw, source="cache", similarity=sim, truncated=it.truncated,
-                        id=it.ext_id, timings=it.timings)
+        result = Result(
+            text=it.text,
+            label=self.clf.space.names[label_id],
+            label_id=label_id,
+            raw_label=raw,
+            source="cache",
+            similarity=sim,
+            truncated=it.truncated,
+            id=it.ext_id,
+            timings=it.timings,
+        )
         self._done(it.pos, result, "cache_hits")
         row = self._hit_row(it, label_id, raw, "cache", sim, item_id)
         if self.settings.store_hits:
@@ -263,12 +315,19 @@ class BatchRun:
             self._fail(dup.pos, dup.text, dup.ext_id, self.errors[first.pos], dup.timings)
             return
         base = self.results[first.pos]
-        result = Result(text=dup.text, label=base.label, label_id=base.label_id,
-                        raw_label=base.raw_label, source="exact", similarity=1.0,
-                        truncated=dup.truncated, id=dup.ext_id, timings=dup.timings)
+        result = Result(
+            text=dup.text,
+            label=base.label,
+            label_id=base.label_id,
+            raw_label=base.raw_label,
+            source="exact",
+            similarity=1.0,
+            truncated=dup.truncated,
+            id=dup.ext_id,
+            timings=dup.timings,
+        )
         self._done(dup.pos, result, "exact_hits")
-        self.hit_rows.append(self._hit_row(dup, base.label_id, base.raw_label, "exact", 1.0,
-                                           None))
+        self.hit_rows.append(self._hit_row(dup, base.label_id, base.raw_label, "exact", 1.0, None))
 
     def _store_hits(self) -> None:
         if not self.hit_rows:
@@ -278,8 +337,11 @@ class BatchRun:
             ids = store.insert_items(c, self.hit_rows)
         cached = [(i, r) for i, r in zip(ids, self.hit_rows, strict=False) if r.get("cached")]
         if cached:
-            self._add_to_cache([i for i, _ in cached], [r["label_id"] for _, r in cached],
-                               [r["vector"] for _, r in cached])
+            self._add_to_cache(
+                [i for i, _ in cached],
+                [r["label_id"] for _, r in cached],
+                [r["vector"] for _, r in cached],
+            )
 
     def _add_to_cache(self, item_ids, label_ids, vectors) -> None:
         vectors = np.stack(vectors)
@@ -290,9 +352,17 @@ class BatchRun:
     # -- bookkeeping --------------------------------------------------------------------
     @staticmethod
     def _hit_row(it: Item, label_id, raw, source, sim, matched) -> dict:
-        return {"ext_id": it.ext_id, "text": it.text, "text_key": it.key,
-                "truncated": it.truncated, "label_id": label_id, "raw_label": raw,
-                "source": source, "similarity": sim, "matched_item": matched}
+        return {
+            "ext_id": it.ext_id,
+            "text": it.text,
+            "text_key": it.key,
+            "truncated": it.truncated,
+            "label_id": label_id,
+            "raw_label": raw,
+            "source": source,
+            "similarity": sim,
+            "matched_item": matched,
+        }
 
     def _done(self, pos: int, result: Result, counter: str) -> None:
         self.results[pos] = result

@@ -50,8 +50,10 @@ def clean_label(output: str) -> str:
     text = re.sub(r"[^a-z0-9_]", "", "_".join(words))
     text = re.sub(r"_+", "_", text).strip("_")
     if not LABEL_PATTERN.match(text):
-        raise InvalidLabel(f"{output.strip()[:80]!r} is not a snake_case label "
-                           "(2-60 characters, a-z, 0-9 and _, starting with a letter)")
+        raise InvalidLabel(
+            f"{output.strip()[:80]!r} is not a snake_case label "
+            "(2-60 characters, a-z, 0-9 and _, starting with a letter)"
+        )
     return text
 
 
@@ -166,8 +168,9 @@ class LabelSpace:
                 row = self._centroid_rows[root] = len(self._centroid_ids)
                 self._centroid_ids.append(root)
                 if row >= len(self._centroid_sums):
-                    grown = np.zeros((max(64, 2 * len(self._centroid_sums)), self.dim),
-                                     dtype=np.float32)
+                    grown = np.zeros(
+                        (max(64, 2 * len(self._centroid_sums)), self.dim), dtype=np.float32
+                    )
                     grown[:row] = self._centroid_sums[:row]
                     self._centroid_sums = grown
             self._centroid_sums[row] += vector

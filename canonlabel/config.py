@@ -38,7 +38,9 @@ class Settings(BaseSettings):
     candidates: int = Field(5, ge=0, le=50, description="existing labels shown to the LLM")
     candidate_source: CandidateSource = "embedding"
     store_hits: bool = False
-    retry_failed: bool = Field(False, description="ask the LLM again for items whose answers were invalid")
+    retry_failed: bool = Field(
+        False, description="ask the LLM again for items whose answers were invalid"
+    )
     max_chars: int = Field(2000, ge=16, description="texts longer than this are truncated")
     concurrency: int = Field(1, ge=1, le=256)
     cache_dir: Path = Field(default_factory=default_cache_dir)

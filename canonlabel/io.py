@@ -36,21 +36,23 @@ def detect_format(path: str) -> str:
         return suffix[1:]
     if suffix == ".txt":
         return "txt"
-    raise InputError(f"cannot tell the format of {path}: use a .jsonl, .csv, .tsv or .txt "
-                     "file, or - for stdin")
+    raise InputError(
+        f"cannot tell the format of {path}: use a .jsonl, .csv, .tsv or .txt file, or - for stdin"
+    )
 
 
-def read_records(path: str, *, text_field: str = "text", id_field: str = "id",
-                 fmt: str | None = None) -> Iterator[Record]:
-    """Yield one :class:`Record` per input line (or CSV row)."""
+def read_records(
+    path: str, *, text_field: str = "text", id_field: str = "id", fmt: str | None = None
+) -> Iterator[Record]:
+    """One :class:`Record` per input line (or CSV row); checks the path before reading."""
     fmt = fmt or detect_format(path)
-    if path == "-":
-        stream = sys.stdin.buffer
-    else:
-        p = Path(path)
-        if not p.is_file():
-            raise InputError(f"input file {path} does not exist")
-        stream = p.open("rb")
+    if path != "-" and not Path(path).is_file():
+        raise InputError(f"input file {path} does not exist")
+    return _records(path, fmt, text_field, id_field)
+
+
+def _records(path: str, fmt: str, text_field: str, id_field: str) -> Iterator[Record]:
+    stream = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
     try:
         if fmt in ("csv", "tsv"):
             yield from _read_csv(stream, text_field, id_field, "\t" if fmt == "tsv" else ",")
@@ -84,8 +86,12 @@ def _read_lines(stream, fmt, text_field, id_field) -> Iterator[Record]:
         try:
             line = raw.decode("utf-8").removeprefix("\ufeff")
         except UnicodeDecodeError as exc:
-            yield Record(number, None, None, f"line {number} is not valid UTF-8 ({exc.reason} "
-                         f"at byte {exc.start})")
+            yield Record(
+                number,
+                None,
+                None,
+                f"line {number} is not valid UTF-8 ({exc.reason} at byte {exc.start})",
+            )
             continue
         if not line.strip():
             continue  # blank lines separate nothing in JSONL or text files
@@ -106,18 +112,30 @@ def _json_record(number: int, line: str, text_field: str, id_field: str) -> Reco
     ext_id = None if ext_id is None else str(ext_id)
     text = obj.get(text_field)
     if not isinstance(text, str):
-        return Record(number, ext_id, None,
-                      f"line {number} has no string field {text_field!r} (use --text-field)")
+        return Record(
+            number,
+            ext_id,
+            None,
+            f"line {number} has no string field {text_field!r} (use --text-field)",
+        )
     return Record(number, ext_id, text, extra=obj)
 
 
 def _read_csv(stream, text_field, id_field, delimiter) -> Iterator[Record]:
     wrapper = io.TextIOWrapper(stream, encoding="utf-8", errors="surrogateescape", newline="")
+    try:
+        yield from _csv_rows(wrapper, text_field, id_field, delimiter)
+    finally:
+        wrapper.detach()  # the caller owns (and closes) the byte stream
+
+
+def _csv_rows(wrapper, text_field, id_field, delimiter) -> Iterator[Record]:
     csv.field_size_limit(MAX_LINE_BYTES)
     reader = csv.DictReader(wrapper, delimiter=delimiter)
     if reader.fieldnames is None or text_field not in reader.fieldnames:
-        raise InputError(f"CSV has no column {text_field!r} (columns: {reader.fieldnames}); "
-                         "use --text-field")
+        raise InputError(
+            f"CSV has no column {text_field!r} (columns: {reader.fieldnames}); use --text-field"
+        )
     number = 1
     while True:
         try:

@@ -11,8 +11,16 @@ from canonlabel.errors import EmptyTextError, InputError
 # Zero-width and bidi-control characters survive NFKC and are invisible, so two texts
 # that look identical would otherwise miss the exact cache (and can hide prompt payloads).
 _INVISIBLE = dict.fromkeys(
-    [0x00AD, 0x034F, 0x061C, 0x180E, *range(0x200B, 0x2010), *range(0x202A, 0x202F),
-     *range(0x2060, 0x2070), 0xFEFF],
+    [
+        0x00AD,
+        0x034F,
+        0x061C,
+        0x180E,
+        *range(0x200B, 0x2010),
+        *range(0x202A, 0x202F),
+        *range(0x2060, 0x2070),
+        0xFEFF,
+    ],
 )
 _WS = re.compile(r"\s+")
 
@@ -29,9 +37,7 @@ def normalize(text: str, max_chars: int) -> tuple[str, bool]:
     # Control characters (Cc) become spaces so "a\x00b" does not glue words together;
     # lone surrogates (Cs) from broken decoders are dropped.
     text = "".join(
-        " " if cat == "Cc" else ch
-        for ch in text
-        if (cat := unicodedata.category(ch)) != "Cs"
+        " " if cat == "Cc" else ch for ch in text if (cat := unicodedata.category(ch)) != "Cs"
     )
     text = _WS.sub(" ", text).strip()
     if not text:

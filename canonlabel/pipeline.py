@@ -30,26 +30,44 @@ class Classifier:
     'card_delivery'
     """
 
-    def __init__(self, store: SqliteStore, embedder: Embedder, labeler: Labeler,
-                 settings: Settings | None = None) -> None:
+    def __init__(
+        self,
+        store: SqliteStore,
+        embedder: Embedder,
+        labeler: Labeler,
+        settings: Settings | None = None,
+    ) -> None:
         self.settings = settings or Settings()
         self.store, self.embedder, self.labeler = store, embedder, labeler
         self.dim = embedder.dim
         store.bind_embedder(embedder.id, self.dim)
-        store.set_meta({"labeler": labeler.id, "min_similarity": self.settings.min_similarity,
-                        "label_similarity": self.settings.label_similarity})
+        store.set_meta(
+            {
+                "labeler": labeler.id,
+                "min_similarity": self.settings.min_similarity,
+                "label_similarity": self.settings.label_similarity,
+            }
+        )
         self.space = LabelSpace.load(store, self.dim)
         item_ids, vectors, label_ids = store.cached_items(self.dim)
         self.cache = ExactIndex(self.dim)
         self.cache.add(item_ids, vectors)
-        self._item_label: dict[int, int] = dict(zip(item_ids.tolist(), label_ids.tolist(), strict=False))
+        self._item_label: dict[int, int] = dict(
+            zip(item_ids.tolist(), label_ids.tolist(), strict=False)
+        )
         self.space.add_members(label_ids, vectors)
         self.counters: Counter[str] = Counter()
 
     @classmethod
-    def open(cls, db: str | Path | None = None, *, settings: Settings | None = None,
-             embedder: Embedder | None = None, labeler: Labeler | None = None,
-             **overrides) -> Classifier:
+    def open(
+        cls,
+        db: str | Path | None = None,
+        *,
+        settings: Settings | None = None,
+        embedder: Embedder | None = None,
+        labeler: Labeler | None = None,
+        **overrides,
+    ) -> Classifier:
         """Open (or create) a store and build backends from settings and overrides."""
         settings = settings or Settings()
         if db is not None:
@@ -77,9 +95,14 @@ class Classifier:
             raise errors[0]
         return results[0]
 
-    def classify_many(self, texts: Sequence[str], ids: Sequence[str | None] | None = None, *,
-                      concurrency: int | None = None,
-                      progress: Callable[[int], None] | None = None) -> list[Result]:
+    def classify_many(
+        self,
+        texts: Sequence[str],
+        ids: Sequence[str | None] | None = None,
+        *,
+        concurrency: int | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[Result]:
         """Classify texts in order; failures come back as results with ``error`` set.
 
         Up to ``concurrency`` LLM calls run at once; a miss that is a near-duplicate
@@ -91,8 +114,9 @@ class Classifier:
         concurrency = concurrency or self.settings.concurrency
         out: list[Result] = []
         for start in range(0, len(texts), _MISS_BATCH):
-            results, _ = self._run_chunk(texts[start : start + _MISS_BATCH],
-                                         ids[start : start + _MISS_BATCH], concurrency)
+            results, _ = self._run_chunk(
+                texts[start : start + _MISS_BATCH], ids[start : start + _MISS_BATCH], concurrency
+            )
             out.extend(results)
             if progress:
                 progress(len(results))
@@ -106,8 +130,10 @@ class Classifier:
         aliases: dict[int, list[str]] = defaultdict(list)
         for raw, label_id in self.space.aliases.items():
             aliases[self.space.resolve(label_id)].append(raw)
-        labels = [Label(i, self.space.names[i], counts[i], tuple(sorted(aliases[i])))
-                  for i in self.space.roots()]
+        labels = [
+            Label(i, self.space.names[i], counts[i], tuple(sorted(aliases[i])))
+            for i in self.space.roots()
+        ]
         return sorted(labels, key=lambda lab: (-lab.count, lab.id))
 
     def stats(self) -> dict[str, object]:
@@ -117,16 +143,21 @@ class Classifier:
         items = sum(by_source.values())
         hits = by_source.get("exact", 0) + by_source.get("cache", 0)
         return {
-            "items": items, "exact_hits": by_source.get("exact", 0),
-            "cache_hits": by_source.get("cache", 0), "llm_items": by_source.get("llm", 0),
-            "cached_items": len(self.cache), "labels": len(self.space),
+            "items": items,
+            "exact_hits": by_source.get("exact", 0),
+            "cache_hits": by_source.get("cache", 0),
+            "llm_items": by_source.get("llm", 0),
+            "cached_items": len(self.cache),
+            "labels": len(self.space),
             "raw_labels": len(self.space.aliases),
             "merges": s.count("SELECT count(*) FROM merges WHERE undone = 0"),
             "failures": s.count("SELECT count(*) FROM failures"),
             "hit_rate": round(hits / items, 4) if items else 0.0,
-            "llm_tokens": s.count("SELECT coalesce(sum(prompt_tokens + completion_tokens), 0)"
-                                  " FROM items"),
-            "embedder": self.embedder.id, "labeler": self.labeler.id,
+            "llm_tokens": s.count(
+                "SELECT coalesce(sum(prompt_tokens + completion_tokens), 0) FROM items"
+            ),
+            "embedder": self.embedder.id,
+            "labeler": self.labeler.id,
             "min_similarity": self.settings.min_similarity,
             "label_similarity": self.settings.label_similarity,
         }
@@ -135,15 +166,28 @@ class Classifier:
     def _run_chunk(self, texts, ids, concurrency):
         return BatchRun(self, concurrency).execute(texts, ids)
 
-    def _result_from_stored(self, row: StoredItem, *, source=None, similarity=None,
-                            ext_id=None, text=None, truncated=None, timings=None) -> Result:
+    def _result_from_stored(
+        self,
+        row: StoredItem,
+        *,
+        source=None,
+        similarity=None,
+        ext_id=None,
+        text=None,
+        truncated=None,
+        timings=None,
+    ) -> Result:
         label_id = self.space.resolve(row.label_id)
         return Result(
-            text=text if text is not None else row.text, label=self.space.names[label_id],
-            label_id=label_id, raw_label=row.raw_label, source=source or row.source,
+            text=text if text is not None else row.text,
+            label=self.space.names[label_id],
+            label_id=label_id,
+            raw_label=row.raw_label,
+            source=source or row.source,
             similarity=row.similarity if similarity is None else similarity,
             truncated=row.truncated if truncated is None else truncated,
-            id=ext_id if ext_id is not None else row.ext_id, timings=timings or {},
+            id=ext_id if ext_id is not None else row.ext_id,
+            timings=timings or {},
         )
 
     def candidates(self, text: str, vector: np.ndarray) -> tuple[str, ...]:
@@ -178,11 +222,15 @@ class Classifier:
                 raw = clean_label(response.output)
                 return Asked(raw, None, usage, calls, time.perf_counter() - start, outputs)
             except InvalidLabel as exc:
-                feedback = (f"Your previous answer was rejected: {exc}. Answer with one "
-                            "snake_case label only.")
-        error = LabelError(f"no valid label after {calls} answers: {feedback}; the item is "
-                           "recorded as failed (re-run with --retry-failed to ask again)",
-                           outputs)
+                feedback = (
+                    f"Your previous answer was rejected: {exc}. Answer with one "
+                    "snake_case label only."
+                )
+        error = LabelError(
+            f"no valid label after {calls} answers: {feedback}; the item is "
+            "recorded as failed (re-run with --retry-failed to ask again)",
+            outputs,
+        )
         return Asked(None, error, usage, calls, time.perf_counter() - start, outputs)
 
 
@@ -191,5 +239,5 @@ def _interleave(a: list[int], b: list[int]) -> list[int]:
     for pair in zip(a, b, strict=False):
         out.extend(pair)
     longer = a if len(a) > len(b) else b
-    out.extend(longer[min(len(a), len(b)):])
+    out.extend(longer[min(len(a), len(b)) :])
     return list(dict.fromkeys(out))

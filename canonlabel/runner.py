@@ -25,9 +25,16 @@ from canonlabel.types import Result
 CHUNK = 256
 
 
-def run_classify(input: str, output: Path | None, settings: Settings, *, text_field: str = "text",
-                 id_field: str = "id", limit: int | None = None,
-                 console: Console | None = None) -> dict:
+def run_classify(
+    input: str,
+    output: Path | None,
+    settings: Settings,
+    *,
+    text_field: str = "text",
+    id_field: str = "id",
+    limit: int | None = None,
+    console: Console | None = None,
+) -> dict:
     """Classify every record of ``input`` into ``output`` (JSONL); return the summary."""
     from canonlabel.pipeline import Classifier
 
@@ -41,11 +48,16 @@ def run_classify(input: str, output: Path | None, settings: Settings, *, text_fi
         clf = Classifier.open(settings=settings)
     start = time.perf_counter()
     sink = output.open("w", encoding="utf-8") if output else sys.stdout
-    interrupted = False
-    progress = Progress(TextColumn("[bold]classify"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("hit {task.fields[hit]:.0%}  llm {task.fields[llm]}"),
-                        TimeElapsedColumn(), TimeRemainingColumn(), console=console,
-                        disable=not console.is_terminal)
+    progress = Progress(
+        TextColumn("[bold]classify"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("hit {task.fields[hit]:.0%}  llm {task.fields[llm]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not console.is_terminal,
+    )
     try:
         with clf, progress:
             task = progress.add_task("classify", total=total, hit=0.0, llm=0)
@@ -56,11 +68,14 @@ def run_classify(input: str, output: Path | None, settings: Settings, *, text_fi
                 c = clf.counters
                 answered = c["items"] - c["failed"]
                 hits = c["exact_hits"] + c["cache_hits"] + c["resumed"]
-                progress.update(task, advance=len(chunk), llm=c["llm_calls"],
-                                hit=hits / answered if answered else 0.0)
+                progress.update(
+                    task,
+                    advance=len(chunk),
+                    llm=c["llm_calls"],
+                    hit=hits / answered if answered else 0.0,
+                )
             summary = _summary(clf, time.perf_counter() - start)
     except KeyboardInterrupt:
-        interrupted = True
         summary = _summary(clf, time.perf_counter() - start) | {"interrupted": True}
     finally:
         if output:
@@ -79,9 +94,17 @@ def _classify_chunk(clf, chunk) -> list[Result]:
         else:
             clf.counters["items"] += 1
             clf.counters["failed"] += 1
-            out.append(Result(text=record.text or "", label=None, label_id=None, raw_label=None,
-                              source=None, id=record.id or f"line:{record.line}",
-                              error=record.error))
+            out.append(
+                Result(
+                    text=record.text or "",
+                    label=None,
+                    label_id=None,
+                    raw_label=None,
+                    source=None,
+                    id=record.id or f"line:{record.line}",
+                    error=record.error,
+                )
+            )
     return out
 
 
@@ -90,12 +113,18 @@ def _summary(clf, seconds: float) -> dict:
     answered = c["items"] - c["failed"]
     hits = c["exact_hits"] + c["cache_hits"]
     return {
-        "items": c["items"], "exact_hits": c["exact_hits"], "cache_hits": c["cache_hits"],
-        "resumed": c["resumed"], "llm_calls": c["llm_calls"], "llm_items": c["llm_items"],
-        "failed": c["failed"], "raw_labels": len(clf.space.aliases), "labels": len(clf.space),
-        "hit_rate": round(hits / (answered - c["resumed"]), 4) if answered > c["resumed"]
-        else 0.0,
-        "seconds": round(seconds, 2), "llm_seconds": round(c["llm_seconds"], 2),
+        "items": c["items"],
+        "exact_hits": c["exact_hits"],
+        "cache_hits": c["cache_hits"],
+        "resumed": c["resumed"],
+        "llm_calls": c["llm_calls"],
+        "llm_items": c["llm_items"],
+        "failed": c["failed"],
+        "raw_labels": len(clf.space.aliases),
+        "labels": len(clf.space),
+        "hit_rate": round(hits / (answered - c["resumed"]), 4) if answered > c["resumed"] else 0.0,
+        "seconds": round(seconds, 2),
+        "llm_seconds": round(c["llm_seconds"], 2),
         "embed_seconds": round(c["embed_seconds"], 2),
         "tokens": c["prompt_tokens"] + c["completion_tokens"],
     }

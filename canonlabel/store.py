@@ -112,15 +112,18 @@ class SqliteStore:
         if str(path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.conn = sqlite3.connect(str(path), isolation_level=None,
-                                        check_same_thread=False, timeout=30)
+            self.conn = sqlite3.connect(
+                str(path), isolation_level=None, check_same_thread=False, timeout=30
+            )
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=FULL")
             self.conn.execute("PRAGMA foreign_keys=ON")
             self._migrate()
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"cannot open store {path}: {exc}; is it a canonlabel "
-                             "SQLite file? Pass another --db path") from exc
+            raise StoreError(
+                f"cannot open store {path}: {exc}; is it a canonlabel "
+                "SQLite file? Pass another --db path"
+            ) from exc
         self._lock = threading.RLock()
 
     def close(self) -> None:
@@ -131,12 +134,16 @@ class SqliteStore:
         if version == 0:
             tables = self.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
             if tables:
-                raise StoreError(f"{self.path} is a SQLite file but not a canonlabel store; "
-                                 "pass another --db path")
+                raise StoreError(
+                    f"{self.path} is a SQLite file but not a canonlabel store; "
+                    "pass another --db path"
+                )
             self.conn.executescript(f"BEGIN;{_SCHEMA}PRAGMA user_version={SCHEMA_VERSION};COMMIT;")
         elif version > SCHEMA_VERSION:
-            raise StoreError(f"{self.path} has schema {version}, newer than this canonlabel "
-                             f"({SCHEMA_VERSION}); upgrade canonlabel")
+            raise StoreError(
+                f"{self.path} has schema {version}, newer than this canonlabel "
+                f"({SCHEMA_VERSION}); upgrade canonlabel"
+            )
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
@@ -156,8 +163,10 @@ class SqliteStore:
 
     def set_meta(self, values: dict[str, object]) -> None:
         with self.write() as c:
-            c.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                          [(k, json.dumps(v)) for k, v in values.items()])
+            c.executemany(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                [(k, json.dumps(v)) for k, v in values.items()],
+            )
 
     def bind_embedder(self, embedder_id: str, dim: int) -> None:
         """Record the embedder on first use; refuse another one afterwards."""
@@ -177,14 +186,16 @@ class SqliteStore:
     def cached_items(self, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(item_ids, vectors, label_ids)`` of every item in the semantic cache."""
         rows = self.conn.execute(
-            "SELECT id, vector, label_id FROM items WHERE cached = 1 ORDER BY id").fetchall()
+            "SELECT id, vector, label_id FROM items WHERE cached = 1 ORDER BY id"
+        ).fetchall()
         ids = np.array([r[0] for r in rows], dtype=np.int64)
         labels = np.array([r[2] for r in rows], dtype=np.int64)
         return ids, from_blobs([r[1] for r in rows], dim), labels
 
     def label_rows(self) -> list[tuple[int, str, bytes, int | None]]:
         return self.conn.execute(
-            "SELECT id, name, vector, merged_into FROM labels ORDER BY id").fetchall()
+            "SELECT id, name, vector, merged_into FROM labels ORDER BY id"
+        ).fetchall()
 
     def alias_rows(self) -> list[tuple[str, int]]:
         return self.conn.execute("SELECT raw_label, label_id FROM aliases").fetchall()
@@ -200,7 +211,9 @@ class SqliteStore:
             marks = ",".join("?" * len(chunk))
             rows = self.conn.execute(
                 f"SELECT {column}, id, ext_id, text, label_id, raw_label, source, similarity, "
-                f"truncated FROM items WHERE {column} IN ({marks}) ORDER BY id", chunk)
+                f"truncated FROM items WHERE {column} IN ({marks}) ORDER BY id",
+                chunk,
+            )
             for key, *rest in rows:
                 found.setdefault(key, StoredItem(*rest[:7], bool(rest[7])))
         return found
@@ -219,7 +232,9 @@ class SqliteStore:
             chunk = keys[start : start + 500]
             rows = self.conn.execute(
                 f"SELECT text_key, error FROM failures WHERE kind = 'invalid_output' "
-                f"AND text_key IN ({','.join('?' * len(chunk))})", chunk)
+                f"AND text_key IN ({','.join('?' * len(chunk))})",
+                chunk,
+            )
             found.update(rows)
         return found
 
@@ -233,8 +248,11 @@ class SqliteStore:
             return []
         query = " OR ".join('"' + w.replace('"', "") + '"' for w in words)
         rows = self.conn.execute(
-            "SELECT label_id, min(bm25(label_fts)) AS s FROM label_fts WHERE label_fts "
-            "MATCH ? GROUP BY label_id ORDER BY s LIMIT ?", (query, k * 3))
+            "SELECT label_id, min(s) AS best FROM (SELECT label_id, bm25(label_fts) AS s "
+            "FROM label_fts WHERE label_fts MATCH ? ORDER BY s LIMIT 200) "
+            "GROUP BY label_id ORDER BY best LIMIT ?",
+            (query, k * 3),
+        )
         return [int(r[0]) for r in rows]
 
     def integrity_check(self) -> str:
@@ -243,22 +261,32 @@ class SqliteStore:
     # -- writes (call inside ``with store.write() as c``) ------------------------------
     @staticmethod
     def insert_label(c: sqlite3.Connection, name: str, vector: np.ndarray) -> int:
-        cur = c.execute("INSERT INTO labels (name, vector, created_at) VALUES (?, ?, ?)",
-                        (name, to_blob(vector), time.time()))
-        c.execute("INSERT INTO label_fts (content, label_id) VALUES (?, ?)",
-                  (name.replace("_", " "), cur.lastrowid))
+        cur = c.execute(
+            "INSERT INTO labels (name, vector, created_at) VALUES (?, ?, ?)",
+            (name, to_blob(vector), time.time()),
+        )
+        c.execute(
+            "INSERT INTO label_fts (content, label_id) VALUES (?, ?)",
+            (name.replace("_", " "), cur.lastrowid),
+        )
         return int(cur.lastrowid)
 
     @staticmethod
-    def insert_alias(c: sqlite3.Connection, raw_label: str, label_id: int,
-                     similarity: float | None) -> None:
+    def insert_alias(
+        c: sqlite3.Connection, raw_label: str, label_id: int, similarity: float | None
+    ) -> None:
         now = time.time()
         c.execute("INSERT INTO aliases VALUES (?, ?, ?, ?)", (raw_label, label_id, similarity, now))
         if similarity is not None:
-            c.execute("INSERT INTO merges (kind, raw_label, into_label, similarity, created_at) "
-                      "VALUES ('alias', ?, ?, ?, ?)", (raw_label, label_id, similarity, now))
-            c.execute("INSERT INTO label_fts (content, label_id) VALUES (?, ?)",
-                      (raw_label.replace("_", " "), label_id))
+            c.execute(
+                "INSERT INTO merges (kind, raw_label, into_label, similarity, created_at) "
+                "VALUES ('alias', ?, ?, ?, ?)",
+                (raw_label, label_id, similarity, now),
+            )
+            c.execute(
+                "INSERT INTO label_fts (content, label_id) VALUES (?, ?)",
+                (raw_label.replace("_", " "), label_id),
+            )
 
     @staticmethod
     def insert_items(c: sqlite3.Connection, rows: Iterable[dict]) -> list[int]:
@@ -268,20 +296,44 @@ class SqliteStore:
                 "INSERT INTO items (ext_id, text, text_key, truncated, label_id, raw_label, "
                 "source, similarity, matched_item, vector, cached, prompt_tokens, "
                 "completion_tokens, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (r.get("ext_id"), r["text"], r["text_key"], int(r.get("truncated", False)),
-                 r["label_id"], r.get("raw_label"), r["source"], r.get("similarity"),
-                 r.get("matched_item"), None if r.get("vector") is None else to_blob(r["vector"]),
-                 int(r.get("cached", False)), r.get("prompt_tokens", 0),
-                 r.get("completion_tokens", 0), time.time()))
+                (
+                    r.get("ext_id"),
+                    r["text"],
+                    r["text_key"],
+                    int(r.get("truncated", False)),
+                    r["label_id"],
+                    r.get("raw_label"),
+                    r["source"],
+                    r.get("similarity"),
+                    r.get("matched_item"),
+                    None if r.get("vector") is None else to_blob(r["vector"]),
+                    int(r.get("cached", False)),
+                    r.get("prompt_tokens", 0),
+                    r.get("completion_tokens", 0),
+                    time.time(),
+                ),
+            )
             ids.append(int(cur.lastrowid))
             if r["source"] == "llm":
-                c.execute("INSERT INTO label_fts (content, label_id) VALUES (?, ?)",
-                          (r["text"], r["label_id"]))
+                c.execute(
+                    "INSERT INTO label_fts (content, label_id) VALUES (?, ?)",
+                    (r["text"], r["label_id"]),
+                )
         return ids
 
     @staticmethod
-    def record_failure(c: sqlite3.Connection, *, ext_id: str | None, text_key: str, text: str,
-                       kind: str, error: str, outputs: Sequence[str] = ()) -> None:
-        c.execute("INSERT INTO failures (ext_id, text_key, text, kind, error, outputs, "
-                  "created_at) VALUES (?,?,?,?,?,?,?)",
-                  (ext_id, text_key, text, kind, error, json.dumps(list(outputs)), time.time()))
+    def record_failure(
+        c: sqlite3.Connection,
+        *,
+        ext_id: str | None,
+        text_key: str,
+        text: str,
+        kind: str,
+        error: str,
+        outputs: Sequence[str] = (),
+    ) -> None:
+        c.execute(
+            "INSERT INTO failures (ext_id, text_key, text, kind, error, outputs, "
+            "created_at) VALUES (?,?,?,?,?,?,?)",
+            (ext_id, text_key, text, kind, error, json.dumps(list(outputs)), time.time()),
+        )

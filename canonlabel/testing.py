@@ -25,7 +25,60 @@ from canonlabel.types import LabelRequest, LabelResponse, Usage
 
 _WORD = re.compile(r"[a-z0-9]+")
 _STOP = frozenset(
-    ["a", "an", "and", "are", "as", "at", "be", "but", "by", "can", "do", "does", "for", "from", "has", "have", "how", "i", "if", "in", "is", "it", "its", "me", "my", "no", "not", "of", "on", "or", "our", "so", "that", "the", "their", "there", "this", "to", "too", "was", "we", "were", "what", "when", "where", "which", "who", "why", "will", "with", "you", "your"]
+    [
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "but",
+        "by",
+        "can",
+        "do",
+        "does",
+        "for",
+        "from",
+        "has",
+        "have",
+        "how",
+        "i",
+        "if",
+        "in",
+        "is",
+        "it",
+        "its",
+        "me",
+        "my",
+        "no",
+        "not",
+        "of",
+        "on",
+        "or",
+        "our",
+        "so",
+        "that",
+        "the",
+        "their",
+        "there",
+        "this",
+        "to",
+        "too",
+        "was",
+        "we",
+        "were",
+        "what",
+        "when",
+        "where",
+        "which",
+        "who",
+        "why",
+        "will",
+        "with",
+        "you",
+        "your",
+    ]
 )
 
 
@@ -57,7 +110,7 @@ class HashEmbedder(Embedder):
             tokens = [f"w:{w}" for w in words]
             for w in words:
                 padded = f"#{w}#"
-                tokens += [f"c:{padded[i:i + 3]}" for i in range(len(padded) - 2)]
+                tokens += [f"c:{padded[i : i + 3]}" for i in range(len(padded) - 2)]
             for token in tokens or ["<empty>"]:
                 col, sign = _bucket(token, self._dim)
                 out[row, col] += sign * (2.0 if token.startswith("w:") else 1.0)
@@ -82,8 +135,13 @@ class FakeLabeler(Labeler):
     one line per call to a file, so calls can be counted across processes.
     """
 
-    def __init__(self, rule: Callable[[str, Sequence[str]], str] = keyword_label, *,
-                 latency: float = 0.0, log: str | None = None) -> None:
+    def __init__(
+        self,
+        rule: Callable[[str, Sequence[str]], str] = keyword_label,
+        *,
+        latency: float = 0.0,
+        log: str | None = None,
+    ) -> None:
         self.id = "fake"
         self.rule = rule
         self.latency = latency

@@ -11,9 +11,17 @@ from canonlabel.llm.retry import call_with_retries
 class OpenAIEmbedder(Embedder):
     """Any OpenAI-compatible ``/embeddings`` endpoint (OpenAI, vLLM, Ollama, llama.cpp)."""
 
-    def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None,
-                 client=None, batch_size: int = 128, timeout: float = 60.0,
-                 max_retries: int = 4) -> None:
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        client=None,
+        batch_size: int = 128,
+        timeout: float = 60.0,
+        max_retries: int = 4,
+    ) -> None:
         self.model = model
         self.id = f"openai:{model}"
         self.batch_size = batch_size

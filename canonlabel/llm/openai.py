@@ -33,7 +33,9 @@ def make_client(*, base_url: str | None, api_key: str | None, timeout: float):
         if base_url is None:
             raise BackendError(
                 "no API key: set OPENAI_API_KEY or CANONLABEL_LLM_API_KEY, or point "
-                "CANONLABEL_LLM_BASE_URL at a local OpenAI-compatible server", retryable=False)
+                "CANONLABEL_LLM_BASE_URL at a local OpenAI-compatible server",
+                retryable=False,
+            )
         api_key = "not-needed"  # local servers (vLLM, llama.cpp, Ollama) ignore it
     # Retries are ours (call_with_retries) so they are counted and honour Retry-After.
     return openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=0)
@@ -46,9 +48,19 @@ class OpenAILabeler(Labeler):
     text, once and for all, if the endpoint rejects ``response_format``.
     """
 
-    def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None,
-                 client=None, timeout: float = 60.0, max_retries: int = 4,
-                 structured: bool = True, max_tokens: int = 40, concurrency: int = 8) -> None:
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        client=None,
+        timeout: float = 60.0,
+        max_retries: int = 4,
+        structured: bool = True,
+        max_tokens: int = 40,
+        concurrency: int = 8,
+    ) -> None:
         self.model = model
         self.id = f"openai:{model}"
         self.client = client or make_client(base_url=base_url, api_key=api_key, timeout=timeout)
@@ -84,14 +96,20 @@ class OpenAILabeler(Labeler):
         usage = response.usage
         return LabelResponse(
             output=content,
-            usage=Usage(getattr(usage, "prompt_tokens", 0) or 0,
-                        getattr(usage, "completion_tokens", 0) or 0),
+            usage=Usage(
+                getattr(usage, "prompt_tokens", 0) or 0, getattr(usage, "completion_tokens", 0) or 0
+            ),
         )
 
     def _create(self, messages, *, structured: bool):
-        kwargs = {"model": self.model, "messages": messages, "temperature": 0,
-                  "max_tokens": self.max_tokens}
+        kwargs = {
+            "model": self.model,
+            "messages": messages,
+            "temperature": 0,
+            "max_tokens": self.max_tokens,
+        }
         if structured:
             kwargs["response_format"] = {"type": "json_schema", "json_schema": _SCHEMA}
-        return call_with_retries(lambda: self.client.chat.completions.create(**kwargs),
-                                 max_retries=self.max_retries)
+        return call_with_retries(
+            lambda: self.client.chat.completions.create(**kwargs), max_retries=self.max_retries
+        )

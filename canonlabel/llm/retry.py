@@ -22,16 +22,24 @@ def to_backend_error(exc: Exception) -> BackendError:
     except ImportError:  # pragma: no cover
         return BackendError(f"backend failed: {exc}", retryable=False)
     if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError)):
-        return BackendError(f"cannot reach the endpoint: {exc}; check the base URL and "
-                            "that the server is running", retryable=True)
+        return BackendError(
+            f"cannot reach the endpoint: {exc}; check the base URL and that the server is running",
+            retryable=True,
+        )
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
         retry_after = _retry_after(exc.response.headers if exc.response is not None else {})
         retryable = status in (408, 409, 429) or status >= 500
-        hint = {401: "check the API key", 403: "check the API key's permissions",
-                404: "check the model name and base URL"}.get(status, "see the server's message")
-        return BackendError(f"endpoint answered HTTP {status}: {exc.message}; {hint}",
-                            retryable=retryable, retry_after=retry_after)
+        hint = {
+            401: "check the API key",
+            403: "check the API key's permissions",
+            404: "check the model name and base URL",
+        }.get(status, "see the server's message")
+        return BackendError(
+            f"endpoint answered HTTP {status}: {exc.message}; {hint}",
+            retryable=retryable,
+            retry_after=retry_after,
+        )
     return BackendError(f"backend failed: {exc!r}", retryable=False)
 
 
@@ -51,8 +59,13 @@ def _retry_after(headers) -> float | None:
         return None
 
 
-def call_with_retries(fn: Callable[[], T], *, max_retries: int, base_delay: float = 0.5,
-                      sleep: Callable[[float], None] = time.sleep) -> T:
+def call_with_retries(
+    fn: Callable[[], T],
+    *,
+    max_retries: int,
+    base_delay: float = 0.5,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
     """Call ``fn``; retry retryable failures up to ``max_retries`` times."""
     attempt = 0
     while True:

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The test command (README and CI): lint, then every test including the real bundled models.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+.venv/bin/ruff check canonlabel tests benchmarks
+.venv/bin/python -m pytest -q "$@"

@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+import pytest
+
+from canonlabel import Classifier, Settings
+from canonlabel.store import SqliteStore
+from canonlabel.testing import FakeLabeler, HashEmbedder
+
+
+@pytest.fixture
+def make_clf(tmp_path):
+    """Build a Classifier on fakes; returns (clf, labeler)."""
+    opened = []
+
+    def make(db="t.db", labeler=None, embedder=None, **settings):
+        labeler = labeler or FakeLabeler()
+        clf = Classifier(
+            SqliteStore(tmp_path / db),
+            embedder or HashEmbedder(),
+            labeler,
+            Settings(db=tmp_path / db, **settings),
+        )
+        opened.append(clf)
+        return clf, labeler
+
+    yield make
+    for clf in opened:
+        try:
+            clf.close()
+        except Exception:
+            pass

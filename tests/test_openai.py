@@ -1,0 +1,82 @@
+"""The OpenAI-compatible backends over real HTTP against a local fake server."""
+
+import pytest
+
+from canonlabel import BackendError, LabelError
+from canonlabel.embed.openai import OpenAIEmbedder
+from canonlabel.llm.openai import OpenAILabeler
+from canonlabel.types import LabelRequest
+from tests.fake_openai import FakeOpenAIServer
+
+
+@pytest.fixture
+def server():
+    with FakeOpenAIServer() as s:
+        yield s
+
+
+def labeler(server, **kw):
+    kw.setdefault("max_retries", 3)
+    return OpenAILabeler("test-model", base_url=server.url, api_key="k", timeout=2, **kw)
+
+
+def test_structured_label_and_usage(server):
+    response = labeler(server).label(LabelRequest("my card", ("card_delivery",)))
+    assert response.output == "card_delivery"
+    assert response.usage.prompt_tokens == 50
+    body = server.requests[0]["body"]
+    assert body["temperature"] == 0 and body["response_format"]["type"] == "json_schema"
+    assert "card_delivery" in body["messages"][1]["content"]
+    assert server.requests[0]["auth"] == "Bearer k"
+
+
+def test_falls_back_to_plain_text_when_structured_output_is_unsupported(server):
+    server.script.append(("json400",))
+    lab = labeler(server)
+    assert lab.label(LabelRequest("x")).output == "card_delivery"
+    assert lab.structured is False
+    assert "response_format" not in server.requests[-1]["body"]
+
+
+def test_429_and_500_are_retried_honouring_retry_after(server):
+    server.script.extend(
+        [("status", 429, {"Retry-After": "0.2"}), ("status", 500, {}), "exchange_rate"]
+    )
+    response = labeler(server).label(LabelRequest("x"))
+    assert response.output == "exchange_rate"
+    assert len(server.requests) == 3
+
+
+def test_retries_run_out_with_retryable_error(server):
+    server.script.extend([("status", 503, {"Retry-After": "0"})] * 3)
+    with pytest.raises(BackendError) as info:
+        labeler(server, max_retries=2).label(LabelRequest("x"))
+    assert info.value.retryable and "503" in str(info.value)
+
+
+def test_401_is_not_retried(server):
+    server.script.append(("status", 401, {}))
+    with pytest.raises(BackendError, match="API key") as info:
+        labeler(server).label(LabelRequest("x"))
+    assert not info.value.retryable and len(server.requests) == 1
+
+
+def test_timeout_is_retryable(server):
+    server.script.extend([("sleep", 1.5), "card_delivery"])
+    lab = OpenAILabeler("m", base_url=server.url, api_key="k", timeout=0.5, max_retries=1)
+    assert lab.label(LabelRequest("x")).output == "card_delivery"
+
+
+def test_invalid_labels_are_reasked_then_failed_through_the_pipeline(server, make_clf):
+    server.script.extend(["I am sorry, I can't", "card delivery", "!!", "???"])
+    clf, _ = make_clf(labeler=labeler(server))
+    assert clf.classify("where is my card").label == "card_delivery"
+    with pytest.raises(LabelError):
+        clf.classify("what is the exchange rate")
+    assert len(server.requests) == 4
+
+
+def test_openai_embedder(server):
+    emb = OpenAIEmbedder("e", base_url=server.url, api_key="k")
+    vectors = emb.embed(["a", "abc"])
+    assert vectors.shape == (2, 3) and emb.dim == 3
