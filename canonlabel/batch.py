@@ -243,6 +243,7 @@ class BatchRun:
         vector = None
         if raw not in clf.space.aliases:
             vector = clf.embedder.embed([label_text(raw)])[0]
+            clf.counters["embed_seconds"] += time.perf_counter() - start
         decision = clf.space.decide(raw, vector, self.settings.label_similarity)
         it.timings["canonicalise"] = time.perf_counter() - start
         start = time.perf_counter()

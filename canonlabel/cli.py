@@ -33,13 +33,18 @@ EmbOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
 
 
-def _settings(**overrides) -> Settings:
-    try:
-        settings = Settings()
-        values = {k: v for k, v in overrides.items() if v is not None}
-        return settings.model_copy(update=values) if values else settings
-    except Exception as exc:  # pydantic ValidationError on bad env values
-        raise CanonlabelError(f"invalid configuration: {exc}") from exc
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", help="YAML/JSON settings file, e.g. from calibrate [CANONLABEL_CONFIG]"
+    ),
+]
+
+
+def _settings(config: Path | None = None, **overrides) -> Settings:
+    from canonlabel.config import load_settings
+
+    return load_settings(config, **overrides)
 
 
 def _fail(exc: Exception) -> typer.Exit:
@@ -86,12 +91,14 @@ def classify(
         typer.Option("--retry-failed", help="ask again for items whose LLM answers were invalid"),
     ] = None,
     summary_json: Annotated[Path | None, typer.Option(help="write the summary here")] = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Label every text of INPUT with a canonical snake_case label (resumable)."""
     from canonlabel.runner import run_classify
 
     try:
         settings = _settings(
+            config,
             db=db,
             llm=llm,
             llm_base_url=llm_base_url,
@@ -190,6 +197,135 @@ def stats(db: DbOpt = None, embedder: EmbOpt = None, as_json: JsonOpt = False) -
         return
     for key, value in data.items():
         Console().print(f"[bold]{key:>16}[/]  {value}")
+
+
+SplitOpt = Annotated[str | None, typer.Option(help="only rows of this split (train/val/test)")]
+OutDir = Annotated[Path, typer.Option("--out", help="report directory")]
+
+
+@app.command("eval")
+def eval_(
+    dataset: Annotated[str, typer.Argument(help="JSONL with a text field and a gold labels list")],
+    limit: Annotated[int | None, typer.Option(help="first N rows (after --sample-seed)")] = None,
+    split: SplitOpt = None,
+    strategies: Annotated[
+        str, typer.Option(help="comma-separated: llm-only,seed,canonlabel,kmeans-k,hdbscan")
+    ] = "seed,canonlabel,kmeans-k,hdbscan",
+    llm: LlmOpt = None,
+    embedder: EmbOpt = None,
+    repeats: Annotated[int, typer.Option(help="shuffled runs for consistency", min=1)] = 1,
+    seed: Annotated[int, typer.Option(help="seed for shuffles and k-means")] = 0,
+    sample_seed: Annotated[
+        int | None, typer.Option(help="shuffle rows with this seed before --limit")
+    ] = None,
+    text_field: Annotated[str, typer.Option()] = "text",
+    labels_field: Annotated[str, typer.Option()] = "labels",
+    out: OutDir = Path("eval-report"),
+    config: ConfigOpt = None,
+) -> None:
+    """Run labelling strategies side by side against gold labels; write a report."""
+    from canonlabel.embed import make_embedder
+    from canonlabel.evaluate import EvalData, evaluate
+    from canonlabel.io import read_labelled
+    from canonlabel.llm import make_labeler
+    from canonlabel.report import markdown_table, write_eval_report
+
+    try:
+        settings = _settings(config, llm=llm, embedder=embedder)
+        texts, golds = read_labelled(
+            dataset,
+            text_field=text_field,
+            labels_field=labels_field,
+            split=split,
+            limit=limit,
+            shuffle_seed=sample_seed,
+        )
+        names = [s.strip() for s in strategies.split(",") if s.strip()]
+        emb = make_embedder(settings.embedder, settings)
+        needs_llm = any(n in ("llm-only", "seed", "canonlabel") for n in names)
+        labeler = make_labeler(settings.llm, settings) if needs_llm else _NoLabeler()
+        with err.status(f"embedding {len(texts)} texts..."):
+            data = EvalData.build(texts, [g[0] for g in golds], emb, settings.max_chars)
+        with err.status("evaluating...") as status:
+            report = evaluate(
+                data,
+                names,
+                labeler,
+                settings,
+                repeats=repeats,
+                seed=seed,
+                progress=lambda msg: status.update(msg),
+            )
+    except (CanonlabelError, ValueError) as exc:
+        raise _fail(exc) from None
+    report |= {
+        "dataset": f"{dataset}{f' split={split}' if split else ''}"
+        f"{f' limit={limit}' if limit else ''}",
+        "llm": labeler.id,
+        "embedder": emb.id,
+        "settings": {
+            k: getattr(settings, k)
+            for k in ("min_similarity", "label_similarity", "candidates", "candidate_source")
+        },
+    }
+    paths = write_eval_report(report, out)
+    Console().print(markdown_table(report))
+    err.print("wrote " + ", ".join(str(p) for p in paths), soft_wrap=True)
+
+
+@app.command()
+def calibrate(
+    dataset: Annotated[str, typer.Argument(help="JSONL with texts (and gold labels if any)")],
+    limit: Annotated[int, typer.Option(help="texts used for the cache sweep")] = 2000,
+    llm_sample: Annotated[
+        int, typer.Option(help="texts the LLM labels for the label_similarity sweep (0: skip)")
+    ] = 300,
+    split: SplitOpt = None,
+    target_precision: Annotated[float, typer.Option(min=0, max=1)] = 0.95,
+    llm: LlmOpt = None,
+    embedder: EmbOpt = None,
+    sample_seed: Annotated[int, typer.Option(help="rows are shuffled with this seed")] = 0,
+    text_field: Annotated[str, typer.Option()] = "text",
+    labels_field: Annotated[str, typer.Option()] = "labels",
+    out: OutDir = Path("calibration"),
+    write_config: Annotated[
+        Path | None,
+        typer.Option(
+            help="write the recommended thresholds into this YAML file (use with --config)"
+        ),
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Sweep min_similarity and label_similarity; recommend and save thresholds."""
+    from canonlabel.calibrate import run_calibration
+
+    try:
+        settings = _settings(config, llm=llm, embedder=embedder)
+        result = run_calibration(
+            dataset,
+            settings,
+            limit=limit,
+            llm_sample=llm_sample,
+            split=split,
+            target_precision=target_precision,
+            sample_seed=sample_seed,
+            text_field=text_field,
+            labels_field=labels_field,
+            out=out,
+            console=err,
+        )
+    except (CanonlabelError, ValueError) as exc:
+        raise _fail(exc) from None
+    rec = result["recommended"]
+    Console().print(
+        f"recommended: min_similarity={rec['min_similarity']} "
+        f"label_similarity={rec['label_similarity']}  ({out / 'calibration.json'})"
+    )
+    if write_config:
+        from canonlabel.config import write_config as save
+
+        save(write_config, rec)
+        err.print(f"wrote {write_config}; use it with --config {write_config}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -44,3 +44,62 @@ class Settings(BaseSettings):
     max_chars: int = Field(2000, ge=16, description="texts longer than this are truncated")
     concurrency: int = Field(1, ge=1, le=256)
     cache_dir: Path = Field(default_factory=default_cache_dir)
+
+
+def load_settings(config: Path | str | None = None, **overrides) -> Settings:
+    """Settings from defaults < config file (YAML/JSON) < ``CANONLABEL_*`` env < overrides.
+
+    ``config`` defaults to ``$CANONLABEL_CONFIG``; ``None`` overrides are ignored, so CLI
+    options left unset do not mask the file or the environment.
+    """
+    import os
+
+    from canonlabel.errors import ConfigError
+
+    try:
+        settings = Settings()
+    except Exception as exc:  # pydantic ValidationError on a bad env value
+        raise ConfigError(f"invalid CANONLABEL_* environment setting: {exc}") from exc
+    config = config or os.environ.get("CANONLABEL_CONFIG")
+    values: dict = {}
+    if config:
+        values = {
+            k: v
+            for k, v in read_config(Path(config)).items()
+            if f"CANONLABEL_{k.upper()}" not in os.environ
+        }
+    values |= {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings.model_validate(settings.model_dump() | values)
+    except Exception as exc:
+        raise ConfigError(f"invalid setting: {exc}") from exc
+
+
+def read_config(path: Path) -> dict:
+    import yaml
+
+    from canonlabel.errors import ConfigError
+
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid YAML/JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of settings")
+    unknown = set(data) - set(Settings.model_fields)
+    if unknown:
+        raise ConfigError(
+            f"config file {path} has unknown settings {sorted(unknown)}; "
+            f"known: {sorted(Settings.model_fields)}"
+        )
+    return data
+
+
+def write_config(path: Path, values: dict) -> None:
+    """Merge ``values`` into a YAML config file (created if missing)."""
+    import yaml
+
+    current = read_config(path) if path.is_file() else {}
+    path.write_text(yaml.safe_dump(current | values, sort_keys=True), encoding="utf-8")

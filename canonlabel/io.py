@@ -163,3 +163,47 @@ def count_lines(path: str) -> int | None:
         return None
     with open(path, "rb") as fh:
         return sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
+
+
+def read_labelled(
+    path: str,
+    *,
+    text_field: str = "text",
+    labels_field: str = "labels",
+    split: str | None = None,
+    limit: int | None = None,
+    shuffle_seed=None,
+) -> tuple[list[str], list[list[str]]]:
+    """Texts and gold label lists from a JSONL file in the ``../shared/data`` format.
+
+    Rows without a usable text or with an empty label list are skipped (counted in the
+    error message only if nothing is left). ``shuffle_seed`` samples before ``limit``.
+    """
+    texts, golds = [], []
+    for record in read_records(path, text_field=text_field, fmt="jsonl"):
+        if record.error or not record.text or not record.text.strip():
+            continue
+        extra = record.extra or {}
+        if split and extra.get("split") != split:
+            continue
+        gold = extra.get(labels_field)
+        if isinstance(gold, str):
+            gold = [gold]
+        if not isinstance(gold, list) or not gold:
+            continue
+        texts.append(record.text)
+        golds.append([str(g) for g in gold])
+    if shuffle_seed is not None:
+        import random
+
+        order = list(range(len(texts)))
+        random.Random(shuffle_seed).shuffle(order)
+        texts, golds = [texts[i] for i in order], [golds[i] for i in order]
+    if limit:
+        texts, golds = texts[:limit], golds[:limit]
+    if not texts:
+        raise InputError(
+            f"{path} has no rows with a text and a non-empty {labels_field!r} "
+            f"list{f' in split {split!r}' if split else ''}"
+        )
+    return texts, golds

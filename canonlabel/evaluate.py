@@ -1,0 +1,273 @@
+"""Side-by-side evaluation of labelling strategies against gold labels.
+
+Every strategy sees the same items in the same order. Strategies: ``llm-only`` (every
+item to the LLM, raw labels kept), ``seed`` (the Go original's rules), ``canonlabel``
+(this pipeline), ``kmeans-k`` (k = number of gold labels: an oracle-k reference) and
+``hdbscan`` (no k). With ``repeats`` > 1 each strategy also runs on shuffled orders and
+the report gives order invariance (mean pairwise ARI) and the share of stable items.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from canonlabel.canon import InvalidLabel, clean_label
+from canonlabel.config import Settings
+from canonlabel.embed import Embedder
+from canonlabel.llm import Labeler
+from canonlabel.metrics import clustering_scores, hit_precision, mean_pairwise_ari, stable_share
+from canonlabel.normalize import normalize
+from canonlabel.types import LabelRequest
+
+STRATEGIES = ("llm-only", "seed", "canonlabel", "kmeans-k", "hdbscan")
+
+
+class PrecomputedEmbedder(Embedder):
+    """Serves vectors computed once per evaluation; falls back to the real model."""
+
+    def __init__(self, base: Embedder, table: dict[str, np.ndarray]) -> None:
+        self.base, self.table, self.id, self.batch_size = base, table, base.id, 4096
+
+    @property
+    def dim(self) -> int:
+        return self.base.dim
+
+    def embed_batch(self, texts):
+        missing = [t for t in dict.fromkeys(texts) if t not in self.table]
+        if missing:
+            self.table.update(zip(missing, self.base.embed(missing)))
+        return np.stack([self.table[t] for t in texts])
+
+
+@dataclass
+class Run:
+    """One strategy over one ordering; per-item lists are in dataset order."""
+
+    labels: list[str | None]
+    sources: list[str]
+    matches: list[tuple[int, int]] = field(default_factory=list)
+    llm_calls: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    latency: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    curve: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+
+
+@dataclass
+class EvalData:
+    texts: list[str]
+    gold: list[str]
+    vectors: np.ndarray
+    embedder: PrecomputedEmbedder
+
+    @classmethod
+    def build(
+        cls, texts: Sequence[str], gold: Sequence[str], embedder: Embedder, max_chars: int = 2000
+    ) -> EvalData:
+        norm = [normalize(t, max_chars)[0] for t in texts]
+        vectors = embedder.embed(norm)
+        return cls(
+            norm, list(gold), vectors, PrecomputedEmbedder(embedder, dict(zip(norm, vectors)))
+        )
+
+
+def run_llm_only(data: EvalData, order, labeler: Labeler, settings: Settings) -> Run:
+    run = Run([None] * len(order), ["failed"] * len(order))
+    raws: set[str] = set()
+    for step, i in enumerate(order, 1):
+        t = time.perf_counter()
+        response = labeler.label(LabelRequest(data.texts[i]))
+        run.llm_calls += 1
+        run.tokens += response.usage.prompt_tokens + response.usage.completion_tokens
+        try:
+            run.labels[i] = clean_label(response.output)
+            run.sources[i] = "llm"
+            raws.add(run.labels[i])
+        except InvalidLabel:
+            pass
+        run.latency["llm"].append(time.perf_counter() - t)
+        _point(run, step, 0, len(raws), len(raws))
+    return run
+
+
+def run_seed(data: EvalData, order, labeler: Labeler, settings: Settings) -> Run:
+    from canonlabel.baselines import SeedClassifier
+
+    seed = SeedClassifier(data.embedder, labeler, min_similarity=0.80, label_similarity=0.75)
+    run = Run([None] * len(order), ["failed"] * len(order))
+    hits = 0
+    for step, i in enumerate(order, 1):
+        t = time.perf_counter()
+        r = seed.classify(data.texts[i], data.vectors[i])
+        run.latency[r.source].append(time.perf_counter() - t)
+        run.labels[i], run.sources[i] = r.label, r.source
+        if r.source == "cache":
+            hits += 1
+            run.matches.append((i, order[r.matched]))
+        _point(run, step, hits, seed.raw_label_count, seed.label_count)
+    run.llm_calls = seed.llm_calls
+    return run
+
+
+def run_canonlabel(data: EvalData, order, labeler: Labeler, settings: Settings) -> Run:
+    from canonlabel.pipeline import Classifier
+    from canonlabel.store import SqliteStore
+
+    run = Run([None] * len(order), ["failed"] * len(order))
+    with tempfile.TemporaryDirectory() as tmp:
+        s = settings.model_copy(update={"db": Path(tmp) / "eval.db", "concurrency": 1})
+        clf = Classifier(SqliteStore(s.db), data.embedder, labeler, s)
+        hits = 0
+        for step, i in enumerate(order, 1):
+            t = time.perf_counter()
+            r = clf.classify_many([data.texts[i]], [str(i)])[0]
+            run.latency[r.source or "failed"].append(time.perf_counter() - t)
+            run.labels[i], run.sources[i] = r.label, r.source or "failed"
+            hits += r.source in ("exact", "cache")
+            _point(run, step, hits, len(clf.space.aliases), len(clf.space))
+        rows = clf.store.conn.execute(
+            "SELECT a.ext_id, b.ext_id FROM items a JOIN items b ON a.matched_item = b.id "
+            "WHERE a.source IN ('cache', 'exact')"
+        ).fetchall()
+        run.matches = [(int(a), int(b)) for a, b in rows]
+        run.llm_calls = clf.counters["llm_calls"]
+        run.tokens = clf.counters["prompt_tokens"] + clf.counters["completion_tokens"]
+        clf.close()
+    return run
+
+
+def run_kmeans(data: EvalData, order, labeler, settings, seed: int = 0) -> Run:
+    from sklearn.cluster import KMeans
+
+    k = len(set(data.gold))
+    km = KMeans(n_clusters=k, n_init=4, random_state=seed).fit(data.vectors[order])
+    return _cluster_run(order, km.labels_)
+
+
+def run_hdbscan(data: EvalData, order, labeler, settings, seed: int = 0) -> Run:
+    from sklearn.cluster import HDBSCAN
+
+    hd = HDBSCAN(min_cluster_size=5, copy=True).fit(data.vectors[order])
+    return _cluster_run(order, hd.labels_)  # noise (-1) counts as one cluster
+
+
+def _cluster_run(order, assigned) -> Run:
+    run = Run([None] * len(order), ["cluster"] * len(order))
+    for i, c in zip(order, assigned):
+        run.labels[i] = f"cluster_{int(c)}" if c >= 0 else "noise"
+    return run
+
+
+def _point(run: Run, step: int, hits: int, raw: int, labels: int) -> None:
+    run.curve["items"].append(step)
+    run.curve["hits"].append(hits)
+    run.curve["llm_calls"].append(run.llm_calls if run.llm_calls else step - hits)
+    run.curve["raw_labels"].append(raw)
+    run.curve["labels"].append(labels)
+
+
+RUNNERS: dict[str, Callable[..., Run]] = {
+    "llm-only": run_llm_only,
+    "seed": run_seed,
+    "canonlabel": run_canonlabel,
+    "kmeans-k": run_kmeans,
+    "hdbscan": run_hdbscan,
+}
+
+
+def summarize(data: EvalData, run: Run) -> dict:
+    keep = [i for i, lab in enumerate(run.labels) if lab is not None]
+    scores = clustering_scores([data.gold[i] for i in keep], [run.labels[i] for i in keep])
+    n = len(run.labels)
+    hits = sum(s in ("exact", "cache") for s in run.sources)
+    latency = {
+        s: {
+            "n": len(v),
+            "p50_ms": round(float(np.percentile(v, 50)) * 1000, 2),
+            "p95_ms": round(float(np.percentile(v, 95)) * 1000, 2),
+        }
+        for s, v in run.latency.items()
+        if v
+    }
+    return scores | {
+        "items": n,
+        "failed": n - len(keep),
+        "llm_calls": run.llm_calls,
+        "tokens": run.tokens,
+        "hit_rate": round(hits / n, 4) if n else 0.0,
+        "hit_precision": hit_precision(run.matches, data.gold),
+        "semantic_hits": sum(s == "cache" for s in run.sources),
+        "raw_labels": run.curve["raw_labels"][-1] if run.curve.get("raw_labels") else None,
+        "seconds": round(run.seconds, 2),
+        "latency": latency,
+    }
+
+
+def evaluate(
+    data: EvalData,
+    strategies: Sequence[str],
+    labeler: Labeler,
+    settings: Settings,
+    *,
+    repeats: int = 1,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Run each strategy; returns ``{"strategies": {name: summary}, "curves": ...}``."""
+    n = len(data.texts)
+    orders = [list(range(n))]
+    rng = random.Random(seed)
+    for _ in range(1, repeats):
+        order = list(range(n))
+        rng.shuffle(order)
+        orders.append(order)
+    report: dict = {
+        "items": n,
+        "gold_labels": len(set(data.gold)),
+        "repeats": repeats,
+        "strategies": {},
+        "curves": {},
+    }
+    for name in strategies:
+        if name not in RUNNERS:
+            raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
+        runs = []
+        for r, order in enumerate(orders):
+            if progress:
+                progress(f"{name} run {r + 1}/{len(orders)}")
+            start = time.perf_counter()
+            kwargs = {"seed": seed + r} if name in ("kmeans-k", "hdbscan") else {}
+            run = RUNNERS[name](data, order, labeler, settings, **kwargs)
+            run.seconds = time.perf_counter() - start
+            runs.append(run)
+        summary = summarize(data, runs[0])
+        if repeats > 1:
+            labelings = [
+                [lab if lab is not None else f"_failed_{i}" for i, lab in enumerate(run.labels)]
+                for run in runs
+            ]
+            summary["order_invariance_ari"] = mean_pairwise_ari(labelings)
+            summary["stable_share"] = stable_share(labelings)
+            if name not in ("kmeans-k", "hdbscan"):
+                again = RUNNERS[name](data, orders[0], labeler, settings)
+                summary["test_retest_ari"] = mean_pairwise_ari(
+                    [
+                        labelings[0],
+                        [
+                            lab if lab is not None else f"_failed_{i}"
+                            for i, lab in enumerate(again.labels)
+                        ],
+                    ]
+                )
+        report["strategies"][name] = summary
+        if runs[0].curve.get("items"):
+            report["curves"][name] = dict(runs[0].curve)
+    return report
