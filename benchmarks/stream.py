@@ -63,7 +63,7 @@ def run_stream(rows, settings, embedder, labeler):
         settings = settings.model_copy(update={"db": Path(tmp) / "bench.db"})
         clf = Classifier.open(settings=settings, embedder=embedder, labeler=labeler)
         latency, stages = defaultdict(list), Counter()
-        results, checkpoints, raw_curve = [], {}, []
+        results, checkpoints = [], {}
         start = time.perf_counter()
         for i, row in enumerate(rows, 1):
             t = time.perf_counter()

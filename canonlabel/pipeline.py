@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from canonlabel.batch import Asked, BatchRun
 from canonlabel.canon import InvalidLabel, LabelSpace, clean_label
 from canonlabel.config import Settings
 from canonlabel.embed import Embedder, make_embedder
+from canonlabel.engine import Asked, Engine
 from canonlabel.errors import BackendError, ConfigError, LabelError
 from canonlabel.index import ExactIndex
 from canonlabel.llm import Labeler, make_labeler
@@ -90,10 +90,10 @@ class Classifier:
     # -- public API -------------------------------------------------------------------
     def classify(self, text: str, id: str | None = None) -> Result:
         """Classify one text; raises on empty text or when no label can be had."""
-        results, errors = self._run_chunk([text], [id], 1)
-        if 0 in errors:
-            raise errors[0]
-        return results[0]
+        [result] = self.classify_many([text], [id], concurrency=1)
+        if self._last_errors:
+            raise self._last_errors[0]
+        return result
 
     def classify_many(
         self,
@@ -112,15 +112,31 @@ class Classifier:
         if len(ids) != len(texts):
             raise ConfigError("ids and texts differ in length")
         concurrency = concurrency or self.settings.concurrency
-        out: list[Result] = []
-        for start in range(0, len(texts), _MISS_BATCH):
-            results, _ = self._run_chunk(
-                texts[start : start + _MISS_BATCH], ids[start : start + _MISS_BATCH], concurrency
-            )
-            out.extend(results)
+        results: list[Result | None] = [None] * len(texts)
+        errors: dict[int, Exception] = {}
+
+        def done(pos, result, error):
+            results[pos] = result
+            if error is not None:
+                errors[pos] = error
             if progress:
-                progress(len(results))
-        return out
+                progress(1)
+
+        engine = Engine(self, concurrency)
+        try:
+            for start in range(0, len(texts), _MISS_BATCH):
+                stop = start + _MISS_BATCH
+                engine.submit(
+                    texts[start:stop], ids[start:stop], range(start, min(stop, len(texts))), done
+                )
+                while engine.busy > 4 * engine.concurrency:
+                    engine.poll()
+            while engine.busy:
+                engine.poll()
+        finally:
+            engine.close()
+        self._last_errors = errors
+        return results  # type: ignore[return-value]
 
     def labels(self) -> list[Label]:
         """Canonical labels, most frequent first."""
@@ -161,10 +177,6 @@ class Classifier:
             "min_similarity": self.settings.min_similarity,
             "label_similarity": self.settings.label_similarity,
         }
-
-    # -- one chunk ----------------------------------------------------------------------
-    def _run_chunk(self, texts, ids, concurrency):
-        return BatchRun(self, concurrency).execute(texts, ids)
 
     def _result_from_stored(
         self,

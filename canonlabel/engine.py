@@ -1,0 +1,400 @@
+"""The pipeline engine: items go in with :meth:`Engine.submit`, results come out through
+a callback as soon as each is known and committed.
+
+Stages per item: normalise -> resume/exact lookup -> embed (batched) -> cache search ->
+either a hit, a *follower* of a near-duplicate miss already waiting for the LLM, or a
+*leader*: one LLM call, canonicalisation, one committed transaction. Leaders wait in a
+queue and run at most ``concurrency`` at a time; candidates are computed when a leader is
+dispatched, so they include every label committed before it. The engine is used by one
+thread at a time (``classify_many`` or the service's worker); only LLM calls run in threads.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from canonlabel.canon import label_text
+from canonlabel.errors import CanonlabelError, LabelError
+from canonlabel.normalize import normalize, text_key
+from canonlabel.types import Result, Usage
+
+if TYPE_CHECKING:
+    from canonlabel.pipeline import Classifier
+
+Callback = Callable[[Hashable, Result, "Exception | None"], None]
+
+
+@dataclass(eq=False)
+class Item:
+    token: Hashable
+    text: str
+    ext_id: str | None
+    truncated: bool
+    key: str
+    timings: dict[str, float] = field(default_factory=dict)
+    vector: np.ndarray | None = None
+    followers: list[tuple[Item, float, str]] = field(default_factory=list)
+
+
+@dataclass
+class Asked:
+    """What a worker brings back from the LLM for one leader."""
+
+    raw_label: str | None
+    error: CanonlabelError | None
+    usage: Usage
+    calls: int
+    seconds: float
+    outputs: list[str]
+
+
+def failure(text: str, ext_id: str | None, error: Exception, timings=None) -> Result:
+    return Result(
+        text=text,
+        label=None,
+        label_id=None,
+        raw_label=None,
+        source=None,
+        id=ext_id,
+        error=str(error),
+        timings=timings or {},
+    )
+
+
+class Engine:
+    """Long-lived pipeline state: leaders waiting or in flight, and their followers."""
+
+    def __init__(self, clf: Classifier, concurrency: int = 1) -> None:
+        self.clf = clf
+        self.settings = clf.settings
+        self.concurrency = max(1, concurrency)
+        self.waiting: deque[Item] = deque()
+        self.futures: dict[Future, Item] = {}
+        self.by_key: dict[str, Item] = {}  # leaders not yet answered, by text key
+        self._leaders: list[Item] = []
+        self._leader_vecs = np.zeros((0, clf.dim), dtype=np.float32)
+        self._callback: dict[Item, Callback] = {}
+        self.pool: ThreadPoolExecutor | None = None
+
+    @property
+    def busy(self) -> int:
+        """Leaders waiting or in flight (their followers resolve with them)."""
+        return len(self.waiting) + len(self.futures)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+            self.pool = None
+
+    # -- submit -----------------------------------------------------------------------------
+    def submit(
+        self, texts: Sequence, ids: Sequence, tokens: Sequence[Hashable], on_done: Callback
+    ) -> None:
+        """Take a batch: hits are committed and delivered before this returns; misses
+        are queued for the LLM and delivered by :meth:`poll`."""
+        hits: list[tuple[Item, Result, dict]] = []
+        items = self._normalise(texts, ids, tokens, on_done)
+        pending = self._lookup(items, hits, on_done)
+        if pending:
+            self._embed(pending)
+            self._search(pending, hits, on_done)
+        self._commit_hits(hits, on_done)
+        self._dispatch()
+
+    def poll(self, timeout: float | None = None) -> None:
+        """Finish completed LLM calls (waiting up to ``timeout``; None blocks for one)."""
+        self._dispatch()
+        if not self.futures:
+            return
+        done, _ = wait(list(self.futures), timeout=timeout, return_when=FIRST_COMPLETED)
+        for future in done:
+            self._finish(self.futures.pop(future), future.result())
+        self._dispatch()
+
+    def _normalise(self, texts, ids, tokens, on_done) -> list[Item]:
+        items = []
+        for text, ext_id, token in zip(texts, ids, tokens):
+            start = time.perf_counter()
+            ext_id = None if ext_id is None else str(ext_id)
+            try:
+                norm, truncated = normalize(text, self.settings.max_chars)
+            except CanonlabelError as exc:
+                shown = text if isinstance(text, str) else repr(text)
+                self._deliver(on_done, token, failure(shown, ext_id, exc), exc, "failed")
+                continue
+            item = Item(
+                token,
+                norm,
+                ext_id,
+                truncated,
+                text_key(norm),
+                {"normalise": time.perf_counter() - start},
+            )
+            self._callback[item] = on_done
+            items.append(item)
+        return items
+
+    def _lookup(self, items: list[Item], hits, on_done) -> list[Item]:
+        """Resolve resumed and exact-duplicate items from the store; return the rest."""
+        store, clf = self.clf.store, self.clf
+        start = time.perf_counter()
+        by_id = store.items_by_ext_id([it.ext_id for it in items if it.ext_id])
+        by_key = store.items_by_text_key([it.key for it in items])
+        paid = {} if self.settings.retry_failed else store.paid_failures([i.key for i in items])
+        elapsed = (time.perf_counter() - start) / max(1, len(items))
+        pending: list[Item] = []
+        batch_first: dict[str, Item] = {}
+        for it in items:
+            it.timings["search"] = elapsed
+            row = by_id.get(it.ext_id) if it.ext_id else None
+            if row is not None:
+                self._resolve(it, clf._result_from_stored(row, timings=it.timings), "resumed")
+            elif (row := by_key.get(it.key)) is not None:
+                hits.append(self._hit(it, row.label_id, row.raw_label, "exact", 1.0, row.id))
+            elif it.key in paid:
+                self._fail(it, LabelError(paid[it.key], []))
+            elif (leader := self.by_key.get(it.key) or batch_first.get(it.key)) is not None:
+                leader.followers.append((it, 1.0, "exact"))
+            else:
+                batch_first[it.key] = it
+                pending.append(it)
+        return pending
+
+    def _embed(self, pending: list[Item]) -> None:
+        start = time.perf_counter()
+        vectors = self.clf.embedder.embed([it.text for it in pending])
+        elapsed = time.perf_counter() - start
+        self.clf.counters["embed_seconds"] += elapsed
+        for it, vector in zip(pending, vectors):
+            it.vector = vector
+            it.timings["embed"] = elapsed / len(pending)
+
+    def _search(self, pending: list[Item], hits, on_done) -> None:
+        clf, threshold = self.clf, self.settings.min_similarity
+        start = time.perf_counter()
+        sims, keys = clf.cache.search(np.stack([it.vector for it in pending]), 1)
+        per_item = (time.perf_counter() - start) / len(pending)
+        for j, it in enumerate(pending):
+            start = time.perf_counter()
+            lead_sim, lead = -1.0, None
+            if self._leaders:
+                scores = self._leader_vecs[: len(self._leaders)] @ it.vector
+                best = int(scores.argmax())
+                lead_sim, lead = float(scores[best]), self._leaders[best]
+            it.timings["search"] += per_item + time.perf_counter() - start
+            cache_sim = float(sims[j, 0])
+            if keys[j, 0] >= 0 and cache_sim >= threshold and cache_sim >= lead_sim:
+                item_id = int(keys[j, 0])
+                raw = clf.store.conn.execute(
+                    "SELECT raw_label FROM items WHERE id = ?", (item_id,)
+                ).fetchone()[0]
+                hits.append(
+                    self._hit(it, clf._item_label[item_id], raw, "cache", cache_sim, item_id)
+                )
+            elif lead is not None and lead_sim >= threshold:
+                lead.followers.append((it, lead_sim, "cache"))
+            else:
+                self._lead(it)
+
+    # -- leaders ------------------------------------------------------------------------
+    def _lead(self, it: Item) -> None:
+        self.by_key[it.key] = it
+        n = len(self._leaders)
+        if n == len(self._leader_vecs):
+            grown = np.zeros((max(64, 2 * n), self.clf.dim), dtype=np.float32)
+            grown[:n] = self._leader_vecs[:n]
+            self._leader_vecs = grown
+        self._leader_vecs[n] = it.vector
+        self._leaders.append(it)
+        self.waiting.append(it)
+
+    def _unlead(self, it: Item) -> None:
+        self.by_key.pop(it.key, None)
+        n = len(self._leaders)
+        i = self._leaders.index(it)
+        self._leaders.pop(i)
+        self._leader_vecs[i : n - 1] = self._leader_vecs[i + 1 : n]
+
+    def _dispatch(self) -> None:
+        while self.waiting and len(self.futures) < self.concurrency:
+            it = self.waiting.popleft()
+            candidates = self.clf.candidates(it.text, it.vector)
+            if self.pool is None:
+                self.pool = ThreadPoolExecutor(
+                    self.concurrency, thread_name_prefix="canonlabel-llm"
+                )
+            self.futures[self.pool.submit(self.clf.ask, it.text, candidates)] = it
+
+    def _finish(self, it: Item, asked: Asked) -> None:
+        clf, store = self.clf, self.clf.store
+        c = clf.counters
+        c["llm_calls"] += asked.calls
+        c["llm_seconds"] += asked.seconds
+        c["prompt_tokens"] += asked.usage.prompt_tokens
+        c["completion_tokens"] += asked.usage.completion_tokens
+        it.timings["llm"] = asked.seconds
+        self._unlead(it)
+        if asked.error is not None:
+            kind = "invalid_output" if isinstance(asked.error, LabelError) else "backend"
+            with store.write() as conn:
+                store.record_failure(
+                    conn,
+                    ext_id=it.ext_id,
+                    text_key=it.key,
+                    text=it.text,
+                    kind=kind,
+                    error=str(asked.error),
+                    outputs=asked.outputs,
+                )
+            self._fail(it, asked.error)
+            for follower, _, how in it.followers:
+                if how == "exact":
+                    self._fail(follower, asked.error)
+                else:  # a near-duplicate may still get a valid label of its own
+                    self._lead(follower)
+            return
+        raw = asked.raw_label
+        start = time.perf_counter()
+        vector = None
+        if raw not in clf.space.aliases:
+            vector = clf.embedder.embed([label_text(raw)])[0]
+            c["embed_seconds"] += time.perf_counter() - start
+        decision = clf.space.decide(raw, vector, self.settings.label_similarity)
+        it.timings["canonicalise"] = time.perf_counter() - start
+        start = time.perf_counter()
+        with store.write() as conn:
+            label_id = decision.label_id
+            if label_id is None:
+                label_id = store.insert_label(conn, raw, vector)
+                store.insert_alias(conn, raw, label_id, None)
+            elif not decision.known:
+                store.insert_alias(conn, raw, label_id, decision.similarity)
+            row = self._row(it, label_id, raw, "llm", None, None)
+            row.update(
+                vector=it.vector,
+                cached=True,
+                prompt_tokens=asked.usage.prompt_tokens,
+                completion_tokens=asked.usage.completion_tokens,
+            )
+            item_id = store.insert_items(conn, [row])[0]
+            name = raw if decision.label_id is None else clf.space.names[label_id]
+            followers = [
+                self._hit(f, label_id, raw, how, sim, item_id, name) for f, sim, how in it.followers
+            ]
+            self._insert_hit_rows(conn, followers)
+        it.timings["store"] = time.perf_counter() - start
+        if decision.label_id is None:
+            clf.space.add_label(label_id, raw, vector)
+        if not decision.known:
+            clf.space.add_alias(raw, label_id)
+        self._add_to_cache([item_id], [label_id], [it.vector])
+        result = Result(
+            text=it.text,
+            label=clf.space.names[label_id],
+            label_id=label_id,
+            raw_label=raw,
+            source="llm",
+            truncated=it.truncated,
+            id=it.ext_id,
+            timings=it.timings,
+            usage=asked.usage,
+        )
+        self._resolve(it, result, "llm_items")
+        for f, result, _ in followers:
+            self._resolve(f, result, f"{result.source}_hits")
+
+    # -- hits -------------------------------------------------------------------------
+    def _hit(
+        self,
+        it: Item,
+        label_id: int,
+        raw,
+        source: str,
+        sim: float,
+        matched: int,
+        name: str | None = None,
+    ):
+        """``name`` is given for a label created in the transaction being written."""
+        if name is None:
+            label_id = self.clf.space.resolve(label_id)
+            name = self.clf.space.names[label_id]
+        result = Result(
+            text=it.text,
+            label=name,
+            label_id=label_id,
+            raw_label=raw,
+            source=source,
+            similarity=sim,
+            truncated=it.truncated,
+            id=it.ext_id,
+            timings=it.timings,
+        )
+        row = self._row(it, label_id, raw, source, sim, matched)
+        if self.settings.store_hits and source == "cache":
+            row.update(vector=it.vector, cached=True)
+        return it, result, row
+
+    def _commit_hits(self, hits, on_done) -> None:
+        if not hits:
+            return
+        with self.clf.store.write() as conn:
+            self._insert_hit_rows(conn, hits)
+        for it, result, _ in hits:
+            self._resolve(it, result, f"{result.source}_hits")
+
+    def _insert_hit_rows(self, conn, hits) -> None:
+        if not hits:
+            return
+        ids = self.clf.store.insert_items(conn, [row for _, _, row in hits])
+        cached = [(i, row) for i, (_, _, row) in zip(ids, hits) if row.get("cached")]
+        if cached:
+            self._add_to_cache(
+                [i for i, _ in cached],
+                [r["label_id"] for _, r in cached],
+                [r["vector"] for _, r in cached],
+            )
+
+    def _add_to_cache(self, item_ids, label_ids, vectors) -> None:
+        vectors = np.stack(vectors)
+        self.clf.cache.add(np.array(item_ids), vectors)
+        self.clf._item_label.update(zip(item_ids, label_ids))
+        self.clf.space.add_members(np.array(label_ids), vectors)
+
+    # -- bookkeeping --------------------------------------------------------------------
+    @staticmethod
+    def _row(it: Item, label_id, raw, source, sim, matched) -> dict:
+        return {
+            "ext_id": it.ext_id,
+            "text": it.text,
+            "text_key": it.key,
+            "truncated": it.truncated,
+            "label_id": label_id,
+            "raw_label": raw,
+            "source": source,
+            "similarity": sim,
+            "matched_item": matched,
+        }
+
+    def _resolve(self, it: Item, result: Result, counter: str) -> None:
+        self._deliver(self._callback.pop(it), it.token, result, None, counter)
+
+    def _fail(self, it: Item, error: Exception) -> None:
+        self._deliver(
+            self._callback.pop(it),
+            it.token,
+            failure(it.text, it.ext_id, error, it.timings),
+            error,
+            "failed",
+        )
+
+    def _deliver(self, on_done, token, result, error, counter) -> None:
+        self.clf.counters["items"] += 1
+        self.clf.counters[counter] += 1
+        on_done(token, result, error)
