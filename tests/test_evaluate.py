@@ -79,12 +79,13 @@ def test_small_end_to_end_eval_with_fake_llm(tmp_path):
 
 
 def test_eval_and_calibrate_cli(tmp_path):
-    run = lambda *a: subprocess.run(
-        [sys.executable, "-m", "canonlabel.cli", *a],  # noqa: E731
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    def run(*a):
+        return subprocess.run(
+            [sys.executable, "-m", "canonlabel.cli", *a],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     out = tmp_path / "ev"
     r = run(
         "eval",
