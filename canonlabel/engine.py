@@ -321,7 +321,11 @@ class Engine:
         matched: int,
         name: str | None = None,
     ):
-        """``name`` is given for a label created in the transaction being written."""
+        """``name`` is given for a label created in the transaction being written.
+
+        The row keeps the matched item's own (unresolved) label id, so the hit follows
+        that label through later merges and their undo."""
+        stored = label_id
         if name is None:
             label_id = self.clf.space.resolve(label_id)
             name = self.clf.space.names[label_id]
@@ -336,7 +340,7 @@ class Engine:
             id=it.ext_id,
             timings=it.timings,
         )
-        row = self._row(it, label_id, raw, source, sim, matched)
+        row = self._row(it, stored, raw, source, sim, matched)
         if self.settings.store_hits and source == "cache":
             row.update(vector=it.vector, cached=True)
         return it, result, row

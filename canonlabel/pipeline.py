@@ -48,15 +48,42 @@ class Classifier:
                 "label_similarity": self.settings.label_similarity,
             }
         )
-        self.space = LabelSpace.load(store, self.dim)
-        item_ids, vectors, label_ids = store.cached_items(self.dim)
+        self.reload()
+        self.counters: Counter[str] = Counter()
+
+    def reload(self) -> None:
+        """Rebuild the in-memory label space and cache from the store."""
+        self.space = LabelSpace.load(self.store, self.dim)
+        item_ids, vectors, label_ids = self.store.cached_items(self.dim)
         self.cache = ExactIndex(self.dim)
         self.cache.add(item_ids, vectors)
-        self._item_label: dict[int, int] = dict(
-            zip(item_ids.tolist(), label_ids.tolist(), strict=False)
-        )
+        self._item_label: dict[int, int] = dict(zip(item_ids.tolist(), label_ids.tolist()))
         self.space.add_members(label_ids, vectors)
-        self.counters: Counter[str] = Counter()
+
+    # -- curation (see canonlabel.curation) -------------------------------------------
+    def merge(self, source: int, into: int) -> dict:
+        """Merge label ``source`` into ``into`` (logged, undoable)."""
+        from canonlabel import curation
+
+        return curation.merge(self, source, into)
+
+    def rename(self, label_id: int, name: str) -> dict:
+        """Rename a label; its id stays."""
+        from canonlabel import curation
+
+        return curation.rename(self, label_id, name)
+
+    def split(self, label_id: int, **how) -> dict:
+        """Split a label by ``k=``, ``aliases=`` or ``items=`` (see curation.split)."""
+        from canonlabel import curation
+
+        return curation.split(self, label_id, **how)
+
+    def undo(self) -> dict:
+        """Undo the most recent merge."""
+        from canonlabel import curation
+
+        return curation.undo(self)
 
     @classmethod
     def open(

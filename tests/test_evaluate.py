@@ -86,6 +86,7 @@ def test_eval_and_calibrate_cli(tmp_path):
             text=True,
             timeout=300,
         )
+
     out = tmp_path / "ev"
     r = run(
         "eval",

@@ -1,0 +1,212 @@
+"""Curating the label space without re-labelling: merge, rename, split, undo.
+
+Every operation is one transaction, logged in ``merges`` (kind ``merge`` | ``rename`` |
+``split``). Label ids are stable: a rename keeps the id, a merge points the old id at the
+new one (``labels.merged_into``), so items follow their label at read time. A split moves
+items (and the cache hits that matched them) to new labels. ``undo`` reverts the most
+recent merge exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from canonlabel.canon import InvalidLabel, clean_label, label_text
+from canonlabel.errors import CanonlabelError
+from canonlabel.store import from_blobs, to_blob
+
+if TYPE_CHECKING:
+    from canonlabel.pipeline import Classifier
+
+
+class CurationError(CanonlabelError, ValueError):
+    """A curation request cannot be applied as asked."""
+
+
+def _root(clf: Classifier, label_id: int) -> int:
+    if label_id not in clf.space.names:
+        raise CurationError(
+            f"label {label_id} does not exist; list labels with `canonlabel labels`"
+        )
+    if label_id in clf.space.parent:
+        raise CurationError(
+            f"label {label_id} was merged into {clf.space.resolve(label_id)}; use that id"
+        )
+    return label_id
+
+
+def merge(clf: Classifier, source: int, into: int) -> dict:
+    """Merge label ``source`` into ``into``; returns the log entry."""
+    source, into = _root(clf, source), _root(clf, into)
+    if source == into:
+        raise CurationError("cannot merge a label into itself")
+    reps = dict(clf.space._rep_rows)
+    sim = float(reps[source] @ reps[into])
+    with clf.store.write() as c:
+        c.execute("UPDATE labels SET merged_into = ? WHERE id = ?", (into, source))
+        c.execute(
+            "INSERT INTO merges (kind, from_label, into_label, similarity, created_at) "
+            "VALUES ('merge', ?, ?, ?, ?)",
+            (source, into, sim, time.time()),
+        )
+    clf.reload()
+    return {"kind": "merge", "from": source, "into": into, "similarity": round(sim, 4)}
+
+
+def undo(clf: Classifier) -> dict:
+    """Revert the most recent label merge that is not undone yet."""
+    row = clf.store.conn.execute(
+        "SELECT id, from_label, into_label FROM merges WHERE kind = 'merge' AND undone = 0 "
+        "ORDER BY id DESC LIMIT 1"
+    ).fetchone()
+    if row is None:
+        raise CurationError("no merge to undo")
+    entry, source, into = row
+    with clf.store.write() as c:
+        c.execute("UPDATE labels SET merged_into = NULL WHERE id = ?", (source,))
+        c.execute("UPDATE merges SET undone = 1 WHERE id = ?", (entry,))
+    clf.reload()
+    return {"kind": "undo", "merge": entry, "from": source, "into": into}
+
+
+def rename(clf: Classifier, label_id: int, name: str) -> dict:
+    """Give a label a new name (id unchanged); the name becomes an alias and the
+    representative used for canonicalisation."""
+    label_id = _root(clf, label_id)
+    try:
+        name = clean_label(name)
+    except InvalidLabel as exc:
+        raise CurationError(f"invalid name: {exc}") from None
+    owner = clf.space.aliases.get(name)
+    if owner is not None and clf.space.resolve(owner) != label_id:
+        raise CurationError(
+            f"{name!r} is already an alias of label "
+            f"{clf.space.resolve(owner)}; merge the labels instead"
+        )
+    if any(n == name for i, n in clf.space.names.items() if i != label_id):
+        raise CurationError(f"another label is named {name!r}")
+    old = clf.space.names[label_id]
+    vector = clf.embedder.embed([label_text(name)])[0]
+    with clf.store.write() as c:
+        c.execute(
+            "UPDATE labels SET name = ?, vector = ? WHERE id = ?", (name, to_blob(vector), label_id)
+        )
+        if owner is None:
+            c.execute("INSERT INTO aliases VALUES (?, ?, NULL, ?)", (name, label_id, time.time()))
+        c.execute(
+            "INSERT INTO merges (kind, raw_label, from_label, into_label, created_at) "
+            "VALUES ('rename', ?, ?, ?, ?)",
+            (json.dumps([old, name]), label_id, label_id, time.time()),
+        )
+    clf.reload()
+    return {"kind": "rename", "id": label_id, "from": old, "to": name}
+
+
+def split(
+    clf: Classifier,
+    label_id: int,
+    *,
+    k: int | None = None,
+    aliases: list[str] | None = None,
+    items: list[int] | None = None,
+    name: str | None = None,
+) -> dict:
+    """Split a label: move chosen ``aliases`` or ``items`` to a new label, or re-cluster
+    its LLM-labelled members into ``k`` labels (k-means on their vectors)."""
+    label_id = _root(clf, label_id)
+    members = _members(clf, label_id)
+    if not members:
+        raise CurationError(f"label {label_id} has no members to split")
+    if sum(x is not None for x in (k, aliases, items)) != 1:
+        raise CurationError("give exactly one of k, aliases or items")
+    groups: list[list[int]]
+    if aliases is not None:
+        known = {a for a, lid in clf.space.aliases.items() if clf.space.resolve(lid) == label_id}
+        unknown = set(aliases) - known
+        if unknown:
+            raise CurationError(f"{sorted(unknown)} are not aliases of label {label_id}")
+        groups = [[m["id"] for m in members if m["raw_label"] in set(aliases)]]
+    elif items is not None:
+        ids = {m["id"] for m in members}
+        if set(items) - ids:
+            raise CurationError(
+                f"items {sorted(set(items) - ids)} are not LLM-labelled members of label {label_id}"
+            )
+        groups = [list(items)]
+    else:
+        groups = _kmeans_groups(clf, members, k)
+    moved_sets = [set(g) for g in groups if g]
+    if not moved_sets or sum(map(len, moved_sets)) >= len(members):
+        raise CurationError("a split must leave some members in the original label")
+    created = _apply_split(clf, label_id, members, moved_sets, name, aliases)
+    clf.reload()
+    return {"kind": "split", "from": label_id, "created": created}
+
+
+def _members(clf: Classifier, label_id: int) -> list[dict]:
+    ids = [i for i in clf.space.names if clf.space.resolve(i) == label_id]
+    marks = ",".join("?" * len(ids))
+    rows = clf.store.conn.execute(
+        f"SELECT id, raw_label, vector FROM items WHERE cached = 1 AND source = 'llm' "
+        f"AND label_id IN ({marks}) ORDER BY id",
+        ids,
+    ).fetchall()
+    return [{"id": r[0], "raw_label": r[1], "vector": r[2]} for r in rows]
+
+
+def _kmeans_groups(clf: Classifier, members: list[dict], k: int | None) -> list[list[int]]:
+    from sklearn.cluster import KMeans
+
+    if k is None or k < 2 or k > len(members):
+        raise CurationError(f"k must be between 2 and the member count ({len(members)})")
+    vectors = from_blobs([m["vector"] for m in members], clf.dim)
+    assigned = KMeans(n_clusters=k, n_init=4, random_state=0).fit(vectors).labels_
+    keep = Counter(assigned.tolist()).most_common(1)[0][0]  # the largest keeps the id
+    return [[m["id"] for m, a in zip(members, assigned) if a == c] for c in range(k) if c != keep]
+
+
+def _apply_split(clf, label_id, members, moved_sets, name, aliases) -> list[dict]:
+    by_id = {m["id"]: m for m in members}
+    created = []
+    with clf.store.write() as c:
+        for n, moved in enumerate(moved_sets):
+            raws = Counter(by_id[i]["raw_label"] for i in moved)
+            base = name if (name and n == 0) else raws.most_common(1)[0][0]
+            new_name = _free_name(clf, c, base)
+            vectors = from_blobs([by_id[i]["vector"] for i in moved], clf.dim)
+            rep = clf.embedder.embed([label_text(new_name)])[0]
+            new_id = clf.store.insert_label(c, new_name, rep)
+            marks = ",".join("?" * len(moved))
+            c.execute(f"UPDATE items SET label_id = ? WHERE id IN ({marks})", [new_id, *moved])
+            c.execute(
+                f"UPDATE items SET label_id = ? WHERE matched_item IN ({marks})", [new_id, *moved]
+            )  # hits follow the item they matched
+            for raw in aliases or []:
+                c.execute("UPDATE aliases SET label_id = ? WHERE raw_label = ?", (new_id, raw))
+            if new_name not in clf.space.aliases:
+                c.execute(
+                    "INSERT OR IGNORE INTO aliases VALUES (?, ?, NULL, ?)",
+                    (new_name, new_id, time.time()),
+                )
+            centroid = vectors.mean(0)
+            sim = float(centroid @ rep / max(np.linalg.norm(centroid), 1e-12))
+            c.execute(
+                "INSERT INTO merges (kind, from_label, into_label, similarity, "
+                "created_at) VALUES ('split', ?, ?, ?, ?)",
+                (label_id, new_id, sim, time.time()),
+            )
+            created.append({"id": new_id, "name": new_name, "items": len(moved)})
+    return created
+
+
+def _free_name(clf, conn, base: str) -> str:
+    taken = {r[0] for r in conn.execute("SELECT name FROM labels")}
+    name, n = base, 2
+    while name in taken:
+        name, n = f"{base}_{n}"[:60], n + 1
+    return name
