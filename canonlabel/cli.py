@@ -328,5 +328,86 @@ def calibrate(
         err.print(f"wrote {write_config}; use it with --config {write_config}")
 
 
+@app.command()
+def serve(
+    db: DbOpt = None,
+    host: Annotated[str, typer.Option(help="bind address (loopback by default)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8000,
+    llm: LlmOpt = None,
+    llm_base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible base URL")] = None,
+    embedder: EmbOpt = None,
+    concurrency: Annotated[int | None, typer.Option(help="LLM calls at once", min=1)] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Serve the classifier over HTTP (FastAPI; docs at /docs)."""
+    import uvicorn
+
+    from canonlabel.server import create_app
+
+    try:
+        settings = _settings(
+            config,
+            db=db,
+            llm=llm,
+            llm_base_url=llm_base_url,
+            embedder=embedder,
+            concurrency=concurrency,
+        )
+    except CanonlabelError as exc:
+        raise _fail(exc) from None
+    if host not in ("127.0.0.1", "localhost", "::1") and not settings.api_token:
+        err.print("[yellow]warning:[/] serving beyond loopback without CANONLABEL_API_TOKEN")
+    uvicorn.run(
+        create_app(settings), host=host, port=port, log_level="info", timeout_graceful_shutdown=30
+    )
+
+
+def _curate(db, embedder, action) -> None:
+    try:
+        with _open(db, embedder=embedder) as clf:
+            out = action(clf)
+    except CanonlabelError as exc:
+        raise _fail(exc) from None
+    print(json.dumps(out, indent=1))
+
+
+@app.command()
+def merge(
+    source: Annotated[int, typer.Argument(help="label id to merge away")],
+    into: Annotated[int, typer.Argument(help="label id to keep")],
+    db: DbOpt = None,
+    embedder: EmbOpt = None,
+) -> None:
+    """Merge label SOURCE into label INTO (logged; undo with `canonlabel undo`)."""
+    _curate(db, embedder, lambda clf: clf.merge(source, into))
+
+
+@app.command()
+def rename(label_id: int, name: str, db: DbOpt = None, embedder: EmbOpt = None) -> None:
+    """Rename a label (its id stays; the new name becomes an alias)."""
+    _curate(db, embedder, lambda clf: clf.rename(label_id, name))
+
+
+@app.command()
+def split(
+    label_id: int,
+    k: Annotated[int | None, typer.Option(help="re-cluster members into K labels")] = None,
+    alias: Annotated[list[str] | None, typer.Option(help="move this alias (repeatable)")] = None,
+    item: Annotated[list[int] | None, typer.Option(help="move this item id (repeatable)")] = None,
+    name: Annotated[str | None, typer.Option(help="name of the new label")] = None,
+    db: DbOpt = None,
+    embedder: EmbOpt = None,
+) -> None:
+    """Split a label by re-clustering (--k) or by moving aliases/items out."""
+    how = {k_: v for k_, v in {"k": k, "aliases": alias, "items": item}.items() if v}
+    _curate(db, embedder, lambda clf: clf.split(label_id, name=name, **how))
+
+
+@app.command()
+def undo(db: DbOpt = None, embedder: EmbOpt = None) -> None:
+    """Undo the most recent label merge."""
+    _curate(db, embedder, lambda clf: clf.undo())
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -44,6 +44,12 @@ class Settings(BaseSettings):
     max_chars: int = Field(2000, ge=16, description="texts longer than this are truncated")
     concurrency: int = Field(1, ge=1, le=256)
     cache_dir: Path = Field(default_factory=default_cache_dir)
+    # service
+    api_token: str | None = Field(None, description="bearer token required by the service")
+    admin_token: str | None = Field(None, description="extra token for curation routes")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="largest request body")
+    max_text_chars: int = Field(20_000, ge=1, description="longest text a request may send")
+    max_batch: int = Field(256, ge=1, le=10_000, description="items per batch request")
 
 
 def load_settings(config: Path | str | None = None, **overrides) -> Settings:

@@ -179,6 +179,45 @@ class Classifier:
         ]
         return sorted(labels, key=lambda lab: (-lab.count, lab.id))
 
+    def label_detail(self, label_id: int, sample: int = 10) -> dict | None:
+        """One label: name, count, aliases, a sample of member texts, merge history."""
+        if label_id not in self.space.names:
+            return None
+        root = self.space.resolve(label_id)
+        ids = [i for i in self.space.names if self.space.resolve(i) == root]
+        marks = ",".join("?" * len(ids))
+        conn = self.store.conn
+        count = conn.execute(
+            f"SELECT count(*) FROM items WHERE label_id IN ({marks})", ids
+        ).fetchone()[0]
+        members = [
+            r[0]
+            for r in conn.execute(
+                f"SELECT text FROM items WHERE label_id IN ({marks}) AND source = 'llm' "
+                f"ORDER BY id LIMIT ?",
+                [*ids, sample],
+            )
+        ]
+        history = [
+            dict(zip(("kind", "raw_label", "from", "into", "similarity", "undone", "at"), r))
+            for r in conn.execute(
+                f"SELECT kind, raw_label, from_label, into_label, similarity, undone, created_at "
+                f"FROM merges WHERE into_label IN ({marks}) OR from_label IN ({marks}) ORDER BY id",
+                [*ids, *ids],
+            )
+        ]
+        aliases = sorted(a for a, i in self.space.aliases.items() if self.space.resolve(i) == root)
+        return {
+            "id": root,
+            "requested_id": label_id,
+            "name": self.space.names[root],
+            "count": count,
+            "aliases": aliases,
+            "merged_ids": sorted(set(ids) - {root}),
+            "members": members,
+            "history": history,
+        }
+
     def stats(self) -> dict[str, object]:
         """Totals over the whole store."""
         s = self.store
