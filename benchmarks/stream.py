@@ -187,6 +187,13 @@ def main() -> None:
     ap.add_argument("--label-similarity", type=float)
     ap.add_argument("--candidates", type=int)
     ap.add_argument("--candidate-source")
+    ap.add_argument("--candidate-min-similarity", type=float)
+    ap.add_argument(
+        "--llm-cache",
+        type=Path,
+        default=Path(__file__).parent / ".llm-cache.db",
+        help="SQLite cache of LLM answers shared by runs ('' disables)",
+    )
     ap.add_argument(
         "--compare-seed",
         action="store_true",
@@ -203,6 +210,8 @@ def main() -> None:
             "label_similarity": args.label_similarity,
             "candidates": args.candidates,
             "candidate_source": args.candidate_source,
+            "candidate_min_similarity": args.candidate_min_similarity,
+            "llm_cache": args.llm_cache if str(args.llm_cache) else None,
         }.items()
         if v is not None
     }
@@ -219,7 +228,13 @@ def main() -> None:
         "embedder": embedder.id,
         "settings": {
             k: getattr(settings, k)
-            for k in ("min_similarity", "label_similarity", "candidates", "candidate_source")
+            for k in (
+                "min_similarity",
+                "label_similarity",
+                "candidates",
+                "candidate_source",
+                "candidate_min_similarity",
+            )
         },
     }
     stream, final = run_stream(rows, settings, embedder, labeler)

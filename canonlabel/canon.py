@@ -134,8 +134,11 @@ class LabelSpace:
             return Decision(raw_label, int(keys[0, 0]), float(sims[0, 0]))
         return Decision(raw_label, None, None if keys[0, 0] < 0 else float(sims[0, 0]))
 
-    def nearest_by_centroid(self, vector: np.ndarray, k: int) -> list[int]:
-        """Root labels whose member centroid is closest to ``vector``."""
+    def nearest_by_centroid(
+        self, vector: np.ndarray, k: int, min_similarity: float = -1.0
+    ) -> list[int]:
+        """Root labels whose member centroid is closest to ``vector`` (at least
+        ``min_similarity`` cosine)."""
         if k <= 0 or not self._centroid_ids:
             return []
         sums = self._centroid_sums[: len(self._centroid_ids)]
@@ -144,6 +147,8 @@ class LabelSpace:
         order = np.argsort(-scores)
         picked: list[int] = []
         for row in order:
+            if scores[row] < min_similarity:
+                break
             root = self.resolve(self._centroid_ids[row])
             if norms[row] > 0 and root not in picked:
                 picked.append(root)

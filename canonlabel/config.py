@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     label_similarity: float = Field(0.75, ge=0, le=1, description="raw-label merge threshold")
     candidates: int = Field(5, ge=0, le=50, description="existing labels shown to the LLM")
     candidate_source: CandidateSource = "embedding"
+    candidate_min_similarity: float = Field(
+        0.0, ge=-1, le=1, description="embedding candidates less similar than this are not shown"
+    )
+    llm_cache: Path | None = Field(None, description="SQLite file caching LLM answers by prompt")
     store_hits: bool = False
     retry_failed: bool = Field(
         False, description="ask the LLM again for items whose answers were invalid"

@@ -276,7 +276,7 @@ class Classifier:
         source = self.settings.candidate_source
         ids: list[int] = []
         if source in ("embedding", "both"):
-            ids += self.space.nearest_by_centroid(vector, k)
+            ids += self.space.nearest_by_centroid(vector, k, self.settings.candidate_min_similarity)
         if source in ("fulltext", "both"):
             ft = [self.space.resolve(i) for i in self.store.fulltext_labels(text, k)]
             ids = _interleave(ids, ft) if ids else ft

@@ -49,7 +49,7 @@ def test_known_raw_label_maps_through_alias_without_embedding(make_clf):
 
 
 def test_candidates_reach_the_llm(make_clf):
-    clf, llm = make_clf(min_similarity=0.99, candidates=3)
+    clf, llm = make_clf(min_similarity=0.99, candidates=3, candidate_min_similarity=-1)
     llm.enqueue("card_delivery", "exchange_rate")
     clf.classify(CARD)
     clf.classify(RATE)
@@ -221,3 +221,26 @@ def test_vectors_are_normalised_float32():
     v = HashEmbedder(64).embed(["a b c", "hello"])
     assert v.dtype == np.float32 and v.shape == (2, 64)
     assert np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
+
+
+def test_candidate_floor_hides_far_labels(make_clf):
+    clf, llm = make_clf(min_similarity=0.99, candidates=3, candidate_min_similarity=0.5)
+    llm.enqueue("card_delivery", "exchange_rate", "card_delivery")
+    clf.classify(CARD)
+    clf.classify(RATE)  # unlike the card text: no candidate shown
+    clf.classify("my new card has not arrived, when will it come")
+    assert llm.history[1].candidates == ()
+    assert llm.history[2].candidates[0] == "card_delivery"
+
+
+def test_caching_labeler_never_asks_twice(tmp_path):
+    from canonlabel.llm.cache import CachingLabeler
+    from canonlabel.types import LabelRequest
+
+    base = FakeLabeler()
+    cached = CachingLabeler(base, tmp_path / "c.db")
+    a = cached.label(LabelRequest("my card", ("x_y",)))
+    b = CachingLabeler(FakeLabeler(), tmp_path / "c.db").label(LabelRequest("my card", ("x_y",)))
+    assert a == b and base.calls == 1
+    cached.label(LabelRequest("my card"))  # other candidates: another question
+    assert base.calls == 2

@@ -23,6 +23,15 @@ def make_labeler(spec: str, settings: Settings | None = None) -> Labeler:
     from canonlabel.config import Settings
 
     settings = settings or Settings()
+    labeler = _make(spec, settings)
+    if settings.llm_cache is not None:
+        from canonlabel.llm.cache import CachingLabeler
+
+        labeler = CachingLabeler(labeler, settings.llm_cache)
+    return labeler
+
+
+def _make(spec: str, settings: Settings) -> Labeler:
     kind, _, arg = spec.partition(":")
     if kind == "local":
         from canonlabel.llm.llamacpp import LlamaCppLabeler

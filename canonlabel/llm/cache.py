@@ -1,0 +1,71 @@
+"""A durable cache of LLM answers keyed by everything that shapes the prompt.
+
+Wrap any labeler to never pay twice for the same question across runs (evaluation
+sweeps, re-runs on another store). Deterministic labelers (temperature 0) only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from canonlabel.llm.base import Labeler
+from canonlabel.types import LabelRequest, LabelResponse, Usage
+
+
+class CachingLabeler(Labeler):
+    """Answers repeated requests from a SQLite file; ``hits``/``misses`` count them."""
+
+    def __init__(self, base: Labeler, path: str | Path) -> None:
+        self.base = base
+        self.id = base.id
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, "
+            "output TEXT NOT NULL, prompt_tokens INT, completion_tokens INT)"
+        )
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def _key(self, r: LabelRequest) -> str:
+        payload = json.dumps([self.base.id, r.text, list(r.candidates), r.feedback])
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+    def label_batch(self, requests: Sequence[LabelRequest]) -> list[LabelResponse]:
+        out: list[LabelResponse | None] = []
+        todo = []
+        for i, r in enumerate(requests):
+            with self._lock:
+                row = self._conn.execute(
+                    "SELECT output, prompt_tokens, completion_tokens FROM answers WHERE key = ?",
+                    (self._key(r),),
+                ).fetchone()
+            if row is None:
+                todo.append(i)
+                out.append(None)
+            else:
+                self.hits += 1
+                out.append(LabelResponse(row[0], Usage(row[1], row[2])))
+        if todo:
+            answers = self.base.label_batch([requests[i] for i in todo])
+            with self._lock:
+                for i, a in zip(todo, answers):
+                    self.misses += 1
+                    out[i] = a
+                    self._conn.execute(
+                        "INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?)",
+                        (
+                            self._key(requests[i]),
+                            a.output,
+                            a.usage.prompt_tokens,
+                            a.usage.completion_tokens,
+                        ),
+                    )
+        return out  # type: ignore[return-value]
