@@ -156,6 +156,16 @@ class LabelSpace:
                     break
         return picked
 
+    def centroids(self, label_ids: list[int]) -> np.ndarray:
+        """Normalised member centroid per label (zeros for a label without members)."""
+        out = np.zeros((len(label_ids), self.dim), dtype=np.float32)
+        for n, label_id in enumerate(label_ids):
+            row = self._centroid_rows.get(self.resolve(label_id))
+            if row is not None:
+                v = self._centroid_sums[row]
+                out[n] = v / max(float(np.linalg.norm(v)), 1e-12)
+        return out
+
     # -- updates after a commit ----------------------------------------------------------
     def add_label(self, label_id: int, name: str, vector: np.ndarray) -> None:
         self.names[label_id] = name

@@ -92,9 +92,26 @@ def classify(
     ] = None,
     summary_json: Annotated[Path | None, typer.Option(help="write the summary here")] = None,
     config: ConfigOpt = None,
+    categories: Annotated[
+        Path | None,
+        typer.Option(help="fixed categories file: match by embeddings instead of open-set labels"),
+    ] = None,
+    category_min_similarity: Annotated[
+        float, typer.Option(help="with --categories: below this the answer is 'other'")
+    ] = 0.3,
+    top_k: Annotated[int, typer.Option(help="with --categories: up to K categories", min=1)] = 1,
+    multi_threshold: Annotated[
+        float | None, typer.Option(help="with --categories: extra categories need this similarity")
+    ] = None,
+    llm_margin: Annotated[
+        float,
+        typer.Option(
+            help="with --categories: ask the LLM when the top two are this close (0: never)"
+        ),
+    ] = 0.0,
 ) -> None:
     """Label every text of INPUT with a canonical snake_case label (resumable)."""
-    from canonlabel.runner import run_classify
+    from canonlabel.runner import run_categories, run_classify
 
     try:
         settings = _settings(
@@ -111,15 +128,31 @@ def classify(
             store_hits=store_hits,
             retry_failed=retry_failed,
         )
-        summary = run_classify(
-            input,
-            output,
-            settings,
-            text_field=text_field,
-            id_field=id_field,
-            limit=limit,
-            console=err,
-        )
+        if categories is not None:
+            summary = run_categories(
+                input,
+                output,
+                settings,
+                categories,
+                text_field=text_field,
+                id_field=id_field,
+                limit=limit,
+                min_similarity=category_min_similarity,
+                top_k=top_k,
+                multi_threshold=multi_threshold,
+                margin=llm_margin,
+                console=err,
+            )
+        else:
+            summary = run_classify(
+                input,
+                output,
+                settings,
+                text_field=text_field,
+                id_field=id_field,
+                limit=limit,
+                console=err,
+            )
     except CanonlabelError as exc:
         raise _fail(exc) from None
     if summary_json:
@@ -151,6 +184,9 @@ def labels(
     embedder: EmbOpt = None,
     as_json: JsonOpt = False,
     limit: Annotated[int, typer.Option(help="rows to show (0: all)")] = 50,
+    by_category: Annotated[
+        bool, typer.Option("--by-category", help="group by mapped category")
+    ] = False,
 ) -> None:
     """List canonical labels with id, item count and aliases (raw labels)."""
     try:
@@ -158,11 +194,19 @@ def labels(
             rows = clf.labels()
     except CanonlabelError as exc:
         raise _fail(exc) from None
+    if by_category:
+        rows = sorted(rows, key=lambda r: (r.category or "~", -r.count, r.id))
     shown = rows if limit == 0 else rows[:limit]
     if as_json:
         json.dump(
             [
-                {"id": r.id, "label": r.name, "count": r.count, "aliases": list(r.aliases)}
+                {
+                    "id": r.id,
+                    "label": r.name,
+                    "count": r.count,
+                    "aliases": list(r.aliases),
+                    "category": r.category,
+                }
                 for r in shown
             ],
             sys.stdout,
@@ -172,13 +216,14 @@ def labels(
         return
     from rich.table import Table
 
-    table = Table("id", "label", "count", "aliases", title=f"{len(rows)} labels")
+    table = Table("id", "label", "count", "category", "aliases", title=f"{len(rows)} labels")
     for r in shown:
         others = [a for a in r.aliases if a != r.name]
         table.add_row(
             str(r.id),
             r.name,
             str(r.count),
+            r.category or "",
             ", ".join(others[:8]) + (f" (+{len(others) - 8})" if len(others) > 8 else ""),
         )
     Console().print(table)
@@ -407,6 +452,177 @@ def split(
 def undo(db: DbOpt = None, embedder: EmbOpt = None) -> None:
     """Undo the most recent label merge."""
     _curate(db, embedder, lambda clf: clf.undo())
+
+
+@app.command()
+def cluster(
+    input: Annotated[str, typer.Argument(help=".jsonl, .csv, .tsv, .txt file, or - for stdin")],
+    output: Annotated[Path | None, typer.Option("-o", "--output")] = None,
+    method: Annotated[str, typer.Option(help="hdbscan | kmeans | agglomerative")] = "hdbscan",
+    k: Annotated[int | None, typer.Option(help="clusters (kmeans, agglomerative)")] = None,
+    min_cluster_size: Annotated[int, typer.Option(help="hdbscan minimum cluster size")] = 5,
+    samples: Annotated[int, typer.Option(help="representative texts shown per cluster")] = 5,
+    noise_similarity: Annotated[
+        float,
+        typer.Option(help="noise joins its nearest cluster at this similarity, else 'unclustered'"),
+    ] = 0.6,
+    db: Annotated[
+        Path | None,
+        typer.Option("--db", help="also write clusters into this store for streaming classify"),
+    ] = None,
+    text_field: Annotated[str, typer.Option()] = "text",
+    id_field: Annotated[str, typer.Option()] = "id",
+    limit: Annotated[int | None, typer.Option(min=1)] = None,
+    llm: LlmOpt = None,
+    embedder: EmbOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Order-invariant batch labelling: embed, cluster, name each cluster once."""
+    from itertools import islice
+
+    from canonlabel.cluster import cluster_texts, save_to_store
+    from canonlabel.embed import make_embedder
+    from canonlabel.io import read_records
+    from canonlabel.llm import make_labeler
+    from canonlabel.normalize import normalize
+
+    try:
+        settings = _settings(config, llm=llm, embedder=embedder, db=db)
+        records = read_records(input, text_field=text_field, id_field=id_field)
+        good, bad = [], []
+        for r in islice(records, limit) if limit else records:
+            try:
+                if r.error:
+                    raise CanonlabelError(r.error)
+                normalize(r.text, settings.max_chars)
+                good.append(r)
+            except CanonlabelError as exc:
+                bad.append({"id": r.id or f"line:{r.line}", "text": r.text, "error": str(exc)})
+        if not good:
+            raise CanonlabelError(f"{input} has no usable texts")
+        emb = make_embedder(settings.embedder, settings)
+        labeler = make_labeler(settings.llm, settings)
+        with err.status(f"clustering {len(good)} texts..."):
+            result = cluster_texts(
+                [r.text for r in good],
+                emb,
+                labeler,
+                method=method,
+                k=k,
+                min_cluster_size=min_cluster_size,
+                samples=samples,
+                noise_similarity=noise_similarity,
+                label_similarity=settings.label_similarity,
+                max_chars=settings.max_chars,
+            )
+        if db is not None:
+            from canonlabel.pipeline import Classifier
+
+            with Classifier.open(settings=settings, embedder=emb, labeler=labeler) as clf:
+                save_to_store(clf, result, [r.id for r in good])
+    except CanonlabelError as exc:
+        raise _fail(exc) from None
+    sink = output.open("w", encoding="utf-8") if output else sys.stdout
+    for r, label, c, d in zip(good, result.labels, result.clusters, result.distances):
+        sink.write(
+            json.dumps(
+                {"id": r.id, "text": r.text, "label": label, "cluster": c, "distance": d},
+                ensure_ascii=False,
+            )
+            + "\n"
+        )
+    for row in bad:
+        sink.write(json.dumps(row, ensure_ascii=False) + "\n")
+    if output:
+        sink.close()
+    summary = {
+        "items": len(good) + len(bad),
+        "failed": len(bad),
+        "clusters": len(result.info),
+        "labels": len({i.label for i in result.info}),
+        "llm_calls": result.llm_calls,
+        "noise_assigned": result.noise_assigned,
+        "unclustered": result.unclustered,
+    }
+    err.print(json.dumps(summary))
+
+
+categories_app = typer.Typer(
+    help="Fixed categories and the category layer over labels.", no_args_is_help=True
+)
+app.add_typer(categories_app, name="categories")
+
+
+@categories_app.command("define")
+def categories_define(file: Path, db: DbOpt = None, embedder: EmbOpt = None) -> None:
+    """Store category definitions (name, description, examples); only changed ones are
+    re-embedded."""
+    from canonlabel import categories as cat
+    from canonlabel.embed import make_embedder
+    from canonlabel.store import SqliteStore
+
+    try:
+        settings = _settings(db=db, embedder=embedder)
+        emb = make_embedder(settings.embedder, settings)
+        store = SqliteStore(settings.db)
+        store.bind_embedder(emb.id, emb.dim)
+        out = cat.define(store, emb, cat.load_categories(file))
+        store.close()
+    except CanonlabelError as exc:
+        raise _fail(exc) from None
+    print(json.dumps(out))
+
+
+@categories_app.command("map")
+def categories_map(
+    file: Path,
+    db: DbOpt = None,
+    embedder: EmbOpt = None,
+    llm: LlmOpt = None,
+    llm_margin: Annotated[
+        float,
+        typer.Option(help="ask the LLM when the top two categories are this close (0: never)"),
+    ] = 0.0,
+) -> None:
+    """Map every canonical label of a store to a category (items are not touched)."""
+    from canonlabel import categories as cat
+
+    try:
+        with _open(db, embedder=embedder) as clf:
+            cat.define(clf.store, clf.embedder, cat.load_categories(file))
+            labeler = None
+            if llm_margin > 0:
+                from canonlabel.llm import make_labeler
+
+                labeler = make_labeler(_settings(llm=llm).llm, _settings(llm=llm))
+            out = cat.map_labels(clf, labeler=labeler, margin=llm_margin)
+    except CanonlabelError as exc:
+        raise _fail(exc) from None
+    print(json.dumps(out, indent=1))
+
+
+@app.command()
+def maintain(
+    db: DbOpt = None,
+    embedder: EmbOpt = None,
+    merge_similarity: Annotated[
+        float, typer.Option(help="merge labels whose typical centroids are this similar")
+    ] = 0.9,
+    wide_spread: Annotated[
+        float, typer.Option(help="report labels whose spread (1 - mean cosine) reaches this")
+    ] = 0.45,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="report only")] = False,
+) -> None:
+    """Merge labels that drifted together (logged, undoable) and report too-wide labels."""
+    from canonlabel.curation import maintain as run
+
+    _curate(
+        db,
+        embedder,
+        lambda clf: run(
+            clf, merge_similarity=merge_similarity, wide_spread=wide_spread, dry_run=dry_run
+        ),
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

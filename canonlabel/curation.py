@@ -152,7 +152,7 @@ def _members(clf: Classifier, label_id: int) -> list[dict]:
     ids = [i for i in clf.space.names if clf.space.resolve(i) == label_id]
     marks = ",".join("?" * len(ids))
     rows = clf.store.conn.execute(
-        f"SELECT id, raw_label, vector FROM items WHERE cached = 1 AND source = 'llm' "
+        f"SELECT id, raw_label, vector FROM items WHERE cached = 1 AND source IN ('llm', 'cluster') "
         f"AND label_id IN ({marks}) ORDER BY id",
         ids,
     ).fetchall()
@@ -210,3 +210,60 @@ def _free_name(clf, conn, base: str) -> str:
     while name in taken:
         name, n = f"{base}_{n}"[:60], n + 1
     return name
+
+
+def typical_centroids(
+    clf: Classifier, keep: float = 0.5
+) -> dict[int, tuple[np.ndarray, int, float]]:
+    """Per root label: centroid of its most typical members (the ``keep`` share closest to
+    the plain centroid), member count, and spread (1 - mean cosine to the centroid)."""
+    ids, vectors, labels = clf.store.cached_items(clf.dim)
+    out = {}
+    roots = np.array([clf.space.resolve(int(x)) for x in labels], dtype=np.int64)
+    for root in np.unique(roots):
+        members = vectors[roots == root]
+        plain = members.mean(0)
+        plain /= max(float(np.linalg.norm(plain)), 1e-12)
+        sims = members @ plain
+        top = members[np.argsort(-sims)[: max(1, int(np.ceil(len(members) * keep)))]]
+        typical = top.mean(0)
+        typical /= max(float(np.linalg.norm(typical)), 1e-12)
+        out[int(root)] = (typical, len(members), float(1 - (members @ typical).mean()))
+    return out
+
+
+def maintain(
+    clf: Classifier,
+    *,
+    merge_similarity: float = 0.9,
+    wide_spread: float = 0.45,
+    dry_run: bool = False,
+) -> dict:
+    """Merge labels whose typical centroids became too similar (smaller into larger,
+    logged and undoable) and report labels that grew too wide to split by hand."""
+    stats = typical_centroids(clf)
+    roots = sorted(stats, key=lambda r: (-stats[r][1], r))
+    merges: list[dict] = []
+    if len(roots) > 1:
+        mat = np.stack([stats[r][0] for r in roots])
+        sims = mat @ mat.T
+        gone: set[int] = set()
+        for a in range(len(roots)):
+            for b in range(a + 1, len(roots)):
+                if roots[b] in gone or roots[a] in gone or sims[a, b] < merge_similarity:
+                    continue
+                entry = {
+                    "from": roots[b],
+                    "into": roots[a],
+                    "similarity": round(float(sims[a, b]), 4),
+                }
+                if not dry_run:
+                    merge(clf, roots[b], roots[a])
+                merges.append(entry)
+                gone.add(roots[b])
+    wide = [
+        {"id": r, "name": clf.space.names[r], "count": stats[r][1], "spread": round(stats[r][2], 4)}
+        for r in roots
+        if stats[r][1] >= 5 and stats[r][2] >= wide_spread
+    ]
+    return {"merged": merges, "wide": wide, "dry_run": dry_run}

@@ -59,6 +59,9 @@ class Classifier:
         self.cache.add(item_ids, vectors)
         self._item_label: dict[int, int] = dict(zip(item_ids.tolist(), label_ids.tolist()))
         self.space.add_members(label_ids, vectors)
+        self.categories: dict[int, str] = dict(
+            self.store.conn.execute("SELECT label_id, category FROM label_categories")
+        )
 
     # -- curation (see canonlabel.curation) -------------------------------------------
     def merge(self, source: int, into: int) -> dict:
@@ -174,7 +177,9 @@ class Classifier:
         for raw, label_id in self.space.aliases.items():
             aliases[self.space.resolve(label_id)].append(raw)
         labels = [
-            Label(i, self.space.names[i], counts[i], tuple(sorted(aliases[i])))
+            Label(
+                i, self.space.names[i], counts[i], tuple(sorted(aliases[i])), self.categories.get(i)
+            )
             for i in self.space.roots()
         ]
         return sorted(labels, key=lambda lab: (-lab.count, lab.id))

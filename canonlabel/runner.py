@@ -63,7 +63,10 @@ def run_classify(
             task = progress.add_task("classify", total=total, hit=0.0, llm=0)
             while chunk := list(islice(records, CHUNK)):
                 for result in _classify_chunk(clf, chunk):
-                    sink.write(json.dumps(result.output_row(), ensure_ascii=False) + "\n")
+                    row = result.output_row()
+                    if clf.categories and result.label_id is not None:
+                        row["category"] = clf.categories.get(result.label_id)
+                    sink.write(json.dumps(row, ensure_ascii=False) + "\n")
                 sink.flush()
                 c = clf.counters
                 answered = c["items"] - c["failed"]
@@ -137,3 +140,95 @@ def _print_summary(console: Console, summary: dict) -> None:
     for key, value in summary.items():
         table.add_row(key, str(value))
     console.print(table)
+
+
+def run_categories(
+    input: str,
+    output: Path | None,
+    settings: Settings,
+    categories_file: Path,
+    *,
+    text_field: str = "text",
+    id_field: str = "id",
+    limit: int | None = None,
+    min_similarity: float = 0.3,
+    top_k: int = 1,
+    multi_threshold: float | None = None,
+    margin: float = 0.0,
+    console: Console | None = None,
+) -> dict:
+    """``classify --categories``: fixed categories by embedding similarity, no LLM unless
+    ``margin`` > 0 (then the LLM breaks near-ties, constrained to the tied categories)."""
+    from canonlabel import categories as cat
+    from canonlabel.embed import make_embedder
+    from canonlabel.errors import CanonlabelError
+    from canonlabel.llm import make_labeler
+    from canonlabel.normalize import normalize
+    from canonlabel.store import SqliteStore
+
+    console = console or Console(stderr=True)
+    records = read_records(input, text_field=text_field, id_field=id_field)
+    if limit:
+        records = islice(records, limit)
+    embedder = make_embedder(settings.embedder, settings)
+    store = SqliteStore(settings.db)
+    store.bind_embedder(embedder.id, embedder.dim)
+    defined = cat.define(store, embedder, cat.load_categories(categories_file))
+    index = cat.load_index(store, embedder.dim)
+    labeler = make_labeler(settings.llm, settings) if margin > 0 else None
+    counts: dict[str, int] = {"items": 0, "failed": 0, "other": 0, "llm_calls": 0}
+    start = time.perf_counter()
+    sink = output.open("w", encoding="utf-8") if output else sys.stdout
+    try:
+        while chunk := list(islice(records, CHUNK)):
+            texts, rows = [], []
+            for r in chunk:
+                row = {"id": r.id, "text": r.text}
+                try:
+                    if r.error:
+                        raise CanonlabelError(r.error)
+                    row["text"], _ = normalize(r.text, settings.max_chars)
+                    texts.append(row["text"])
+                except CanonlabelError as exc:
+                    row["error"] = str(exc)
+                rows.append(row)
+            vectors = embedder.embed(texts)
+            found = iter(
+                cat.assign(
+                    index,
+                    vectors,
+                    texts,
+                    min_similarity=min_similarity,
+                    top_k=top_k,
+                    multi_threshold=multi_threshold,
+                    labeler=labeler,
+                    margin=margin,
+                )
+            )
+            for row in rows:
+                counts["items"] += 1
+                if "error" in row:
+                    counts["failed"] += 1
+                else:
+                    a = next(found)
+                    row |= {
+                        "label": a.categories[0],
+                        "categories": list(a.categories),
+                        "scores": list(a.scores),
+                        "source": a.source,
+                    }
+                    counts["other"] += a.categories[0] == cat.OTHER
+                    counts["llm_calls"] += a.source == "llm"
+                sink.write(json.dumps(row, ensure_ascii=False) + "\n")
+            sink.flush()
+    finally:
+        store.close()
+        if output:
+            sink.close()
+    summary = (
+        counts
+        | {"categories": len(index.names), "seconds": round(time.perf_counter() - start, 2)}
+        | {"definitions": defined}
+    )
+    _print_summary(console, summary)
+    return summary

@@ -174,15 +174,24 @@ def create_app(settings: Settings | None = None, *, classifier=None) -> FastAPI:
         request: Request,
         offset: Annotated[int, Query(ge=0)] = 0,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        category: str | None = None,
     ) -> dict:
         rows = await run(request, lambda clf: clf.labels())
+        if category is not None:
+            rows = [r for r in rows if r.category == category]
         page = rows[offset : offset + limit]
         return {
             "total": len(rows),
             "offset": offset,
             "limit": limit,
             "labels": [
-                {"id": r.id, "name": r.name, "count": r.count, "aliases": list(r.aliases)}
+                {
+                    "id": r.id,
+                    "name": r.name,
+                    "count": r.count,
+                    "aliases": list(r.aliases),
+                    "category": r.category,
+                }
                 for r in page
             ],
         }

@@ -20,7 +20,7 @@ import numpy as np
 
 from canonlabel.errors import IncompatibleStoreError, StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE labels (
@@ -44,7 +44,7 @@ CREATE TABLE items (
     truncated INTEGER NOT NULL DEFAULT 0,
     label_id INTEGER NOT NULL REFERENCES labels(id),
     raw_label TEXT,
-    source TEXT NOT NULL,                 -- exact | cache | llm
+    source TEXT NOT NULL,                 -- exact | cache | llm | cluster
     similarity REAL,
     matched_item INTEGER,
     vector BLOB,
@@ -79,6 +79,17 @@ CREATE INDEX failures_key ON failures(text_key);
 CREATE VIRTUAL TABLE label_fts USING fts5(content, label_id UNINDEXED,
                                           tokenize='porter unicode61');
 """
+# Each entry upgrades a store from version i+1 to i+2.
+_MIGRATIONS = [
+    """
+CREATE TABLE categories (
+    name TEXT PRIMARY KEY, description TEXT NOT NULL, examples TEXT NOT NULL,
+    hash TEXT NOT NULL, vector BLOB NOT NULL, examples_vector BLOB, updated_at REAL NOT NULL);
+CREATE TABLE label_categories (
+    label_id INTEGER PRIMARY KEY REFERENCES labels(id), category TEXT NOT NULL,
+    similarity REAL NOT NULL, method TEXT NOT NULL, updated_at REAL NOT NULL);
+"""
+]
 _FTS_WORD = re.compile(r"\w+", re.UNICODE)
 
 
@@ -138,11 +149,16 @@ class SqliteStore:
                     f"{self.path} is a SQLite file but not a canonlabel store; "
                     "pass another --db path"
                 )
-            self.conn.executescript(f"BEGIN;{_SCHEMA}PRAGMA user_version={SCHEMA_VERSION};COMMIT;")
-        elif version > SCHEMA_VERSION:
+            self.conn.executescript(f"BEGIN;{_SCHEMA}PRAGMA user_version=1;COMMIT;")
+            version = 1
+        if version > SCHEMA_VERSION:
             raise StoreError(
                 f"{self.path} has schema {version}, newer than this canonlabel "
                 f"({SCHEMA_VERSION}); upgrade canonlabel"
+            )
+        for v in range(version, SCHEMA_VERSION):
+            self.conn.executescript(
+                f"BEGIN;{_MIGRATIONS[v - 1]}PRAGMA user_version={v + 1};COMMIT;"
             )
 
     @contextmanager

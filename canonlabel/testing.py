@@ -177,7 +177,13 @@ class FakeLabeler(Labeler):
             time.sleep(self.latency)
         if isinstance(queued, Exception):
             raise queued
-        output = queued if queued is not None else self.rule(request.text, request.candidates)
+        if queued is not None:
+            output = queued
+        elif request.closed and request.candidates:
+            output = keyword_label(request.text, request.candidates)
+            output = output if output in request.candidates else request.candidates[0]
+        else:
+            output = self.rule(request.text, request.candidates)
         return LabelResponse(output, Usage(len(request.text.split()) + 20, 4))
 
 

@@ -78,15 +78,19 @@ class Label:
     name: str
     count: int
     aliases: tuple[str, ...] = ()
+    category: str | None = None
 
 
 @dataclass(frozen=True)
 class LabelRequest:
-    """What a labeler is asked: one text, optional candidate labels, and a hint on re-ask."""
+    """What a labeler is asked: one text, optional candidate labels, and a hint on re-ask.
+
+    ``closed`` restricts the answer to the candidates (fixed categories)."""
 
     text: str
     candidates: tuple[str, ...] = ()
     feedback: str | None = None
+    closed: bool = False
 
 
 @dataclass(frozen=True)

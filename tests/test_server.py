@@ -200,3 +200,24 @@ def test_real_uvicorn_process(tmp_path):
 
     row = sqlite3.connect(db).execute("SELECT label_id FROM items WHERE ext_id='x1'").fetchone()
     assert row is not None and row[0] == r.json()["label_id"]
+
+
+def test_labels_filter_by_category(tmp_path):
+    from canonlabel import categories as cat
+
+    app, clf = _app(tmp_path)
+    clf.classify_many(["my card has not arrived", "euro exchange rate"])
+    f = tmp_path / "c.yaml"
+    f.write_text(
+        "- {name: cards, description: card delivery}\n- {name: money, description: exchange rate}\n"
+    )
+    cat.define(clf.store, clf.embedder, cat.load_categories(f))
+    cat.map_labels(clf)
+
+    async def go(c):
+        all_ = (await c.get("/v1/labels")).json()
+        assert all(x["category"] for x in all_["labels"])
+        some = (await c.get("/v1/labels", params={"category": "cards"})).json()
+        assert some["total"] == sum(x["category"] == "cards" for x in all_["labels"])
+
+    run(app, go)

@@ -14,9 +14,13 @@ from canonlabel.types import LabelRequest, LabelResponse, Usage
 _NEW_LABEL = 'new ::= [a-z] [a-z0-9]{1,14} ("_" [a-z0-9]{1,14}){1,4}'
 
 
-def label_grammar(candidates: Sequence[str]) -> str:
-    """GBNF that admits a new snake_case label or exactly one of the candidates."""
+def label_grammar(candidates: Sequence[str], closed: bool = False) -> str:
+    """GBNF that admits a new snake_case label or exactly one of the candidates
+    (only a candidate when ``closed``)."""
     rules = ['root ::= label "\\n"']
+    if closed and candidates:
+        alternatives = " | ".join(f'"{c}"' for c in candidates)
+        return "\n".join([*rules, f"label ::= {alternatives}"])
     if candidates:
         alternatives = " | ".join(f'"{c}"' for c in candidates)
         rules += ["label ::= cand | new", f"cand ::= {alternatives}"]
@@ -99,15 +103,15 @@ class LlamaCppLabeler(Labeler):
             )
         return self._llm
 
-    def _grammar(self, candidates: tuple[str, ...]):
-        grammar = self._grammars.get(candidates)
+    def _grammar(self, candidates: tuple[str, ...], closed: bool):
+        grammar = self._grammars.get((candidates, closed))
         if grammar is None:
             from llama_cpp import LlamaGrammar
 
-            grammar = LlamaGrammar.from_string(label_grammar(candidates), verbose=False)
+            grammar = LlamaGrammar.from_string(label_grammar(candidates, closed), verbose=False)
             if len(self._grammars) > 256:
                 self._grammars.clear()
-            self._grammars[candidates] = grammar
+            self._grammars[(candidates, closed)] = grammar
         return grammar
 
     def label_batch(self, requests: Sequence[LabelRequest]) -> list[LabelResponse]:
@@ -123,7 +127,9 @@ class LlamaCppLabeler(Labeler):
                 # Cut the message, not the few-shot block or the trailing "Label:".
                 over = len(tokens) - room
                 keep = max(16, len(request.text) - 4 * over - 16)
-                request = LabelRequest(request.text[:keep], request.candidates, request.feedback)
+                request = LabelRequest(
+                    request.text[:keep], request.candidates, request.feedback, request.closed
+                )
                 prompt = completion_prompt(request)
             try:
                 out = llm.create_completion(
@@ -131,7 +137,7 @@ class LlamaCppLabeler(Labeler):
                     max_tokens=self.max_tokens,
                     temperature=0.0,
                     top_k=1,
-                    grammar=self._grammar(request.candidates),
+                    grammar=self._grammar(request.candidates, request.closed),
                     stop=["\n"],
                     seed=self.seed,
                 )

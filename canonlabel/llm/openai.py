@@ -77,9 +77,10 @@ class OpenAILabeler(Labeler):
 
     def _label_one(self, request: LabelRequest) -> LabelResponse:
         messages = chat_messages(request)
+        enum = request.candidates if request.closed else ()
         if self.structured:
             try:
-                response = self._create(messages, structured=True)
+                response = self._create(messages, structured=True, enum=enum)
             except BackendError as exc:
                 if "HTTP 400" not in str(exc) and "HTTP 422" not in str(exc):
                     raise
@@ -101,7 +102,7 @@ class OpenAILabeler(Labeler):
             ),
         )
 
-    def _create(self, messages, *, structured: bool):
+    def _create(self, messages, *, structured: bool, enum: tuple[str, ...] = ()):
         kwargs = {
             "model": self.model,
             "messages": messages,
@@ -109,7 +110,11 @@ class OpenAILabeler(Labeler):
             "max_tokens": self.max_tokens,
         }
         if structured:
-            kwargs["response_format"] = {"type": "json_schema", "json_schema": _SCHEMA}
+            schema = _SCHEMA
+            if enum:  # closed set: the endpoint cannot answer outside it
+                schema = json.loads(json.dumps(_SCHEMA))
+                schema["schema"]["properties"]["label"] = {"type": "string", "enum": list(enum)}
+            kwargs["response_format"] = {"type": "json_schema", "json_schema": schema}
         return call_with_retries(
             lambda: self.client.chat.completions.create(**kwargs), max_retries=self.max_retries
         )

@@ -45,6 +45,9 @@ EXAMPLES: tuple[tuple[str, tuple[str, ...], str], ...] = (
 )
 
 
+CLOSED_INSTRUCTION = "Answer with exactly one of the existing labels."
+
+
 def _candidates_line(candidates: tuple[str, ...]) -> str:
     return ", ".join(candidates) if candidates else "none"
 
@@ -63,6 +66,8 @@ def completion_prompt(request: LabelRequest) -> str:
         f"Message: {_one_line(request.text)}",
         f"Existing labels: {_candidates_line(request.candidates)}",
     ]
+    if request.closed:
+        parts.append(f"Note: {CLOSED_INSTRUCTION}")
     if request.feedback:
         parts.append(f"Note: {request.feedback}")
     parts.append("Label:")
@@ -81,6 +86,8 @@ def chat_messages(request: LabelRequest) -> list[dict[str, str]]:
         f"Examples:\n{shots}\n\nExisting labels: {_candidates_line(request.candidates)}\n"
         f"<message>\n{request.text}\n</message>"
     )
+    if request.closed:
+        user += f"\n{CLOSED_INSTRUCTION}"
     if request.feedback:
         user += f"\n{request.feedback}"
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
