@@ -57,7 +57,7 @@ def test_cluster_is_order_invariant_and_names_clusters():
 
 
 def test_hdbscan_noise_assigned_or_unclustered():
-    texts = TEXTS + ["zebra quantum violin"]
+    texts = [*TEXTS, "zebra quantum violin"]
     r = cluster_texts(
         texts,
         HashEmbedder(),
