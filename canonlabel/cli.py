@@ -625,5 +625,127 @@ def maintain(
     )
 
 
+@app.command()
+def train(
+    annotated: Annotated[str, typer.Argument(help="JSONL with text and a labels list")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="model directory")],
+    model: Annotated[str, typer.Option(help="logreg | mlp")] = "logreg",
+    val: Annotated[
+        float, typer.Option(help="validation share for thresholds", min=0, max=0.9)
+    ] = 0.2,
+    split: SplitOpt = None,
+    limit: Annotated[int | None, typer.Option(min=1)] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    embedder: EmbOpt = None,
+    text_field: Annotated[str, typer.Option()] = "text",
+    labels_field: Annotated[str, typer.Option()] = "labels",
+) -> None:
+    """Train a small multi-label classifier on embeddings; save weights.npz + meta.json."""
+    import warnings
+
+    from canonlabel.distill import DataWarning, DistilledClassifier, check_training_data
+    from canonlabel.embed import make_embedder
+    from canonlabel.embed.cache import cached
+    from canonlabel.io import read_labelled
+
+    try:
+        settings = _settings(embedder=embedder)
+        texts, golds = read_labelled(
+            annotated,
+            text_field=text_field,
+            labels_field=labels_field,
+            split=split,
+            limit=limit,
+            shuffle_seed=seed,
+        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DataWarning)
+            check_training_data(golds)
+        for w in caught:
+            err.print(f"[yellow]warning:[/] {w.message}", soft_wrap=True)
+        emb = cached(make_embedder(settings.embedder, settings), settings.cache_dir)
+        with err.status(f"embedding {len(texts)} texts..."):
+            X = emb.embed(texts)
+        n_val = int(len(texts) * val)
+        clf = DistilledClassifier(model, seed=seed, embedder_id=emb.id)
+        with err.status(f"training {model}..."):
+            clf.fit(
+                X[n_val:],
+                golds[n_val:],
+                X_val=X[:n_val] if n_val else None,
+                val_sets=golds[:n_val] if n_val else None,
+            )
+        clf.save(output)
+    except CanonlabelError as exc:
+        raise _fail(exc) from None
+    print(
+        json.dumps(
+            {
+                "model": str(output),
+                "labels": len(clf.classes_),
+                "train": len(texts) - n_val,
+                "val": n_val,
+                "fit_seconds": clf.fit_seconds_,
+                "val_metrics": clf.metrics_,
+            },
+            indent=1,
+        )
+    )
+
+
+@app.command()
+def predict(
+    model_dir: Annotated[Path, typer.Argument(help="directory written by `train`")],
+    input: Annotated[str, typer.Argument(help=".jsonl, .csv, .tsv, .txt or -")],
+    output: Annotated[Path | None, typer.Option("-o", "--output")] = None,
+    text_field: Annotated[str, typer.Option()] = "text",
+    id_field: Annotated[str, typer.Option()] = "id",
+    embedder: EmbOpt = None,
+    top: Annotated[int, typer.Option(help="also list the top N probabilities")] = 3,
+) -> None:
+    """Label texts with a distilled model: labels above threshold, top probabilities."""
+    from canonlabel.distill import DistilledClassifier
+    from canonlabel.embed import make_embedder
+    from canonlabel.io import read_records
+    from canonlabel.normalize import normalize
+
+    try:
+        settings = _settings(embedder=embedder)
+        model = DistilledClassifier.load(
+            model_dir, embedder=make_embedder(settings.embedder, settings)
+        )
+        records = list(read_records(input, text_field=text_field, id_field=id_field))
+        sink = output.open("w", encoding="utf-8") if output else sys.stdout
+        for start in range(0, len(records), 1024):
+            chunk = records[start : start + 1024]
+            good, rows = [], []
+            for r in chunk:
+                row = {"id": r.id or f"line:{r.line}", "text": r.text}
+                try:
+                    if r.error:
+                        raise CanonlabelError(r.error)
+                    good.append(normalize(r.text, settings.max_chars)[0])
+                except CanonlabelError as exc:
+                    row["error"] = str(exc)
+                rows.append(row)
+            P = model.predict_proba(good) if good else None
+            it = iter(range(len(good)))
+            for row in rows:
+                if "error" not in row:
+                    p = P[next(it)]
+                    order = p.argsort()[::-1]
+                    picked = [model.classes_[j] for j in order if p[j] >= model.thresholds_[j]]
+                    order = order[:top]
+                    row |= {
+                        "labels": picked or [model.classes_[int(order[0])]],
+                        "top": [[model.classes_[j], round(float(p[j]), 4)] for j in order],
+                    }
+                sink.write(json.dumps(row, ensure_ascii=False) + "\n")
+        if output:
+            sink.close()
+    except CanonlabelError as exc:
+        raise _fail(exc) from None
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()
