@@ -109,6 +109,15 @@ def classify(
             help="with --categories: ask the LLM when the top two are this close (0: never)"
         ),
     ] = 0.0,
+    router: Annotated[
+        Path | None,
+        typer.Option(
+            help="distilled model dir: it answers confident items, the rest go to the pipeline"
+        ),
+    ] = None,
+    router_threshold: Annotated[
+        float, typer.Option(help="with --router: top probability needed to skip the pipeline")
+    ] = 0.7,
 ) -> None:
     """Label every text of INPUT with a canonical snake_case label (resumable)."""
     from canonlabel.runner import run_categories, run_classify
@@ -152,6 +161,8 @@ def classify(
                 id_field=id_field,
                 limit=limit,
                 console=err,
+                router=router,
+                router_threshold=router_threshold,
             )
     except CanonlabelError as exc:
         raise _fail(exc) from None

@@ -34,8 +34,14 @@ def run_classify(
     id_field: str = "id",
     limit: int | None = None,
     console: Console | None = None,
+    router: Path | None = None,
+    router_threshold: float = 0.7,
 ) -> dict:
-    """Classify every record of ``input`` into ``output`` (JSONL); return the summary."""
+    """Classify every record of ``input`` into ``output`` (JSONL); return the summary.
+
+    With ``router`` (a model directory from ``train``), the distilled model answers the
+    items whose top probability reaches ``router_threshold``; only the rest go through
+    the streaming pipeline (cache, then LLM)."""
     from canonlabel.pipeline import Classifier
 
     console = console or Console(stderr=True)
@@ -46,6 +52,11 @@ def run_classify(
     total = min(total, limit) if total and limit else (limit or total)
     with console.status("loading models and store..."):
         clf = Classifier.open(settings=settings)
+        model = None
+        if router is not None:
+            from canonlabel.distill import DistilledClassifier
+
+            model = DistilledClassifier.load(router, embedder=clf.embedder)
     start = time.perf_counter()
     sink = output.open("w", encoding="utf-8") if output else sys.stdout
     progress = Progress(
@@ -62,10 +73,7 @@ def run_classify(
         with clf, progress:
             task = progress.add_task("classify", total=total, hit=0.0, llm=0)
             while chunk := list(islice(records, CHUNK)):
-                for result in _classify_chunk(clf, chunk):
-                    row = result.output_row()
-                    if clf.categories and result.label_id is not None:
-                        row["category"] = clf.categories.get(result.label_id)
+                for row in _classify_chunk(clf, chunk, model, router_threshold):
                     sink.write(json.dumps(row, ensure_ascii=False) + "\n")
                 sink.flush()
                 c = clf.counters
@@ -87,13 +95,51 @@ def run_classify(
     return summary
 
 
-def _classify_chunk(clf, chunk) -> list[Result]:
+def _route(clf, model, threshold: float, records) -> dict[int, dict]:
+    """Rows answered by the distilled model, by position in ``records``."""
+    from canonlabel.errors import CanonlabelError
+    from canonlabel.normalize import normalize
+
+    texts, pos = [], []
+    for i, r in enumerate(records):
+        try:
+            texts.append(normalize(r.text, clf.settings.max_chars)[0])
+            pos.append(i)
+        except CanonlabelError:
+            pass  # the pipeline reports it
+    if not texts:
+        return {}
+    P = model.predict_proba(texts)
+    rows = {}
+    for i, text, p in zip(pos, texts, P):
+        top = int(p.argmax())
+        if p[top] >= threshold:
+            labels = [model.classes_[j] for j in p.argsort()[::-1] if p[j] >= model.thresholds_[j]]
+            rows[i] = {
+                "id": records[i].id,
+                "text": text,
+                "label": model.classes_[top],
+                "labels": labels or [model.classes_[top]],
+                "source": "model",
+                "probability": round(float(p[top]), 4),
+            }
+    clf.counters["model_items"] += len(rows)
+    clf.counters["items"] += len(rows)
+    return rows
+
+
+def _classify_chunk(clf, chunk, model=None, threshold: float = 0.7) -> list[dict]:
     good = [r for r in chunk if r.error is None]
-    results = iter(clf.classify_many([r.text for r in good], [r.id for r in good]))
+    routed = _route(clf, model, threshold, good) if model is not None else {}
+    rest = [r for i, r in enumerate(good) if i not in routed]
+    results = iter(clf.classify_many([r.text for r in rest], [r.id for r in rest]))
+    answers = iter(
+        [routed[i] if i in routed else _row(clf, next(results)) for i in range(len(good))]
+    )
     out = []
     for record in chunk:
         if record.error is None:
-            out.append(next(results))
+            out.append(next(answers))
         else:
             clf.counters["items"] += 1
             clf.counters["failed"] += 1
@@ -106,17 +152,34 @@ def _classify_chunk(clf, chunk) -> list[Result]:
                     source=None,
                     id=record.id or f"line:{record.line}",
                     error=record.error,
-                )
+                ).output_row()
             )
     return out
 
 
+def _row(clf, result: Result) -> dict:
+    row = result.output_row()
+    if clf.categories and result.label_id is not None:
+        row["category"] = clf.categories.get(result.label_id)
+    return row
+
+
 def _summary(clf, seconds: float) -> dict:
     c = clf.counters
-    answered = c["items"] - c["failed"]
+    answered = c["items"] - c["failed"] - c["model_items"]
     hits = c["exact_hits"] + c["cache_hits"]
     return {
         "items": c["items"],
+        **(
+            {
+                "model_items": c["model_items"],
+                "pipeline_share": round(1 - c["model_items"] / c["items"], 4)
+                if c["items"]
+                else 0.0,
+            }
+            if "model_items" in c
+            else {}
+        ),
         "exact_hits": c["exact_hits"],
         "cache_hits": c["cache_hits"],
         "resumed": c["resumed"],

@@ -107,3 +107,45 @@ def test_train_and_predict_cli(tmp_path):
     assert len(rows) == 200 and rows[0]["labels"] and len(rows[0]["top"]) == 3
     r = run("predict", str(tmp_path / "m"), str(data), "--embedder", "hash:64")
     assert r.returncode == 2 and "trained on" in r.stderr
+
+
+def test_router_mode_sends_only_unsure_items_to_the_pipeline(tmp_path):
+    data = Path(__file__).parent / "data" / "banking77_200.jsonl"
+    env = {"CANONLABEL_CACHE_DIR": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin"}
+
+    def run(*a):
+        return subprocess.run(
+            [sys.executable, "-m", "canonlabel.cli", *a],
+            text=True,
+            capture_output=True,
+            timeout=300,
+            env=env,
+        )
+
+    assert run("train", str(data), "-o", str(tmp_path / "m"), "--embedder", "hash").returncode == 0
+    out, summary = tmp_path / "o.jsonl", tmp_path / "s.json"
+    r = run(
+        "classify",
+        str(data),
+        "-o",
+        str(out),
+        "--db",
+        str(tmp_path / "db"),
+        "--llm",
+        "fake",
+        "--embedder",
+        "hash",
+        "--router",
+        str(tmp_path / "m"),
+        "--router-threshold",
+        "0.5",
+        "--summary-json",
+        str(summary),
+    )
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    s = json.loads(summary.read_text())
+    model_rows = [x for x in rows if x["source"] == "model"]
+    assert len(rows) == 200 and s["model_items"] == len(model_rows) > 0
+    assert s["pipeline_share"] == round(1 - len(model_rows) / 200, 4)
+    assert all(x["probability"] >= 0.5 for x in model_rows)
