@@ -166,6 +166,18 @@ class FakeLabeler(Labeler):
     def label_batch(self, requests: Sequence[LabelRequest]) -> list[LabelResponse]:
         return [self._one(r) for r in requests]
 
+    def complete(
+        self, prompt: str, *, grammar: str | None = None, max_tokens: int = 256
+    ) -> LabelResponse:
+        with self._lock:
+            self.history.append(LabelRequest(prompt))
+            queued = self._queue.popleft() if self._queue else None
+        if isinstance(queued, Exception):
+            raise queued
+        return LabelResponse(
+            queued if queued is not None else _complete_rule(prompt), Usage(len(prompt.split()), 20)
+        )
+
     def _one(self, request: LabelRequest) -> LabelResponse:
         with self._lock:
             self.history.append(request)
@@ -180,11 +192,24 @@ class FakeLabeler(Labeler):
         if queued is not None:
             output = queued
         elif request.closed and request.candidates:
-            output = keyword_label(request.text, request.candidates)
-            output = output if output in request.candidates else request.candidates[0]
+            words = set(_WORD.findall(request.text.lower()))
+            fits = [c for c in request.candidates if set(c.split("_")) & words]
+            output = ", ".join((fits or list(request.candidates[:1]))[: request.max_labels])
         else:
             output = self.rule(request.text, request.candidates)
         return LabelResponse(output, Usage(len(request.text.split()) + 20, 4))
+
+
+def _complete_rule(prompt: str) -> str:
+    """Fake taxonomy answer: one line per frequent content word of the prompt's texts."""
+    from collections import Counter
+
+    words = Counter(
+        w
+        for w in _WORD.findall(prompt.lower().split("texts:")[-1])
+        if w not in _STOP and len(w) > 3 and w[0].isalpha()
+    )
+    return "".join(f"{w}_topic: messages about {w}\n" for w, _ in words.most_common(5))
 
 
 class FailingLabeler(Labeler):

@@ -85,12 +85,14 @@ class Label:
 class LabelRequest:
     """What a labeler is asked: one text, optional candidate labels, and a hint on re-ask.
 
-    ``closed`` restricts the answer to the candidates (fixed categories)."""
+    ``closed`` restricts the answer to the candidates (fixed categories, taxonomies);
+    ``max_labels`` > 1 asks for up to that many of them, comma-separated."""
 
     text: str
     candidates: tuple[str, ...] = ()
     feedback: str | None = None
     closed: bool = False
+    max_labels: int = 1
 
 
 @dataclass(frozen=True)

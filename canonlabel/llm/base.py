@@ -22,3 +22,10 @@ class Labeler(ABC):
 
     def label(self, request: LabelRequest) -> LabelResponse:
         return self.label_batch([request])[0]
+
+    def complete(
+        self, prompt: str, *, grammar: str | None = None, max_tokens: int = 256
+    ) -> LabelResponse:
+        """Free-form completion (taxonomy discovery). ``grammar`` (GBNF) binds local
+        models; remote ones are asked in words and parsed leniently."""
+        raise NotImplementedError(f"{type(self).__name__} cannot do free completions")

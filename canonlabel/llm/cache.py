@@ -35,7 +35,9 @@ class CachingLabeler(Labeler):
         self.hits = self.misses = 0
 
     def _key(self, r: LabelRequest) -> str:
-        payload = json.dumps([self.base.id, r.text, list(r.candidates), r.feedback, r.closed])
+        payload = json.dumps(
+            [self.base.id, r.text, list(r.candidates), r.feedback, r.closed, r.max_labels]
+        )
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def label_batch(self, requests: Sequence[LabelRequest]) -> list[LabelResponse]:

@@ -14,13 +14,14 @@ from canonlabel.types import LabelRequest, LabelResponse, Usage
 _NEW_LABEL = 'new ::= [a-z] [a-z0-9]{1,14} ("_" [a-z0-9]{1,14}){1,4}'
 
 
-def label_grammar(candidates: Sequence[str], closed: bool = False) -> str:
+def label_grammar(candidates: Sequence[str], closed: bool = False, max_labels: int = 1) -> str:
     """GBNF that admits a new snake_case label or exactly one of the candidates
-    (only a candidate when ``closed``)."""
+    (only candidates when ``closed``, up to ``max_labels`` of them comma-separated)."""
     rules = ['root ::= label "\\n"']
     if closed and candidates:
         alternatives = " | ".join(f'"{c}"' for c in candidates)
-        return "\n".join([*rules, f"label ::= {alternatives}"])
+        more = f' (", " cand){{0,{max_labels - 1}}}' if max_labels > 1 else ""
+        return "\n".join([*rules, f"label ::= cand{more}", f"cand ::= {alternatives}"])
     if candidates:
         alternatives = " | ".join(f'"{c}"' for c in candidates)
         rules += ["label ::= cand | new", f"cand ::= {alternatives}"]
@@ -103,16 +104,38 @@ class LlamaCppLabeler(Labeler):
             )
         return self._llm
 
-    def _grammar(self, candidates: tuple[str, ...], closed: bool):
-        grammar = self._grammars.get((candidates, closed))
+    def _grammar(self, text: str):
+        grammar = self._grammars.get(text)
         if grammar is None:
             from llama_cpp import LlamaGrammar
 
-            grammar = LlamaGrammar.from_string(label_grammar(candidates, closed), verbose=False)
+            grammar = LlamaGrammar.from_string(text, verbose=False)
             if len(self._grammars) > 256:
                 self._grammars.clear()
-            self._grammars[(candidates, closed)] = grammar
+            self._grammars[text] = grammar
         return grammar
+
+    def complete(
+        self, prompt: str, *, grammar: str | None = None, max_tokens: int = 256
+    ) -> LabelResponse:
+        with self._lock:
+            llm = self._model()
+            try:
+                out = llm.create_completion(
+                    prompt,
+                    max_tokens=max_tokens,
+                    temperature=0.0,
+                    top_k=1,
+                    seed=self.seed,
+                    grammar=self._grammar(grammar) if grammar else None,
+                )
+            except Exception as exc:
+                raise BackendError(f"llama.cpp failed: {exc}", retryable=False) from exc
+        usage = out.get("usage") or {}
+        return LabelResponse(
+            out["choices"][0]["text"],
+            Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)),
+        )
 
     def label_batch(self, requests: Sequence[LabelRequest]) -> list[LabelResponse]:
         return [self._label_one(r) for r in requests]
@@ -128,7 +151,11 @@ class LlamaCppLabeler(Labeler):
                 over = len(tokens) - room
                 keep = max(16, len(request.text) - 4 * over - 16)
                 request = LabelRequest(
-                    request.text[:keep], request.candidates, request.feedback, request.closed
+                    request.text[:keep],
+                    request.candidates,
+                    request.feedback,
+                    request.closed,
+                    request.max_labels,
                 )
                 prompt = completion_prompt(request)
             try:
@@ -137,7 +164,9 @@ class LlamaCppLabeler(Labeler):
                     max_tokens=self.max_tokens,
                     temperature=0.0,
                     top_k=1,
-                    grammar=self._grammar(request.candidates, request.closed),
+                    grammar=self._grammar(
+                        label_grammar(request.candidates, request.closed, request.max_labels)
+                    ),
                     stop=["\n"],
                     seed=self.seed,
                 )

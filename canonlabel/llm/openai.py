@@ -80,7 +80,9 @@ class OpenAILabeler(Labeler):
         enum = request.candidates if request.closed else ()
         if self.structured:
             try:
-                response = self._create(messages, structured=True, enum=enum)
+                response = self._create(
+                    messages, structured=True, enum=enum, max_labels=request.max_labels
+                )
             except BackendError as exc:
                 if "HTTP 400" not in str(exc) and "HTTP 422" not in str(exc):
                     raise
@@ -91,7 +93,8 @@ class OpenAILabeler(Labeler):
         content = response.choices[0].message.content or ""
         if self.structured:
             try:
-                content = str(json.loads(content).get("label", ""))
+                value = json.loads(content).get("label", "")
+                content = ", ".join(value) if isinstance(value, list) else str(value)
             except (json.JSONDecodeError, AttributeError):
                 pass  # validated downstream; an invalid answer gets a re-ask
         usage = response.usage
@@ -102,18 +105,43 @@ class OpenAILabeler(Labeler):
             ),
         )
 
-    def _create(self, messages, *, structured: bool, enum: tuple[str, ...] = ()):
+    def complete(
+        self, prompt: str, *, grammar: str | None = None, max_tokens: int = 256
+    ) -> LabelResponse:
+        response = self._create(
+            [{"role": "user", "content": prompt}], structured=False, max_tokens=max_tokens
+        )
+        usage = response.usage
+        return LabelResponse(
+            response.choices[0].message.content or "",
+            Usage(
+                getattr(usage, "prompt_tokens", 0) or 0, getattr(usage, "completion_tokens", 0) or 0
+            ),
+        )
+
+    def _create(
+        self,
+        messages,
+        *,
+        structured: bool,
+        enum: tuple[str, ...] = (),
+        max_labels: int = 1,
+        max_tokens: int | None = None,
+    ):
         kwargs = {
             "model": self.model,
             "messages": messages,
             "temperature": 0,
-            "max_tokens": self.max_tokens,
+            "max_tokens": max_tokens or self.max_tokens,
         }
         if structured:
             schema = _SCHEMA
             if enum:  # closed set: the endpoint cannot answer outside it
                 schema = json.loads(json.dumps(_SCHEMA))
-                schema["schema"]["properties"]["label"] = {"type": "string", "enum": list(enum)}
+                item = {"type": "string", "enum": list(enum)}
+                if max_labels > 1:
+                    item = {"type": "array", "items": item, "minItems": 1, "maxItems": max_labels}
+                schema["schema"]["properties"]["label"] = item
             kwargs["response_format"] = {"type": "json_schema", "json_schema": schema}
         return call_with_retries(
             lambda: self.client.chat.completions.create(**kwargs), max_retries=self.max_retries

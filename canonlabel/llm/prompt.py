@@ -48,6 +48,15 @@ EXAMPLES: tuple[tuple[str, tuple[str, ...], str], ...] = (
 CLOSED_INSTRUCTION = "Answer with exactly one of the existing labels."
 
 
+def closed_instruction(request: LabelRequest) -> str:
+    if request.max_labels > 1:
+        return (
+            f"Answer with 1 to {request.max_labels} of the existing labels that apply, "
+            "most relevant first, separated by commas."
+        )
+    return CLOSED_INSTRUCTION
+
+
 def _candidates_line(candidates: tuple[str, ...]) -> str:
     return ", ".join(candidates) if candidates else "none"
 
@@ -67,7 +76,7 @@ def completion_prompt(request: LabelRequest) -> str:
         f"Existing labels: {_candidates_line(request.candidates)}",
     ]
     if request.closed:
-        parts.append(f"Note: {CLOSED_INSTRUCTION}")
+        parts.append(f"Note: {closed_instruction(request)}")
     if request.feedback:
         parts.append(f"Note: {request.feedback}")
     parts.append("Label:")
@@ -87,7 +96,7 @@ def chat_messages(request: LabelRequest) -> list[dict[str, str]]:
         f"<message>\n{request.text}\n</message>"
     )
     if request.closed:
-        user += f"\n{CLOSED_INSTRUCTION}"
+        user += f"\n{closed_instruction(request)}"
     if request.feedback:
         user += f"\n{request.feedback}"
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
