@@ -758,5 +758,139 @@ def predict(
         raise _fail(exc) from None
 
 
+taxonomy_app = typer.Typer(help="Discover a label taxonomy with the LLM.", no_args_is_help=True)
+app.add_typer(taxonomy_app, name="taxonomy")
+
+
+def _texts(input: str, text_field: str, limit: int | None) -> list[str]:
+    from itertools import islice
+
+    from canonlabel.io import read_records
+
+    records = read_records(input, text_field=text_field)
+    texts = [
+        r.text
+        for r in (islice(records, limit) if limit else records)
+        if r.error is None and r.text and r.text.strip()
+    ]
+    if not texts:
+        raise CanonlabelError(f"{input} has no usable texts")
+    return texts
+
+
+@taxonomy_app.command("discover")
+def taxonomy_discover(
+    input: Annotated[str | None, typer.Argument(help="texts to learn from")] = None,
+    output: Annotated[Path, typer.Option("-o", "--output", help="taxonomy .yaml or .json")] = Path(
+        "taxonomy.yaml"
+    ),
+    n_labels: Annotated[int, typer.Option(help="at most this many labels", min=2)] = 20,
+    sample: Annotated[int, typer.Option(help="texts shown to the LLM, stratified")] = 200,
+    batch: Annotated[int, typer.Option(help="texts per LLM call")] = 20,
+    from_db: Annotated[
+        Path | None,
+        typer.Option(help="seed from this store's canonical labels instead of asking the LLM"),
+    ] = None,
+    text_field: Annotated[str, typer.Option()] = "text",
+    limit: Annotated[int | None, typer.Option(min=1)] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    llm: LlmOpt = None,
+    embedder: EmbOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Propose labels with one-line descriptions and examples (human-editable file)."""
+    from canonlabel import taxonomy as tx
+
+    try:
+        settings = _settings(config, llm=llm, embedder=embedder)
+        if from_db is not None:
+            with _open(from_db, embedder=embedder) as clf:
+                entries = tx.from_store(clf, n_labels)
+        else:
+            if input is None:
+                raise CanonlabelError("give INPUT texts, or --from-db to seed from a store")
+            from canonlabel.embed import make_embedder
+            from canonlabel.llm import make_labeler
+
+            texts = _texts(input, text_field, limit)
+            emb = make_embedder(settings.embedder, settings)
+            labeler = make_labeler(settings.llm, settings)
+            with err.status(f"discovering from a sample of {min(sample, len(texts))}..."):
+                entries = tx.discover(
+                    texts, emb, labeler, n_labels=n_labels, sample=sample, batch=batch, seed=seed
+                )
+        tx.save_taxonomy(entries, output)
+    except CanonlabelError as exc:
+        raise _fail(exc) from None
+    err.print(f"wrote {len(entries)} labels to {output}")
+
+
+@app.command()
+def annotate(
+    input: Annotated[str, typer.Argument(help=".jsonl, .csv, .tsv, .txt or -")],
+    taxonomy: Annotated[Path, typer.Option(help="taxonomy file (name, description)")],
+    output: Annotated[Path | None, typer.Option("-o", "--output")] = None,
+    max_labels: Annotated[int, typer.Option(help="labels per text, at most", min=1)] = 3,
+    db: DbOpt = None,
+    text_field: Annotated[str, typer.Option()] = "text",
+    id_field: Annotated[str, typer.Option()] = "id",
+    limit: Annotated[int | None, typer.Option(min=1)] = None,
+    llm: LlmOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """LLM multi-label annotation restricted to a taxonomy (resumable, cached)."""
+    from itertools import islice
+
+    from rich.progress import Progress
+
+    from canonlabel import taxonomy as tx
+    from canonlabel.io import count_lines, read_records
+    from canonlabel.llm import make_labeler
+    from canonlabel.store import SqliteStore
+
+    try:
+        settings = _settings(config, db=db, llm=llm)
+        entries = tx.load_taxonomy(taxonomy)
+        labeler = make_labeler(settings.llm, settings)
+        store = SqliteStore(settings.db)
+        records = read_records(input, text_field=text_field, id_field=id_field)
+        records = islice(records, limit) if limit else records
+        sink = output.open("w", encoding="utf-8") if output else sys.stdout
+        counts = {"items": 0, "annotated": 0, "cached": 0, "failed": 0}
+        with Progress(console=err, disable=not err.is_terminal) as progress:
+            task = progress.add_task("annotate", total=limit or count_lines(input))
+            for r in records:
+                row = {"id": r.id or f"line:{r.line}", "text": r.text}
+                try:
+                    if r.error:
+                        raise CanonlabelError(r.error)
+                    [(labels, error, was_cached)] = tx.annotate(
+                        store,
+                        labeler,
+                        entries,
+                        [r.text],
+                        max_labels=max_labels,
+                        max_chars=settings.max_chars,
+                    )
+                    if error:
+                        raise CanonlabelError(error)
+                    row["labels"] = labels
+                    counts["annotated"] += 1
+                    counts["cached"] += was_cached
+                except CanonlabelError as exc:
+                    row["error"] = str(exc)
+                    counts["failed"] += 1
+                counts["items"] += 1
+                sink.write(json.dumps(row, ensure_ascii=False) + "\n")
+                sink.flush()
+                progress.advance(task)
+        if output:
+            sink.close()
+        store.close()
+    except CanonlabelError as exc:
+        raise _fail(exc) from None
+    err.print(json.dumps(counts))
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

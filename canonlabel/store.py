@@ -20,7 +20,7 @@ import numpy as np
 
 from canonlabel.errors import IncompatibleStoreError, StoreError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE labels (
@@ -88,7 +88,13 @@ CREATE TABLE categories (
 CREATE TABLE label_categories (
     label_id INTEGER PRIMARY KEY REFERENCES labels(id), category TEXT NOT NULL,
     similarity REAL NOT NULL, method TEXT NOT NULL, updated_at REAL NOT NULL);
-"""
+""",
+    """
+CREATE TABLE annotations (
+    text_key TEXT NOT NULL, taxonomy TEXT NOT NULL, max_labels INTEGER NOT NULL,
+    labels TEXT NOT NULL, created_at REAL NOT NULL,
+    PRIMARY KEY (text_key, taxonomy, max_labels));
+""",
 ]
 _FTS_WORD = re.compile(r"\w+", re.UNICODE)
 
