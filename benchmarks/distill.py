@@ -23,10 +23,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from canonlabel.config import Settings  # noqa: E402
-from canonlabel.distill import DistilledClassifier, multilabel_metrics  # noqa: E402
-from canonlabel.embed import make_embedder  # noqa: E402
-from canonlabel.embed.cache import cached  # noqa: E402
+from canonlabel.config import Settings
+from canonlabel.distill import DistilledClassifier, multilabel_metrics
+from canonlabel.embed import make_embedder
+from canonlabel.embed.cache import cached
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -54,7 +54,8 @@ def fit(model, Xtr, Ytr, seed=0, val=0.1):
     Xtr, Ytr = Xtr[order], [Ytr[i] for i in order]
     start = time.perf_counter()
     clf = DistilledClassifier(model, seed=seed).fit(
-        Xtr[n_val:], Ytr[n_val:], X_val=Xtr[:n_val], val_sets=Ytr[:n_val])
+        Xtr[n_val:], Ytr[n_val:], X_val=Xtr[:n_val], val_sets=Ytr[:n_val]
+    )
     return clf, time.perf_counter() - start
 
 
@@ -83,8 +84,12 @@ def main() -> None:
     for model in ("logreg", "mlp"):
         clf, seconds = fit(model, Xtr, tr_y)
         m = evaluate(clf, Xte, te_y)
-        b77[model] = {"accuracy": m["top1_accuracy"], "micro_f1": m["micro_f1"],
-                      "macro_f1": m["macro_f1"], "train_seconds": round(seconds, 1)}
+        b77[model] = {
+            "accuracy": m["top1_accuracy"],
+            "micro_f1": m["micro_f1"],
+            "macro_f1": m["macro_f1"],
+            "train_seconds": round(seconds, 1),
+        }
         print(model, b77[model], flush=True)
     curve = {}
     for k in (10, 25, 50, 100):
@@ -109,10 +114,12 @@ def main() -> None:
     start = time.perf_counter()
     clf.predict(sample)
     e2e_rate = len(sample) / (time.perf_counter() - start)
-    report["speed"] = {"predict_per_s_from_embeddings": round(pred_rate),
-                       "embed_per_s": round(embed_rate, 1),
-                       "end_to_end_per_s": round(e2e_rate, 1),
-                       "end_to_end_vs_embedding": round(e2e_rate / embed_rate, 3)}
+    report["speed"] = {
+        "predict_per_s_from_embeddings": round(pred_rate),
+        "embed_per_s": round(embed_rate, 1),
+        "end_to_end_per_s": round(e2e_rate, 1),
+        "end_to_end_vs_embedding": round(e2e_rate / embed_rate, 3),
+    }
     print(report["speed"], flush=True)
 
     sets = [("nlupp_banking", "train", "test")]
@@ -127,7 +134,8 @@ def main() -> None:
             clf, seconds = fit(model, Xa, ty)
             m = evaluate(clf, Xb, sy)
             out[model] = {k: m[k] for k in ("micro_f1", "macro_f1", "exact_match")} | {
-                "train_seconds": round(seconds, 1)}
+                "train_seconds": round(seconds, 1)
+            }
         out["train"], out["test"] = len(tt), len(st)
         report[name] = out
         print(name, out, flush=True)
