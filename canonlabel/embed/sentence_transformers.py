@@ -51,10 +51,18 @@ class SentenceTransformerEmbedder(Embedder):
             # A local directory never needs the hub; this guards against any lookup.
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+            os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
             try:
                 from sentence_transformers import SentenceTransformer
             except ImportError as exc:
                 raise MissingDependencyError("sentence-transformers", "local") from exc
+            try:
+                from transformers.utils import logging as hf_logging
+
+                hf_logging.disable_progress_bar()  # "Loading weights" bars on every start
+            except ImportError:  # pragma: no cover
+                pass
             self._model = SentenceTransformer(str(self.path), device=self.device)
         return self._model
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Sequence
@@ -29,6 +30,23 @@ def label_grammar(candidates: Sequence[str], closed: bool = False, max_labels: i
         rules.append("label ::= new")
     rules.append(_NEW_LABEL)
     return "\n".join(rules)
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    try:
+        saved = os.dup(2)
+    except OSError:  # no fd 2 (embedded interpreters)
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def bundled_gemma_path(cache_dir: Path) -> Path:
@@ -95,13 +113,14 @@ class LlamaCppLabeler(Labeler):
                 from llama_cpp import Llama
             except ImportError as exc:
                 raise MissingDependencyError("llama-cpp-python", "local", "the local LLM") from exc
-            self._llm = Llama(
-                model_path=str(self.model_path),
-                n_ctx=self.n_ctx,
-                n_threads=self.n_threads or os.cpu_count(),
-                seed=self.seed,
-                verbose=False,
-            )
+            with _quiet_stderr():  # llama.cpp prints to fd 2 even with verbose=False
+                self._llm = Llama(
+                    model_path=str(self.model_path),
+                    n_ctx=self.n_ctx,
+                    n_threads=self.n_threads or os.cpu_count(),
+                    seed=self.seed,
+                    verbose=False,
+                )
         return self._llm
 
     def _grammar(self, text: str):
