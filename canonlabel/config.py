@@ -34,11 +34,11 @@ class Settings(BaseSettings):
     embedder_base_url: str | None = None
     embedder_api_key: str | None = None
     min_similarity: float = Field(0.8, ge=0, le=1, description="semantic cache threshold")
-    label_similarity: float = Field(0.75, ge=0, le=1, description="raw-label merge threshold")
-    candidates: int = Field(5, ge=0, le=50, description="existing labels shown to the LLM")
+    label_similarity: float = Field(0.70, ge=0, le=1, description="raw-label merge threshold")
+    candidates: int = Field(3, ge=0, le=50, description="existing labels shown to the LLM")
     candidate_source: CandidateSource = "embedding"
     candidate_min_similarity: float = Field(
-        0.0, ge=-1, le=1, description="embedding candidates less similar than this are not shown"
+        0.70, ge=-1, le=1, description="embedding candidates less similar than this are not shown"
     )
     llm_cache: Path | None = Field(None, description="SQLite file caching LLM answers by prompt")
     store_hits: bool = False
