@@ -493,9 +493,8 @@ def cluster(
 
     from canonlabel.cluster import cluster_texts, save_to_store
     from canonlabel.embed import make_embedder
-    from canonlabel.io import read_records
+    from canonlabel.io import read_records, usable_text
     from canonlabel.llm import make_labeler
-    from canonlabel.normalize import normalize
 
     try:
         settings = _settings(config, llm=llm, embedder=embedder, db=db)
@@ -503,9 +502,7 @@ def cluster(
         good, bad = [], []
         for r in islice(records, limit) if limit else records:
             try:
-                if r.error:
-                    raise CanonlabelError(r.error)
-                normalize(r.text, settings.max_chars)
+                usable_text(r, settings.max_chars)
                 good.append(r)
             except CanonlabelError as exc:
                 bad.append({"id": r.id or f"line:{r.line}", "text": r.text, "error": str(exc)})
@@ -717,8 +714,7 @@ def predict(
     """Label texts with a distilled model: labels above threshold, top probabilities."""
     from canonlabel.distill import DistilledClassifier
     from canonlabel.embed import make_embedder
-    from canonlabel.io import read_records
-    from canonlabel.normalize import normalize
+    from canonlabel.io import read_records, usable_text
 
     try:
         settings = _settings(embedder=embedder)
@@ -733,9 +729,7 @@ def predict(
             for r in chunk:
                 row = {"id": r.id or f"line:{r.line}", "text": r.text}
                 try:
-                    if r.error:
-                        raise CanonlabelError(r.error)
-                    good.append(normalize(r.text, settings.max_chars)[0])
+                    good.append(usable_text(r, settings.max_chars))
                 except CanonlabelError as exc:
                     row["error"] = str(exc)
                 rows.append(row)
@@ -844,7 +838,7 @@ def annotate(
     from rich.progress import Progress
 
     from canonlabel import taxonomy as tx
-    from canonlabel.io import count_lines, read_records
+    from canonlabel.io import count_lines, read_records, usable_text
     from canonlabel.llm import make_labeler
     from canonlabel.store import SqliteStore
 
@@ -862,8 +856,7 @@ def annotate(
             for r in records:
                 row = {"id": r.id or f"line:{r.line}", "text": r.text}
                 try:
-                    if r.error:
-                        raise CanonlabelError(r.error)
+                    usable_text(r, settings.max_chars)
                     [(labels, error, was_cached)] = tx.annotate(
                         store,
                         labeler,

@@ -207,3 +207,12 @@ def read_labelled(
             f"list{f' in split {split!r}' if split else ''}"
         )
     return texts, golds
+
+
+def usable_text(record: Record, max_chars: int) -> str:
+    """The record's normalised text; raises (InputError, EmptyTextError) saying why not."""
+    from canonlabel.normalize import normalize
+
+    if record.error:
+        raise InputError(record.error)
+    return normalize(record.text, max_chars)[0]

@@ -19,7 +19,7 @@ from rich.progress import (
 )
 
 from canonlabel.config import Settings
-from canonlabel.io import count_lines, read_records
+from canonlabel.io import count_lines, read_records, usable_text
 from canonlabel.types import Result
 
 CHUNK = 256
@@ -226,7 +226,6 @@ def run_categories(
     from canonlabel.embed import make_embedder
     from canonlabel.errors import CanonlabelError
     from canonlabel.llm import make_labeler
-    from canonlabel.normalize import normalize
     from canonlabel.store import SqliteStore
 
     console = console or Console(stderr=True)
@@ -248,9 +247,7 @@ def run_categories(
             for r in chunk:
                 row = {"id": r.id, "text": r.text}
                 try:
-                    if r.error:
-                        raise CanonlabelError(r.error)
-                    row["text"], _ = normalize(r.text, settings.max_chars)
+                    row["text"] = usable_text(r, settings.max_chars)
                     texts.append(row["text"])
                 except CanonlabelError as exc:
                     row["error"] = str(exc)

@@ -29,3 +29,17 @@ def make_clf(tmp_path):
             clf.close()
         except Exception:
             pass
+
+
+def run_cli(*args, timeout=300, **kw):
+    """Run ``python -m canonlabel.cli ARGS`` and return the CompletedProcess."""
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "canonlabel.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kw,
+    )

@@ -8,18 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import run_cli
+
 DATA = Path(__file__).parent / "data" / "banking77_200.jsonl"
 FAKE = ["--llm", "fake", "--embedder", "hash"]
 
 
-def cli(*args, **kw):
-    return subprocess.run(
-        [sys.executable, "-m", "canonlabel.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        **kw,
-    )
+cli = run_cli
 
 
 def test_help_is_fast_and_imports_nothing_heavy():

@@ -1,7 +1,5 @@
 import json
 import random
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -11,6 +9,7 @@ from canonlabel.cluster import UNCLUSTERED, cluster_texts, representatives, save
 from canonlabel.curation import maintain
 from canonlabel.errors import ConfigError
 from canonlabel.testing import FakeLabeler, HashEmbedder
+from tests.conftest import run_cli
 
 TOPICS = {
     "card": [
@@ -197,16 +196,8 @@ def test_cluster_and_categories_cli(tmp_path):
     src = tmp_path / "in.txt"
     src.write_text("\n".join(TEXTS) + "\n")
 
-    def run(*a):
-        return subprocess.run(
-            [sys.executable, "-m", "canonlabel.cli", *a],
-            text=True,
-            capture_output=True,
-            timeout=120,
-        )
-
     out = tmp_path / "c.jsonl"
-    r = run(
+    r = run_cli(
         "cluster",
         str(src),
         "-o",
@@ -225,7 +216,7 @@ def test_cluster_and_categories_cli(tmp_path):
     assert r.returncode == 0, r.stderr
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(rows) == len(TEXTS) and {"label", "cluster", "distance"} <= set(rows[0])
-    r = run(
+    r = run_cli(
         "categories",
         "map",
         str(_cats(tmp_path)),
@@ -235,9 +226,11 @@ def test_cluster_and_categories_cli(tmp_path):
         "hash",
     )
     assert r.returncode == 0, r.stderr
-    r = run("labels", "--db", str(tmp_path / "db"), "--embedder", "hash", "--json", "--by-category")
+    r = run_cli(
+        "labels", "--db", str(tmp_path / "db"), "--embedder", "hash", "--json", "--by-category"
+    )
     assert all(x["category"] for x in json.loads(r.stdout))
-    r = run(
+    r = run_cli(
         "classify",
         str(src),
         "--categories",
@@ -249,5 +242,5 @@ def test_cluster_and_categories_cli(tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout.splitlines()[0])["label"] == "card_delivery"
-    r = run("maintain", "--db", str(tmp_path / "db"), "--embedder", "hash", "--dry-run")
+    r = run_cli("maintain", "--db", str(tmp_path / "db"), "--embedder", "hash", "--dry-run")
     assert r.returncode == 0 and "wide" in r.stdout

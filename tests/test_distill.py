@@ -1,6 +1,5 @@
 import json
-import subprocess
-import sys
+import os
 import warnings
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from canonlabel.distill import (
     tune_thresholds,
 )
 from canonlabel.testing import HashEmbedder
+from tests.conftest import run_cli
 
 
 def _data(n=300, seed=0):
@@ -85,17 +85,17 @@ def test_texts_need_an_embedder_and_work_with_one():
         DistilledClassifier().fit(X, Y).predict_proba(["text"])
 
 
+def _run(tmp_path, *args):
+    # a private cache dir, so the embedding cache of the user is neither read nor written
+    env = {**os.environ, "CANONLABEL_CACHE_DIR": str(tmp_path / "cache")}
+    return run_cli(*args, env=env)
+
+
 def test_train_and_predict_cli(tmp_path):
     data = Path(__file__).parent / "data" / "banking77_200.jsonl"
 
     def run(*a):
-        return subprocess.run(
-            [sys.executable, "-m", "canonlabel.cli", *a],
-            text=True,
-            capture_output=True,
-            timeout=300,
-            env={"CANONLABEL_CACHE_DIR": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin"},
-        )
+        return _run(tmp_path, *a)
 
     r = run("train", str(data), "-o", str(tmp_path / "m"), "--embedder", "hash")
     assert r.returncode == 0, r.stderr
@@ -111,16 +111,9 @@ def test_train_and_predict_cli(tmp_path):
 
 def test_router_mode_sends_only_unsure_items_to_the_pipeline(tmp_path):
     data = Path(__file__).parent / "data" / "banking77_200.jsonl"
-    env = {"CANONLABEL_CACHE_DIR": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin"}
 
     def run(*a):
-        return subprocess.run(
-            [sys.executable, "-m", "canonlabel.cli", *a],
-            text=True,
-            capture_output=True,
-            timeout=300,
-            env=env,
-        )
+        return _run(tmp_path, *a)
 
     assert run("train", str(data), "-o", str(tmp_path / "m"), "--embedder", "hash").returncode == 0
     out, summary = tmp_path / "o.jsonl", tmp_path / "s.json"

@@ -1,6 +1,4 @@
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +7,7 @@ from canonlabel import Settings
 from canonlabel.calibrate import recommend_cache, recommend_labels, sweep_cache, sweep_labels
 from canonlabel.evaluate import EvalData, evaluate
 from canonlabel.testing import FakeLabeler, HashEmbedder
+from tests.conftest import run_cli
 
 DATA = Path(__file__).parent / "data" / "banking77_200.jsonl"
 
@@ -79,16 +78,9 @@ def test_small_end_to_end_eval_with_fake_llm(tmp_path):
 
 
 def test_eval_and_calibrate_cli(tmp_path):
-    def run(*a):
-        return subprocess.run(
-            [sys.executable, "-m", "canonlabel.cli", *a],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
 
     out = tmp_path / "ev"
-    r = run(
+    r = run_cli(
         "eval",
         str(DATA),
         "--llm",
@@ -107,7 +99,7 @@ def test_eval_and_calibrate_cli(tmp_path):
     assert set(report["strategies"]) == {"seed", "canonlabel", "kmeans-k", "hdbscan"}
     assert (out / "report.md").exists() and (out / "hit_rate_llm_calls.png").exists()
     cfg = tmp_path / "c.yaml"
-    r = run(
+    r = run_cli(
         "calibrate",
         str(DATA),
         "--llm",
@@ -125,7 +117,7 @@ def test_eval_and_calibrate_cli(tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert "min_similarity" in cfg.read_text()
-    r = run(
+    r = run_cli(
         "classify",
         str(DATA),
         "--llm",
@@ -142,7 +134,7 @@ def test_eval_and_calibrate_cli(tmp_path):
     assert r.returncode == 0, r.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text("min_similarty: 0.9\n")
-    r = run(
+    r = run_cli(
         "classify", str(DATA), "--llm", "fake", "--db", str(tmp_path / "db"), "--config", str(bad)
     )
     assert r.returncode == 2 and "unknown settings" in r.stderr

@@ -1,7 +1,5 @@
 import json
 import random
-import subprocess
-import sys
 
 import pytest
 
@@ -9,6 +7,7 @@ from canonlabel import taxonomy as tx
 from canonlabel.errors import LabelError
 from canonlabel.store import SqliteStore
 from canonlabel.testing import FakeLabeler, HashEmbedder
+from tests.conftest import run_cli
 
 TEXTS = (
     [f"my card has not arrived {i}" for i in range(20)]
@@ -79,16 +78,8 @@ def test_discover_and_annotate_cli(tmp_path):
     src = tmp_path / "in.txt"
     src.write_text("\n".join(TEXTS) + "\n")
 
-    def run(*a):
-        return subprocess.run(
-            [sys.executable, "-m", "canonlabel.cli", *a],
-            text=True,
-            capture_output=True,
-            timeout=120,
-        )
-
     tax = tmp_path / "taxonomy.yaml"
-    r = run(
+    r = run_cli(
         "taxonomy",
         "discover",
         str(src),
@@ -106,7 +97,7 @@ def test_discover_and_annotate_cli(tmp_path):
     assert r.returncode == 0, r.stderr
     names = {e.name for e in tx.load_taxonomy(tax)}
     out = tmp_path / "ann.jsonl"
-    r = run(
+    r = run_cli(
         "annotate",
         str(src),
         "--taxonomy",
