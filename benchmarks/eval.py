@@ -45,10 +45,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--strategies", default=",".join(STRATEGIES))
     ap.add_argument("--llm", default="local")
-    ap.add_argument("--llm-cache", type=Path, default=Path(__file__).parent / ".llm-cache.db")
+    ap.add_argument("--llm-cache", default=str(Path(__file__).parent / ".llm-cache.db"))
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    settings = Settings(llm_cache=args.llm_cache if str(args.llm_cache) else None)
+    settings = Settings(llm_cache=Path(args.llm_cache) if args.llm_cache else None)
     embedder = cached(make_embedder(settings.embedder, settings), settings.cache_dir)
     labeler = make_labeler(args.llm, settings)
     summary = [

@@ -190,8 +190,7 @@ def main() -> None:
     ap.add_argument("--candidate-min-similarity", type=float)
     ap.add_argument(
         "--llm-cache",
-        type=Path,
-        default=Path(__file__).parent / ".llm-cache.db",
+        default=str(Path(__file__).parent / ".llm-cache.db"),
         help="SQLite cache of LLM answers shared by runs ('' disables)",
     )
     ap.add_argument(
@@ -211,7 +210,7 @@ def main() -> None:
             "candidates": args.candidates,
             "candidate_source": args.candidate_source,
             "candidate_min_similarity": args.candidate_min_similarity,
-            "llm_cache": args.llm_cache if str(args.llm_cache) else None,
+            "llm_cache": Path(args.llm_cache) if args.llm_cache else None,
         }.items()
         if v is not None
     }

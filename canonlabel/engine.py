@@ -53,6 +53,8 @@ class Asked:
     calls: int
     seconds: float
     outputs: list[str]
+    label_vector: np.ndarray | None = None  # embedded in the worker for an unknown raw label
+    embed_seconds: float = 0.0
 
 
 def failure(text: str, ext_id: str | None, error: Exception, timings=None) -> Result:
@@ -264,8 +266,10 @@ class Engine:
         start = time.perf_counter()
         vector = None
         if raw not in clf.space.aliases:
-            vector = clf.embedder.embed([label_text(raw)])[0]
-            c["embed_seconds"] += time.perf_counter() - start
+            vector = asked.label_vector
+            if vector is None:
+                vector = clf.embedder.embed([label_text(raw)])[0]
+            c["embed_seconds"] += time.perf_counter() - start + asked.embed_seconds
         decision = clf.space.decide(raw, vector, self.settings.label_similarity)
         it.timings["canonicalise"] = time.perf_counter() - start
         start = time.perf_counter()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from canonlabel.canon import InvalidLabel, LabelSpace, clean_label
+from canonlabel.canon import InvalidLabel, LabelSpace, clean_label, label_text
 from canonlabel.config import Settings
 from canonlabel.embed import Embedder, make_embedder
 from canonlabel.engine import Asked, Engine
@@ -303,12 +303,21 @@ class Classifier:
             outputs.append(response.output)
             try:
                 raw = clean_label(response.output)
-                return Asked(raw, None, usage, calls, time.perf_counter() - start, outputs)
             except InvalidLabel as exc:
                 feedback = (
                     f"Your previous answer was rejected: {exc}. Answer with one "
                     "snake_case label only."
                 )
+                continue
+            seconds = time.perf_counter() - start
+            vector, embed_seconds = None, 0.0
+            if raw not in self.space.aliases:
+                # Embedding the label here keeps it off the single writer thread; a race with
+                # a concurrent alias only costs one unneeded embedding.
+                t = time.perf_counter()
+                vector = self.embedder.embed([label_text(raw)])[0]
+                embed_seconds = time.perf_counter() - t
+            return Asked(raw, None, usage, calls, seconds, outputs, vector, embed_seconds)
         error = LabelError(
             f"no valid label after {calls} answers: {feedback}; the item is "
             "recorded as failed (re-run with --retry-failed to ask again)",
