@@ -2,6 +2,7 @@
 
 from canonlabel.canon import clean_label
 from canonlabel.config import Settings
+from canonlabel.distill import DistilledClassifier
 from canonlabel.errors import (
     BackendError,
     CanonlabelError,
@@ -23,6 +24,7 @@ __all__ = [
     "CanonlabelError",
     "Classifier",
     "ConfigError",
+    "DistilledClassifier",
     "EmptyTextError",
     "IncompatibleStoreError",
     "InputError",
