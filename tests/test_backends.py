@@ -98,3 +98,19 @@ def test_exact_index_contract():
     assert sims.shape == (3, 4) and (sims[:, 0] == 1).all()
     assert all(k % 3 == row for row, ks in enumerate(keys) for k in ks)
     assert len(idx) == 2000
+
+
+def test_caching_embedder_is_thread_safe_and_persistent(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from canonlabel.embed.cache import CachingEmbedder
+
+    base = HashEmbedder(16)
+    emb = CachingEmbedder(base, tmp_path / "e.db")
+    texts = [f"text {i}" for i in range(50)]
+    with ThreadPoolExecutor(4) as pool:
+        parts = list(pool.map(lambda t: emb.embed([t])[0], texts))
+    assert np.allclose(np.stack(parts), base.embed(texts), atol=1e-6)
+    again = CachingEmbedder(HashEmbedder(16), tmp_path / "e.db")
+    again.embed(texts)
+    assert again.hits == 50

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,7 +19,8 @@ class CachingEmbedder(Embedder):
     def __init__(self, base: Embedder, path: str | Path) -> None:
         self.base, self.id, self.batch_size = base, base.id, 4096
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(str(path), isolation_level=None)
+        self._conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._lock = threading.Lock()  # LLM worker threads embed labels too
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, v BLOB)")
         self.hits = 0
@@ -31,6 +33,10 @@ class CachingEmbedder(Embedder):
         return hashlib.blake2b(f"{self.base.id}\0{text}".encode(), digest_size=16).hexdigest()
 
     def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
+        with self._lock:
+            return self._embed_batch(texts)
+
+    def _embed_batch(self, texts: Sequence[str]) -> np.ndarray:
         keys = [self._key(t) for t in texts]
         found: dict[str, bytes] = {}
         unique = list(dict.fromkeys(keys))
