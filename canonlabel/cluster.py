@@ -74,6 +74,12 @@ def assign_clusters(
     if method == "hdbscan":
         from sklearn.cluster import HDBSCAN
 
+        if vectors.shape[1] > 50 and len(vectors) > 50:
+            # Density estimates in 384-d are slow and noisy; 50 principal components keep
+            # the structure (BERTopic reduces with UMAP for the same reason).
+            from sklearn.decomposition import PCA
+
+            vectors = PCA(n_components=50, random_state=seed).fit_transform(vectors)
         return HDBSCAN(min_cluster_size=max(2, min_cluster_size), copy=True).fit(vectors).labels_
     raise ConfigError(f"unknown method {method!r}; use hdbscan, kmeans or agglomerative")
 
