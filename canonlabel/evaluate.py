@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from canonlabel.canon import InvalidLabel, clean_label
+from canonlabel.canon import InvalidLabel, clean_label, label_text
 from canonlabel.config import Settings
 from canonlabel.embed import Embedder
 from canonlabel.llm import Labeler
@@ -39,6 +39,13 @@ class PrecomputedEmbedder(Embedder):
     @property
     def dim(self) -> int:
         return self.base.dim
+
+    def prefetch(self, texts) -> None:
+        """Embed texts not seen yet in one batch (label names, before they are needed
+        one by one)."""
+        missing = [t for t in dict.fromkeys(texts) if t not in self.table]
+        if missing:
+            self.table.update(zip(missing, self.base.embed(missing)))
 
     def embed_batch(self, texts):
         missing = [t for t in dict.fromkeys(texts) if t not in self.table]
@@ -248,6 +255,8 @@ def evaluate(
             run = RUNNERS[name](data, order, labeler, settings, **kwargs)
             run.seconds = time.perf_counter() - start
             runs.append(run)
+            if name == "llm-only":  # the raw labels later strategies will embed one by one
+                data.embedder.prefetch([label_text(x) for x in run.labels if x])
         summary = summarize(data, runs[0])
         if repeats > 1:
             labelings = [
