@@ -103,11 +103,11 @@ class Engine:
         are queued for the LLM and delivered by :meth:`poll`."""
         hits: list[tuple[Item, Result, dict]] = []
         items = self._normalise(texts, ids, tokens, on_done)
-        pending = self._lookup(items, hits, on_done)
+        pending = self._lookup(items, hits)
         if pending:
             self._embed(pending)
-            self._search(pending, hits, on_done)
-        self._commit_hits(hits, on_done)
+            self._search(pending, hits)
+        self._commit_hits(hits)
         self._dispatch()
 
     def poll(self, timeout: float | None = None) -> None:
@@ -143,7 +143,7 @@ class Engine:
             items.append(item)
         return items
 
-    def _lookup(self, items: list[Item], hits, on_done) -> list[Item]:
+    def _lookup(self, items: list[Item], hits) -> list[Item]:
         """Resolve resumed and exact-duplicate items from the store; return the rest."""
         store, clf = self.clf.store, self.clf
         start = time.perf_counter()
@@ -178,7 +178,7 @@ class Engine:
             it.vector = vector
             it.timings["embed"] = elapsed / len(pending)
 
-    def _search(self, pending: list[Item], hits, on_done) -> None:
+    def _search(self, pending: list[Item], hits) -> None:
         clf, threshold = self.clf, self.settings.min_similarity
         start = time.perf_counter()
         sims, keys = clf.cache.search(np.stack([it.vector for it in pending]), 1)
@@ -349,7 +349,7 @@ class Engine:
             row.update(vector=it.vector, cached=True)
         return it, result, row
 
-    def _commit_hits(self, hits, on_done) -> None:
+    def _commit_hits(self, hits) -> None:
         if not hits:
             return
         with self.clf.store.write() as conn:
