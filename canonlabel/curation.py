@@ -45,7 +45,7 @@ def merge(clf: Classifier, source: int, into: int) -> dict:
     source, into = _root(clf, source), _root(clf, into)
     if source == into:
         raise CurationError("cannot merge a label into itself")
-    reps = dict(clf.space._rep_rows)
+    reps = clf.space._rep_rows
     sim = float(reps[source] @ reps[into])
     with clf.store.write() as c:
         c.execute("UPDATE labels SET merged_into = ? WHERE id = ?", (into, source))

@@ -70,6 +70,14 @@ def failure(text: str, ext_id: str | None, error: Exception, timings=None) -> Re
     )
 
 
+def _followers(it: Item):
+    """Items waiting on ``it``: its followers and, recursively, theirs (an exact
+    duplicate of a text that itself follows a near-duplicate)."""
+    for f, sim, how in it.followers:
+        yield f, sim, how
+        yield from _followers(f)
+
+
 class Engine:
     """Long-lived pipeline state: leaders waiting or in flight, and their followers."""
 
@@ -183,6 +191,7 @@ class Engine:
         start = time.perf_counter()
         sims, keys = clf.cache.search(np.stack([it.vector for it in pending]), 1)
         per_item = (time.perf_counter() - start) / len(pending)
+        cache_hits: list[tuple[Item, int, float]] = []
         for j, it in enumerate(pending):
             start = time.perf_counter()
             lead_sim, lead = -1.0, None
@@ -193,17 +202,20 @@ class Engine:
             it.timings["search"] += per_item + time.perf_counter() - start
             cache_sim = float(sims[j, 0])
             if keys[j, 0] >= 0 and cache_sim >= threshold and cache_sim >= lead_sim:
-                item_id = int(keys[j, 0])
-                raw = clf.store.conn.execute(
-                    "SELECT raw_label FROM items WHERE id = ?", (item_id,)
-                ).fetchone()[0]
-                hits.append(
-                    self._hit(it, clf._item_label[item_id], raw, "cache", cache_sim, item_id)
-                )
+                cache_hits.append((it, int(keys[j, 0]), cache_sim))
             elif lead is not None and lead_sim >= threshold:
                 lead.followers.append((it, lead_sim, "cache"))
             else:
                 self._lead(it)
+        raws = clf.store.raw_labels([item_id for _, item_id, _ in cache_hits])
+        for it, item_id, sim in cache_hits:
+            label_id = clf._item_label[item_id]
+            hits.append(self._hit(it, label_id, raws[item_id], "cache", sim, item_id))
+            # exact duplicates later in the batch follow this item, not an LLM call
+            hits += [
+                self._hit(f, label_id, raws[item_id], how, f_sim, item_id)
+                for f, f_sim, how in _followers(it)
+            ]
 
     # -- leaders ------------------------------------------------------------------------
     def _lead(self, it: Item) -> None:
@@ -290,7 +302,8 @@ class Engine:
             item_id = store.insert_items(conn, [row])[0]
             name = raw if decision.label_id is None else clf.space.names[label_id]
             followers = [
-                self._hit(f, label_id, raw, how, sim, item_id, name) for f, sim, how in it.followers
+                self._hit(f, label_id, raw, how, sim, item_id, name)
+                for f, sim, how in _followers(it)
             ]
             self._insert_hit_rows(conn, followers)
         it.timings["store"] = time.perf_counter() - start

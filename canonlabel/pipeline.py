@@ -120,9 +120,9 @@ class Classifier:
     # -- public API -------------------------------------------------------------------
     def classify(self, text: str, id: str | None = None) -> Result:
         """Classify one text; raises on empty text or when no label can be had."""
-        [result] = self.classify_many([text], [id], concurrency=1)
-        if self._last_errors:
-            raise self._last_errors[0]
+        [result], errors = self._run([text], [id], 1, None)
+        if errors:
+            raise errors[0]
         return result
 
     def classify_many(
@@ -141,7 +141,11 @@ class Classifier:
         ids = list(ids) if ids is not None else [None] * len(texts)
         if len(ids) != len(texts):
             raise ConfigError("ids and texts differ in length")
-        concurrency = concurrency or self.settings.concurrency
+        results, _ = self._run(texts, ids, concurrency or self.settings.concurrency, progress)
+        return results
+
+    def _run(self, texts, ids, concurrency: int, progress) -> tuple[list[Result], dict]:
+        """Results in input order, and the exception behind each failed position."""
         results: list[Result | None] = [None] * len(texts)
         errors: dict[int, Exception] = {}
 
@@ -165,8 +169,7 @@ class Classifier:
                 engine.poll()
         finally:
             engine.close()
-        self._last_errors = errors
-        return results  # type: ignore[return-value]
+        return results, errors  # type: ignore[return-value]
 
     def labels(self) -> list[Label]:
         """Canonical labels, most frequent first."""

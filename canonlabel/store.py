@@ -246,6 +246,20 @@ class SqliteStore:
     def items_by_text_key(self, keys: Sequence[str]) -> dict[str, StoredItem]:
         return self._items_where("text_key", keys)
 
+    def raw_labels(self, item_ids: Sequence[int]) -> dict[int, str | None]:
+        """Raw label of each item id (one query per 500 ids)."""
+        found: dict[int, str | None] = {}
+        ids = list(dict.fromkeys(item_ids))
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            found.update(
+                self.conn.execute(
+                    f"SELECT id, raw_label FROM items WHERE id IN ({','.join('?' * len(chunk))})",
+                    chunk,
+                )
+            )
+        return found
+
     def paid_failures(self, keys: Sequence[str]) -> dict[str, str]:
         """Texts whose LLM answers were invalid (already paid for): key -> error."""
         found: dict[str, str] = {}

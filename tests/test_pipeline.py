@@ -244,3 +244,11 @@ def test_caching_labeler_never_asks_twice(tmp_path):
     assert a == b and base.calls == 1
     cached.label(LabelRequest("my card"))  # other candidates: another question
     assert base.calls == 2
+
+
+def test_duplicate_of_a_cache_hit_in_the_same_batch_is_answered(make_clf):
+    clf, llm = make_clf(min_similarity=0.8)
+    clf.classify(CARD)
+    results = clf.classify_many([CARD2, CARD2])
+    assert [r.source for r in results] == ["cache", "exact"]
+    assert results[0].label_id == results[1].label_id and llm.calls == 1
