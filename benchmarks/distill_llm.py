@@ -56,13 +56,18 @@ def main() -> None:
     agree = sum(llm_y[i][0] == tr_y[idx[i]][0] for i in ok) / len(idx)
     emb = cached(make_embedder("minilm"), settings.cache_dir)
     X, Xte = emb.embed(texts), emb.embed(te_t)
-    report = {"texts": len(texts), "annotated": len(ok), "annotation_seconds": round(seconds),
-              "llm_label_agreement_with_gold": round(agree, 4)}
+    report = {
+        "texts": len(texts),
+        "annotated": len(ok),
+        "annotation_seconds": round(seconds),
+        "llm_label_agreement_with_gold": round(agree, 4),
+    }
     for source, labels in (("llm", [llm_y[i] for i in ok]), ("gold", [tr_y[idx[i]] for i in ok])):
         clf = DistilledClassifier("logreg").fit(X[ok], labels)
         pred = [p[0] for p in clf.predict(Xte)]
         report[f"test_accuracy_trained_on_{source}"] = round(
-            sum(p == y[0] for p, y in zip(pred, te_y)) / len(te_y), 4)
+            sum(p == y[0] for p, y in zip(pred, te_y)) / len(te_y), 4
+        )
     text = json.dumps(report, indent=1)
     print(text)
     if args.out:

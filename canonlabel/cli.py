@@ -172,15 +172,15 @@ def classify(
         raise typer.Exit(130)
 
 
-def _open(db, llm=None, embedder=None):
+def _open(db, llm=None, embedder=None, *, need_llm: bool = False, **overrides):
     from canonlabel.pipeline import Classifier
 
-    settings = _settings(db=db, llm=llm, embedder=embedder)
+    settings = _settings(db=db, llm=llm, embedder=embedder, **overrides)
     if not settings.db.exists():
         raise CanonlabelError(
             f"store {settings.db} does not exist; run canonlabel classify first or pass --db"
         )
-    return Classifier.open(settings=settings, labeler=_NoLabeler())
+    return Classifier.open(settings=settings, labeler=None if need_llm else _NoLabeler())
 
 
 class _NoLabeler:
@@ -418,9 +418,9 @@ def serve(
     )
 
 
-def _curate(db, embedder, action) -> None:
+def _curate(db, embedder, action, **options) -> None:
     try:
-        with _open(db, embedder=embedder) as clf:
+        with _open(db, embedder=embedder, **options) as clf:
             out = action(clf)
     except CanonlabelError as exc:
         raise _fail(exc) from None
@@ -461,8 +461,36 @@ def split(
 
 @app.command()
 def undo(db: DbOpt = None, embedder: EmbOpt = None) -> None:
-    """Undo the most recent label merge."""
+    """Undo the most recent label merge or consolidation."""
     _curate(db, embedder, lambda clf: clf.undo())
+
+
+@app.command()
+def consolidate(
+    db: DbOpt = None,
+    embedder: EmbOpt = None,
+    llm: Annotated[
+        str | None, typer.Option(help="labeler for --adjudicate (default: CANONLABEL_LLM)")
+    ] = None,
+    adjudicate: Annotated[
+        int, typer.Option(help="LLM questions on borderline groups (0: none)")
+    ] = 0,
+    threshold: Annotated[
+        float | None, typer.Option(help="combined similarity at which raw labels group")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="report, change nothing")] = False,
+) -> None:
+    """Regroup every raw label by name and member evidence, order-invariantly (logged;
+    `canonlabel undo` reverts it). Runs by itself during and after `classify`."""
+    _curate(
+        db,
+        embedder,
+        lambda clf: clf.consolidate(dry_run=dry_run),
+        llm=llm,
+        need_llm=adjudicate > 0,  # otherwise no model is loaded
+        adjudication_budget=adjudicate,
+        consolidate_threshold=threshold,
+    )
 
 
 @app.command()
@@ -622,13 +650,13 @@ def maintain(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="report only")] = False,
 ) -> None:
     """Merge labels that drifted together (logged, undoable) and report too-wide labels."""
-    from canonlabel.curation import maintain as run
+    from canonlabel.labelspace import maintain as run
 
     _curate(
         db,
         embedder,
         lambda clf: run(
-            clf, merge_similarity=merge_similarity, wide_spread=wide_spread, dry_run=dry_run
+            clf.space, merge_similarity=merge_similarity, wide_spread=wide_spread, dry_run=dry_run
         ),
     )
 

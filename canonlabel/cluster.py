@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from canonlabel.canon import InvalidLabel, LabelSpace, clean_label, label_text
+from canonlabel.canon import InvalidLabel, clean_label, label_text
 from canonlabel.embed import Embedder
 from canonlabel.errors import ConfigError
+from canonlabel.labelspace import LabelSpace
 from canonlabel.llm import Labeler
 from canonlabel.normalize import normalize, text_key
 from canonlabel.types import LabelRequest
@@ -183,24 +184,16 @@ def save_to_store(clf, result: ClusterResult, ids: list[str | None]) -> dict[str
     clustered items join the semantic cache. Returns name -> label id."""
     store = clf.store
     label_ids: dict[str, int] = {}
-    created: list[tuple[int, str, np.ndarray]] = []
-    aliases: list[tuple[str, int]] = []
+    decided = []
     with store.write() as c:
         for info in result.info:
             if info.label in label_ids:
                 continue
             vec = clf.embedder.embed([label_text(info.label)])[0]
-            decision = clf.space.decide(info.label, vec, clf.settings.label_similarity)
-            if decision.label_id is None:
-                label_id = store.insert_label(c, info.label, vec)
-                store.insert_alias(c, info.label, label_id, None)
-                created.append((label_id, info.label, vec))
-                aliases.append((info.label, label_id))
-            else:
-                label_id = decision.label_id
-                if not decision.known:
-                    store.insert_alias(c, info.label, label_id, decision.similarity)
-                    aliases.append((info.label, label_id))
+            label_id, decision = clf.space.write_raw_label(
+                c, info.label, vec, clf.settings.label_similarity
+            )
+            decided.append((label_id, decision, vec))
             label_ids[info.label] = label_id
         rows = []
         for i, label in enumerate(result.labels):
@@ -221,14 +214,11 @@ def save_to_store(clf, result: ClusterResult, ids: list[str | None]) -> dict[str
                 }
             )
         item_ids = store.insert_items(c, rows)
-    for label_id, name, vec in created:
-        clf.space.add_label(label_id, name, vec)
-    for name, label_id in aliases:
-        clf.space.add_alias(name, label_id)
+    for label_id, decision, vec in decided:
+        clf.space.commit_raw_label(label_id, decision, vec)
     if rows:
         vectors = np.stack([r["vector"] for r in rows])
         label_arr = np.array([r["label_id"] for r in rows])
         clf.cache.add(np.array(item_ids), vectors)
-        clf._item_label.update(zip(item_ids, label_arr.tolist()))
-        clf.space.add_members(label_arr, vectors)
+        clf.space.add_members(item_ids, label_arr, vectors)
     return label_ids

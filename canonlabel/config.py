@@ -47,6 +47,21 @@ class Settings(BaseSettings):
     )
     max_chars: int = Field(2000, ge=16, description="texts longer than this are truncated")
     concurrency: int = Field(1, ge=1, le=256)
+    consolidate_every: int = Field(
+        50, ge=0, description="consolidate after this many new raw labels (0: only by hand)"
+    )
+    consolidate_growth: float = Field(
+        0.25, ge=0, description="...or after this share of the raw labels, if more"
+    )
+    consolidate_threshold: float = Field(
+        0.65, ge=0, le=1, description="combined similarity at which raw labels are grouped"
+    )
+    adjudication_budget: int = Field(
+        0, ge=0, description="LLM questions on borderline groups per consolidation (0: none)"
+    )
+    consolidate_name_weight: float = Field(
+        0.6, ge=0, le=1, description="weight of name similarity against member similarity"
+    )
     cache_dir: Path = Field(default_factory=default_cache_dir)
     # service
     api_token: str | None = Field(None, description="bearer token required by the service")

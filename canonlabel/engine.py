@@ -23,10 +23,10 @@ import numpy as np
 from canonlabel.canon import label_text
 from canonlabel.errors import CanonlabelError, LabelError
 from canonlabel.normalize import normalize, text_key
-from canonlabel.types import Result, Usage
+from canonlabel.types import Result
 
 if TYPE_CHECKING:
-    from canonlabel.pipeline import Classifier
+    from canonlabel.memory import Asked, Memory
 
 Callback = Callable[[Hashable, Result, "Exception | None"], None]
 
@@ -41,20 +41,6 @@ class Item:
     timings: dict[str, float] = field(default_factory=dict)
     vector: np.ndarray | None = None
     followers: list[tuple[Item, float, str]] = field(default_factory=list)
-
-
-@dataclass
-class Asked:
-    """What a worker brings back from the LLM for one leader."""
-
-    raw_label: str | None
-    error: CanonlabelError | None
-    usage: Usage
-    calls: int
-    seconds: float
-    outputs: list[str]
-    label_vector: np.ndarray | None = None  # embedded in the worker for an unknown raw label
-    embed_seconds: float = 0.0
 
 
 def failure(text: str, ext_id: str | None, error: Exception, timings=None) -> Result:
@@ -81,7 +67,7 @@ def _followers(it: Item):
 class Engine:
     """Long-lived pipeline state: leaders waiting or in flight, and their followers."""
 
-    def __init__(self, clf: Classifier, concurrency: int = 1) -> None:
+    def __init__(self, clf: Memory, concurrency: int = 1) -> None:
         self.clf = clf
         self.settings = clf.settings
         self.concurrency = max(1, concurrency)
@@ -92,6 +78,7 @@ class Engine:
         self._leader_vecs = np.zeros((0, clf.dim), dtype=np.float32)
         self._callback: dict[Item, Callback] = {}
         self.pool: ThreadPoolExecutor | None = None
+        self.consolidations: list[dict] = []
 
     @property
     def busy(self) -> int:
@@ -126,7 +113,29 @@ class Engine:
         done, _ = wait(list(self.futures), timeout=timeout, return_when=FIRST_COMPLETED)
         for future in done:
             self._finish(self.futures.pop(future), future.result())
+        if self.consolidation_due:
+            self.consolidate()
         self._dispatch()
+
+    # -- consolidation --------------------------------------------------------------------
+    @property
+    def consolidation_due(self) -> bool:
+        """After ``consolidate_every`` new raw labels, or ``consolidate_growth`` times the
+        raw labels known at the last consolidation if that is more (so the total work
+        grows like n log n, not n^2)."""
+        s, last = self.settings, self.clf.consolidated_at
+        due = max(s.consolidate_every, int(s.consolidate_growth * last))
+        return s.consolidate_every > 0 and len(self.clf.space.aliases) - last >= due
+
+    def consolidate(self) -> dict:
+        """Regroup the label space now (on the engine's thread: the single writer). LLM
+        calls in flight are unaffected: their raw labels are canonicalised when they land."""
+        report = self.clf.consolidate()
+        self.consolidations.append(report)
+        self.clf.counters["consolidations"] += 1
+        self.clf.counters["llm_calls"] += report["adjudication_calls"]
+        self.clf.counters["adjudication_calls"] += report["adjudication_calls"]
+        return report
 
     def _normalise(self, texts, ids, tokens, on_done) -> list[Item]:
         items = []
@@ -165,7 +174,7 @@ class Engine:
             it.timings["search"] = elapsed
             row = by_id.get(it.ext_id) if it.ext_id else None
             if row is not None:
-                self._resolve(it, clf._result_from_stored(row, timings=it.timings), "resumed")
+                self._resolve(it, clf.result_from_stored(row, timings=it.timings), "resumed")
             elif (row := by_key.get(it.key)) is not None:
                 hits.append(self._hit(it, row.label_id, row.raw_label, "exact", 1.0, row.id))
             elif it.key in paid:
@@ -209,7 +218,7 @@ class Engine:
                 self._lead(it)
         raws = clf.store.raw_labels([item_id for _, item_id, _ in cache_hits])
         for it, item_id, sim in cache_hits:
-            label_id = clf._item_label[item_id]
+            label_id = clf.space.item_label[item_id]
             hits.append(self._hit(it, label_id, raws[item_id], "cache", sim, item_id))
             # exact duplicates later in the batch follow this item, not an LLM call
             hits += [
@@ -282,16 +291,12 @@ class Engine:
             if vector is None:
                 vector = clf.embedder.embed([label_text(raw)])[0]
             c["embed_seconds"] += time.perf_counter() - start + asked.embed_seconds
-        decision = clf.space.decide(raw, vector, self.settings.label_similarity)
         it.timings["canonicalise"] = time.perf_counter() - start
         start = time.perf_counter()
         with store.write() as conn:
-            label_id = decision.label_id
-            if label_id is None:
-                label_id = store.insert_label(conn, raw, vector)
-                store.insert_alias(conn, raw, label_id, None)
-            elif not decision.known:
-                store.insert_alias(conn, raw, label_id, decision.similarity)
+            label_id, decision = clf.space.write_raw_label(
+                conn, raw, vector, self.settings.label_similarity
+            )
             row = self._row(it, label_id, raw, "llm", None, None)
             row.update(
                 vector=it.vector,
@@ -307,10 +312,7 @@ class Engine:
             ]
             self._insert_hit_rows(conn, followers)
         it.timings["store"] = time.perf_counter() - start
-        if decision.label_id is None:
-            clf.space.add_label(label_id, raw, vector)
-        if not decision.known:
-            clf.space.add_alias(raw, label_id)
+        clf.space.commit_raw_label(label_id, decision, vector)
         self._add_to_cache([item_id], [label_id], [it.vector])
         result = Result(
             text=it.text,
@@ -385,8 +387,7 @@ class Engine:
     def _add_to_cache(self, item_ids, label_ids, vectors) -> None:
         vectors = np.stack(vectors)
         self.clf.cache.add(np.array(item_ids), vectors)
-        self.clf._item_label.update(zip(item_ids, label_ids))
-        self.clf.space.add_members(np.array(label_ids), vectors)
+        self.clf.space.add_members(item_ids, label_ids, vectors)
 
     # -- bookkeeping --------------------------------------------------------------------
     @staticmethod

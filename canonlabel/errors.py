@@ -77,3 +77,7 @@ class LabelError(CanonlabelError):
     def __init__(self, message: str, outputs: list[str]) -> None:
         super().__init__(message)
         self.outputs = outputs
+
+
+class CurationError(CanonlabelError, ValueError):
+    """A curation request cannot be applied as asked."""

@@ -140,12 +140,18 @@ def run_canonlabel(data: EvalData, order, labeler: Labeler, settings: Settings) 
             run.labels[i], run.sources[i] = r.label, r.source or "failed"
             hits += r.source in ("exact", "cache")
             _point(run, step, hits, len(clf.space.aliases), len(clf.space))
+        if s.consolidate_every > 0:  # what the end of a `classify` job does
+            clf.consolidate()
+            if run.curve.get("labels"):
+                run.curve["labels"][-1] = len(clf.space)
+        for ext, label_id in clf.store.conn.execute("SELECT ext_id, label_id FROM items"):
+            run.labels[int(ext)] = clf.space.name(label_id)  # final labels, not as returned
         rows = clf.store.conn.execute(
             "SELECT a.ext_id, b.ext_id FROM items a JOIN items b ON a.matched_item = b.id "
             "WHERE a.source IN ('cache', 'exact')"
         ).fetchall()
         run.matches = [(int(a), int(b)) for a, b in rows]
-        run.llm_calls = clf.counters["llm_calls"]
+        run.llm_calls = clf.counters["llm_calls"] + clf.counters["adjudication_calls"]
         run.tokens = clf.counters["prompt_tokens"] + clf.counters["completion_tokens"]
         clf.close()
     return run

@@ -2,27 +2,24 @@
 
 from __future__ import annotations
 
-import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
-
-from canonlabel.canon import InvalidLabel, LabelSpace, clean_label, label_text
+from canonlabel import labelspace
 from canonlabel.config import Settings
 from canonlabel.embed import Embedder, make_embedder
-from canonlabel.engine import Asked, Engine
-from canonlabel.errors import BackendError, ConfigError, LabelError
-from canonlabel.index import ExactIndex
+from canonlabel.engine import Engine
+from canonlabel.errors import ConfigError
 from canonlabel.llm import Labeler, make_labeler
-from canonlabel.store import SqliteStore, StoredItem
-from canonlabel.types import Label, LabelRequest, Result, Usage
+from canonlabel.memory import Memory
+from canonlabel.store import SqliteStore
+from canonlabel.types import Label, Result
 
 _MISS_BATCH = 256  # items normalised, looked up and embedded together
 
 
-class Classifier:
+class Classifier(Memory):
     """Labels texts consistently, asking the LLM only for texts unlike any seen before.
 
     >>> clf = Classifier.open("labels.db")               # bundled local models
@@ -30,63 +27,38 @@ class Classifier:
     'card_delivery'
     """
 
-    def __init__(
-        self,
-        store: SqliteStore,
-        embedder: Embedder,
-        labeler: Labeler,
-        settings: Settings | None = None,
-    ) -> None:
-        self.settings = settings or Settings()
-        self.store, self.embedder, self.labeler = store, embedder, labeler
-        self.dim = embedder.dim
-        store.bind_embedder(embedder.id, self.dim)
-        store.set_meta(
-            {
-                "labeler": labeler.id,
-                "min_similarity": self.settings.min_similarity,
-                "label_similarity": self.settings.label_similarity,
-            }
-        )
-        self.reload()
-        self.counters: Counter[str] = Counter()
-
-    def reload(self) -> None:
-        """Rebuild the in-memory label space and cache from the store."""
-        self.space = LabelSpace.load(self.store, self.dim)
-        item_ids, vectors, label_ids = self.store.cached_items(self.dim)
-        self.cache = ExactIndex(self.dim)
-        self.cache.add(item_ids, vectors)
-        self._item_label: dict[int, int] = dict(zip(item_ids.tolist(), label_ids.tolist()))
-        self.space.add_members(label_ids, vectors)
-        self.categories: dict[int, str] = dict(
-            self.store.conn.execute("SELECT label_id, category FROM label_categories")
-        )
-
-    # -- curation (see canonlabel.curation) -------------------------------------------
+    # -- the label space (see canonlabel.labelspace) ----------------------------------
     def merge(self, source: int, into: int) -> dict:
         """Merge label ``source`` into ``into`` (logged, undoable)."""
-        from canonlabel import curation
-
-        return curation.merge(self, source, into)
+        return labelspace.merge(self.space, source, into)
 
     def rename(self, label_id: int, name: str) -> dict:
-        """Rename a label; its id stays."""
-        from canonlabel import curation
-
-        return curation.rename(self, label_id, name)
+        """Rename a label; its id stays and consolidation keeps the name."""
+        return labelspace.rename(self.space, label_id, name)
 
     def split(self, label_id: int, **how) -> dict:
-        """Split a label by ``k=``, ``aliases=`` or ``items=`` (see curation.split)."""
-        from canonlabel import curation
-
-        return curation.split(self, label_id, **how)
+        """Split a label by ``k=``, ``aliases=`` or ``items=`` (see labelspace.split)."""
+        return labelspace.split(self.space, label_id, **how)
 
     def undo(self) -> dict:
-        """Undo the most recent merge."""
-        from canonlabel import curation
+        """Undo the most recent merge or consolidation."""
+        return labelspace.undo(self.space)
 
-        return curation.undo(self)
+    def consolidate(self, *, dry_run: bool = False) -> dict:
+        """Regroup every raw label, order-invariantly (see labelspace.consolidate)."""
+        s = self.settings
+        known = len(self.space.aliases)
+        report = labelspace.consolidate(
+            self.space,
+            name_weight=s.consolidate_name_weight,
+            threshold=s.consolidate_threshold,
+            labeler=self.labeler,
+            adjudication_budget=s.adjudication_budget,
+            dry_run=dry_run,
+        )
+        if not dry_run:
+            self.consolidated_at = known
+        return report
 
     @classmethod
     def open(
@@ -107,9 +79,6 @@ class Classifier:
         embedder = embedder or make_embedder(settings.embedder, settings)
         labeler = labeler or make_labeler(settings.llm, settings)
         return cls(SqliteStore(settings.db), embedder, labeler, settings)
-
-    def close(self) -> None:
-        self.store.close()
 
     def __enter__(self) -> Classifier:
         return self
@@ -251,88 +220,3 @@ class Classifier:
             "min_similarity": self.settings.min_similarity,
             "label_similarity": self.settings.label_similarity,
         }
-
-    def _result_from_stored(
-        self,
-        row: StoredItem,
-        *,
-        source=None,
-        similarity=None,
-        ext_id=None,
-        text=None,
-        truncated=None,
-        timings=None,
-    ) -> Result:
-        label_id = self.space.resolve(row.label_id)
-        return Result(
-            text=text if text is not None else row.text,
-            label=self.space.names[label_id],
-            label_id=label_id,
-            raw_label=row.raw_label,
-            source=source or row.source,
-            similarity=row.similarity if similarity is None else similarity,
-            truncated=row.truncated if truncated is None else truncated,
-            id=ext_id if ext_id is not None else row.ext_id,
-            timings=timings or {},
-        )
-
-    def candidates(self, text: str, vector: np.ndarray) -> tuple[str, ...]:
-        """The existing canonical labels shown to the LLM for this text."""
-        k = self.settings.candidates
-        if k == 0 or len(self.space) == 0:
-            return ()
-        source = self.settings.candidate_source
-        ids: list[int] = []
-        if source in ("embedding", "both"):
-            ids += self.space.nearest_by_centroid(vector, k, self.settings.candidate_min_similarity)
-        if source in ("fulltext", "both"):
-            ft = [self.space.resolve(i) for i in self.store.fulltext_labels(text, k)]
-            ids = _interleave(ids, ft) if ids else ft
-        names = list(dict.fromkeys(self.space.names[i] for i in ids))
-        return tuple(names[:k])
-
-    def ask(self, text: str, candidates: tuple[str, ...]) -> Asked:
-        """One LLM question with validation and at most one re-ask (runs in workers)."""
-        outputs: list[str] = []
-        usage, calls, start = Usage(), 0, time.perf_counter()
-        feedback = None
-        for _ in range(2):
-            try:
-                response = self.labeler.label(LabelRequest(text, candidates, feedback))
-            except BackendError as exc:
-                return Asked(None, exc, usage, calls, time.perf_counter() - start, outputs)
-            calls += 1
-            usage = usage + response.usage
-            outputs.append(response.output)
-            try:
-                raw = clean_label(response.output)
-            except InvalidLabel as exc:
-                feedback = (
-                    f"Your previous answer was rejected: {exc}. Answer with one "
-                    "snake_case label only."
-                )
-                continue
-            seconds = time.perf_counter() - start
-            vector, embed_seconds = None, 0.0
-            if raw not in self.space.aliases:
-                # Embedding the label here keeps it off the single writer thread; a race with
-                # a concurrent alias only costs one unneeded embedding.
-                t = time.perf_counter()
-                vector = self.embedder.embed([label_text(raw)])[0]
-                embed_seconds = time.perf_counter() - t
-            return Asked(raw, None, usage, calls, seconds, outputs, vector, embed_seconds)
-        error = LabelError(
-            f"no valid label after {calls} answers: {feedback}; the item is "
-            "recorded as failed (re-run with --retry-failed to ask again)",
-            outputs,
-        )
-        return Asked(None, error, usage, calls, time.perf_counter() - start, outputs)
-
-
-def _interleave(a: list[int], b: list[int]) -> list[int]:
-    out: list[int] = []
-    for pair in zip(a, b, strict=False):
-        out.extend(pair)
-    longer = a if len(a) > len(b) else b
-    out.extend(longer[min(len(a), len(b)) :])
-    return list(dict.fromkeys(out))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from itertools import islice
@@ -85,6 +86,15 @@ def run_classify(
                     llm=c["llm_calls"],
                     hit=hits / answered if answered else 0.0,
                 )
+            if clf.settings.consolidate_every > 0:
+                with console.status("consolidating labels..."):
+                    report = clf.consolidate()
+                clf.counters["consolidations"] += 1
+                clf.counters["llm_calls"] += report["adjudication_calls"]
+                clf.counters["adjudication_calls"] += report["adjudication_calls"]
+            if output and clf.counters["consolidations"]:
+                sink.close()
+                relabel_output(output, clf)
             summary = _summary(clf, time.perf_counter() - start)
     except KeyboardInterrupt:
         summary = _summary(clf, time.perf_counter() - start) | {"interrupted": True}
@@ -157,6 +167,29 @@ def _classify_chunk(clf, chunk, model=None, threshold: float = 0.7) -> list[dict
     return out
 
 
+def relabel_output(path: Path, clf) -> int:
+    """Bring rows written during the job up to the final label space (consolidation may
+    have moved raw labels since); returns the number of rows whose label changed."""
+    space, changed = clf.space, 0
+    tmp = path.with_name(path.name + ".tmp")
+    with path.open(encoding="utf-8") as src, tmp.open("w", encoding="utf-8") as dst:
+        for line in src:
+            row = json.loads(line)
+            raw, label_id = row.get("raw_label"), row.get("label_id")
+            if label_id is not None and row.get("source") != "model":
+                owner = space.aliases.get(raw, label_id)
+                now = space.resolve(owner if owner in space.names else label_id)
+                if now != label_id or space.names[now] != row.get("label"):
+                    row["label_id"], row["label"] = now, space.names[now]
+                    if clf.categories:
+                        row["category"] = clf.categories.get(now)
+                    changed += 1
+                line = json.dumps(row, ensure_ascii=False) + "\n"
+            dst.write(line)
+    os.replace(tmp, path)
+    return changed
+
+
 def _row(clf, result: Result) -> dict:
     row = result.output_row()
     if clf.categories and result.label_id is not None:
@@ -187,6 +220,8 @@ def _summary(clf, seconds: float) -> dict:
         "llm_items": c["llm_items"],
         "failed": c["failed"],
         "raw_labels": len(clf.space.aliases),
+        "consolidations": c["consolidations"],
+        "adjudication_calls": c["adjudication_calls"],
         "labels": len(clf.space),
         "hit_rate": round(hits / (answered - c["resumed"]), 4) if answered > c["resumed"] else 0.0,
         "seconds": round(seconds, 2),

@@ -12,8 +12,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from canonlabel.config import Settings
-from canonlabel.curation import CurationError
-from canonlabel.errors import CanonlabelError, EmptyTextError, InputError
+from canonlabel.errors import CanonlabelError, CurationError, EmptyTextError, InputError
 from canonlabel.service import Service, ServiceClosed
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from canonlabel.errors import IncompatibleStoreError, StoreError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE labels (
@@ -94,6 +94,13 @@ CREATE TABLE annotations (
     text_key TEXT NOT NULL, taxonomy TEXT NOT NULL, max_labels INTEGER NOT NULL,
     labels TEXT NOT NULL, created_at REAL NOT NULL,
     PRIMARY KEY (text_key, taxonomy, max_labels));
+""",
+    """
+ALTER TABLE labels ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0;  -- named by hand: kept
+ALTER TABLE aliases ADD COLUMN vector BLOB;                        -- embedding of the raw label
+ALTER TABLE merges ADD COLUMN detail TEXT;                         -- JSON: how to undo it
+CREATE INDEX items_raw_label ON items(raw_label);
+CREATE TABLE adjudications (pair TEXT PRIMARY KEY, same INTEGER NOT NULL, created_at REAL NOT NULL);
 """,
 ]
 _FTS_WORD = re.compile(r"\w+", re.UNICODE)
@@ -222,6 +229,49 @@ class SqliteStore:
     def alias_rows(self) -> list[tuple[str, int]]:
         return self.conn.execute("SELECT raw_label, label_id FROM aliases").fetchall()
 
+    def alias_vectors(self, dim: int) -> dict[str, np.ndarray]:
+        """Stored embeddings of raw labels (older stores lack some)."""
+        rows = self.conn.execute(
+            "SELECT raw_label, vector FROM aliases WHERE vector IS NOT NULL"
+        ).fetchall()
+        return dict(zip([r[0] for r in rows], from_blobs([r[1] for r in rows], dim)))
+
+    def adjudications(self, pairs: Sequence[str]) -> dict[str, bool]:
+        """Stored LLM answers to "same kind of message?" by pair key."""
+        found: dict[str, bool] = {}
+        for start in range(0, len(pairs), 500):
+            chunk = list(pairs[start : start + 500])
+            rows = self.conn.execute(
+                f"SELECT pair, same FROM adjudications WHERE pair IN ({','.join('?' * len(chunk))})",
+                chunk,
+            )
+            found.update((k, bool(v)) for k, v in rows)
+        return found
+
+    def member_texts(self, raw_labels: Sequence[str], limit: int) -> list[str]:
+        """Texts the LLM gave these raw labels (oldest first), for showing examples."""
+        marks = ",".join("?" * len(raw_labels))
+        return [
+            r[0]
+            for r in self.conn.execute(
+                f"SELECT text FROM items WHERE source = 'llm' AND raw_label IN ({marks}) "
+                "ORDER BY id LIMIT ?",
+                [*raw_labels, limit],
+            )
+        ]
+
+    def pinned_labels(self) -> set[int]:
+        return {r[0] for r in self.conn.execute("SELECT id FROM labels WHERE pinned = 1")}
+
+    def raw_label_uses(self) -> dict[str, int]:
+        """Items per raw label (LLM answers and the hits that reused them)."""
+        return dict(
+            self.conn.execute(
+                "SELECT raw_label, count(*) FROM items WHERE raw_label IS NOT NULL "
+                "GROUP BY raw_label"
+            )
+        )
+
     def label_item_counts(self) -> dict[int, int]:
         return dict(self.conn.execute("SELECT label_id, count(*) FROM items GROUP BY label_id"))
 
@@ -309,10 +359,18 @@ class SqliteStore:
 
     @staticmethod
     def insert_alias(
-        c: sqlite3.Connection, raw_label: str, label_id: int, similarity: float | None
+        c: sqlite3.Connection,
+        raw_label: str,
+        label_id: int,
+        similarity: float | None,
+        vector: np.ndarray | None = None,
     ) -> None:
         now = time.time()
-        c.execute("INSERT INTO aliases VALUES (?, ?, ?, ?)", (raw_label, label_id, similarity, now))
+        c.execute(
+            "INSERT INTO aliases (raw_label, label_id, similarity, created_at, vector) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (raw_label, label_id, similarity, now, None if vector is None else to_blob(vector)),
+        )
         if similarity is not None:
             c.execute(
                 "INSERT INTO merges (kind, raw_label, into_label, similarity, created_at) "

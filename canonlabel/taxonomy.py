@@ -173,9 +173,9 @@ def _attach_examples(embedder, taxonomy: list[Entry], texts, vectors, k: int = 3
 
 def from_store(clf, n_labels: int, examples: int = 3) -> list[Entry]:
     """Seed a taxonomy from a store's most frequent canonical labels and typical members."""
-    from canonlabel.curation import typical_centroids
+    from canonlabel.labelspace import typical_centroids
 
-    stats = typical_centroids(clf)
+    stats = typical_centroids(clf.space)
     ids, vectors, labels = clf.store.cached_items(clf.dim)
     texts = dict(clf.store.conn.execute("SELECT id, text FROM items WHERE cached = 1"))
     out = []

@@ -3,7 +3,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from canonlabel.canon import InvalidLabel, LabelSpace, clean_label
+from canonlabel.canon import InvalidLabel, clean_label
+from canonlabel.labelspace import LabelSpace
 from canonlabel.testing import FakeLabeler
 
 

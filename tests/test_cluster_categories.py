@@ -6,8 +6,8 @@ import pytest
 
 from canonlabel import categories as cat
 from canonlabel.cluster import UNCLUSTERED, cluster_texts, representatives, save_to_store
-from canonlabel.curation import maintain
 from canonlabel.errors import ConfigError
+from canonlabel.labelspace import maintain
 from canonlabel.testing import FakeLabeler, HashEmbedder
 from tests.conftest import run_cli
 
@@ -185,7 +185,7 @@ def test_maintain_merges_drifted_labels_with_log(make_clf):
         candidates=0,
     )
     clf.classify_many(["my card has not arrived", "my card has not arrived yet"])
-    report = maintain(clf, merge_similarity=0.8)
+    report = maintain(clf.space, merge_similarity=0.8)
     assert len(report["merged"]) == 1 and len(clf.labels()) == 1
     assert clf.store.count("SELECT count(*) FROM merges WHERE kind = 'merge'") == 1
     clf.undo()

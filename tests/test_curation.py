@@ -1,6 +1,6 @@
 import pytest
 
-from canonlabel.curation import CurationError
+from canonlabel.errors import CurationError
 from canonlabel.testing import FakeLabeler
 
 TEXTS = {
@@ -45,7 +45,7 @@ def test_merge_then_undo_restores_the_old_mapping_exactly(clf, make_clf):
     assert {(lab.id, lab.name, lab.count) for lab in clf.labels()} >= {
         (i, n, c) for i, n, c in labels_before if n != "exchange_rate"
     }
-    with pytest.raises(CurationError, match="no merge to undo"):
+    with pytest.raises(CurationError, match="nothing to undo"):
         clf.undo()
     # the log survives a reload
     clf.close()

@@ -19,7 +19,7 @@ EXAMPLES: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ),
     (
         "How do I reset my password? The link in the email does not work",
-        ("account_locked", "billing_question"),
+        (),
         "password_reset",
     ),
     (
@@ -39,7 +39,7 @@ EXAMPLES: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ),
     (
         "Can I bring my dog on the plane with me?",
-        ("lost_baggage", "flight_delay"),
+        (),
         "pet_travel_policy",
     ),
 )
@@ -65,16 +65,8 @@ def completion_prompt(request: LabelRequest) -> str:
     """Few-shot prompt for a base (non-chat) model; the answer follows ``Label:``."""
     parts = [INSTRUCTION, ""]
     for text, candidates, label in EXAMPLES:
-        parts += [
-            f"Message: {text}",
-            f"Existing labels: {_candidates_line(candidates)}",
-            f"Label: {label}",
-            "",
-        ]
-    parts += [
-        f"Message: {_one_line(request.text)}",
-        f"Existing labels: {_candidates_line(request.candidates)}",
-    ]
+        parts += [f"Message: {text}", *_existing(candidates), f"Label: {label}", ""]
+    parts += [f"Message: {_one_line(request.text)}", *_existing(request.candidates)]
     if request.closed:
         parts.append(f"Note: {closed_instruction(request)}")
     if request.feedback:
@@ -100,6 +92,11 @@ def chat_messages(request: LabelRequest) -> list[dict[str, str]]:
     if request.feedback:
         user += f"\n{request.feedback}"
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+def _existing(candidates: tuple[str, ...]) -> list[str]:
+    # No "Existing labels: none" line: a base model continues "none" as "no_..." labels.
+    return [f"Existing labels: {', '.join(candidates)}"] if candidates else []
 
 
 def _one_line(text: str) -> str:

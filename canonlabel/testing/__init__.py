@@ -222,3 +222,8 @@ class FailingLabeler(Labeler):
 
     def label_batch(self, requests: Sequence[LabelRequest]) -> list[LabelResponse]:
         raise BackendError("simulated failure", retryable=self.retryable)
+
+
+from canonlabel.testing.simulated import SimulatedLLM  # noqa: E402  (re-exported)
+
+__all__ = ["FailingLabeler", "FakeLabeler", "HashEmbedder", "SimulatedLLM", "keyword_label"]

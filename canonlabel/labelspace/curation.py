@@ -1,10 +1,11 @@
 """Curating the label space without re-labelling: merge, rename, split, undo.
 
 Every operation is one transaction, logged in ``merges`` (kind ``merge`` | ``rename`` |
-``split``). Label ids are stable: a rename keeps the id, a merge points the old id at the
-new one (``labels.merged_into``), so items follow their label at read time. A split moves
-items (and the cache hits that matched them) to new labels. ``undo`` reverts the most
-recent merge exactly.
+``split`` | ``consolidate``). Label ids are stable: a rename keeps the id (and pins the
+name: consolidation never renames it), a merge points the old id at the new one
+(``labels.merged_into``), so items follow their label at read time. A split moves items
+(and the cache hits that matched them) to new labels. ``undo`` reverts the most recent
+merge or consolidation exactly.
 """
 
 from __future__ import annotations
@@ -12,103 +13,106 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from canonlabel.canon import InvalidLabel, clean_label, label_text
-from canonlabel.errors import CanonlabelError
+from canonlabel.errors import CurationError
+from canonlabel.labelspace.space import LabelSpace
 from canonlabel.store import from_blobs, to_blob
 
-if TYPE_CHECKING:
-    from canonlabel.pipeline import Classifier
 
-
-class CurationError(CanonlabelError, ValueError):
-    """A curation request cannot be applied as asked."""
-
-
-def _root(clf: Classifier, label_id: int) -> int:
-    if label_id not in clf.space.names:
+def _root(space: LabelSpace, label_id: int) -> int:
+    if label_id not in space.names:
         raise CurationError(
             f"label {label_id} does not exist; list labels with `canonlabel labels`"
         )
-    if label_id in clf.space.parent:
+    if label_id in space.parent:
         raise CurationError(
-            f"label {label_id} was merged into {clf.space.resolve(label_id)}; use that id"
+            f"label {label_id} was merged into {space.resolve(label_id)}; use that id"
         )
     return label_id
 
 
-def merge(clf: Classifier, source: int, into: int) -> dict:
-    """Merge label ``source`` into ``into``; returns the log entry."""
-    source, into = _root(clf, source), _root(clf, into)
+def merge(space: LabelSpace, source: int, into: int, *, pin: bool = True) -> dict:
+    """Merge label ``source`` into ``into``; returns the log entry. A merge by hand pins
+    ``into``: consolidation keeps its raw labels together and never renames it."""
+    source, into = _root(space, source), _root(space, into)
     if source == into:
         raise CurationError("cannot merge a label into itself")
-    reps = clf.space._rep_rows
-    sim = float(reps[source] @ reps[into])
-    with clf.store.write() as c:
+    sim = float(space.representative(source) @ space.representative(into))
+    detail = json.dumps({"pinned_before": into in space.pinned})
+    with space.store.write() as c:
         c.execute("UPDATE labels SET merged_into = ? WHERE id = ?", (into, source))
+        if pin:
+            c.execute("UPDATE labels SET pinned = 1 WHERE id = ?", (into,))
         c.execute(
-            "INSERT INTO merges (kind, from_label, into_label, similarity, created_at) "
-            "VALUES ('merge', ?, ?, ?, ?)",
-            (source, into, sim, time.time()),
+            "INSERT INTO merges (kind, from_label, into_label, similarity, created_at, detail) "
+            "VALUES ('merge', ?, ?, ?, ?, ?)",
+            (source, into, sim, time.time(), detail),
         )
-    clf.reload()
+    space.reload()
     return {"kind": "merge", "from": source, "into": into, "similarity": round(sim, 4)}
 
 
-def undo(clf: Classifier) -> dict:
-    """Revert the most recent label merge that is not undone yet."""
-    row = clf.store.conn.execute(
-        "SELECT id, from_label, into_label FROM merges WHERE kind = 'merge' AND undone = 0 "
-        "ORDER BY id DESC LIMIT 1"
+def undo(space: LabelSpace) -> dict:
+    """Revert the most recent merge or consolidation that is not undone yet."""
+    row = space.store.conn.execute(
+        "SELECT id, from_label, into_label, kind, detail FROM merges "
+        "WHERE kind IN ('merge', 'consolidate') AND undone = 0 ORDER BY id DESC LIMIT 1"
     ).fetchone()
     if row is None:
-        raise CurationError("no merge to undo")
-    entry, source, into = row
-    with clf.store.write() as c:
+        raise CurationError("nothing to undo: no merge or consolidation is left")
+    entry, source, into, kind, detail = row
+    if kind == "consolidate":
+        from canonlabel.labelspace.consolidate import revert
+
+        return revert(space, entry, json.loads(detail))
+    pinned_before = json.loads(detail or "{}").get("pinned_before", True)
+    with space.store.write() as c:
         c.execute("UPDATE labels SET merged_into = NULL WHERE id = ?", (source,))
+        c.execute("UPDATE labels SET pinned = ? WHERE id = ?", (int(pinned_before), into))
         c.execute("UPDATE merges SET undone = 1 WHERE id = ?", (entry,))
-    clf.reload()
+    space.reload()
     return {"kind": "undo", "merge": entry, "from": source, "into": into}
 
 
-def rename(clf: Classifier, label_id: int, name: str) -> dict:
+def rename(space: LabelSpace, label_id: int, name: str) -> dict:
     """Give a label a new name (id unchanged); the name becomes an alias and the
     representative used for canonicalisation."""
-    label_id = _root(clf, label_id)
+    label_id = _root(space, label_id)
     try:
         name = clean_label(name)
     except InvalidLabel as exc:
         raise CurationError(f"invalid name: {exc}") from None
-    owner = clf.space.aliases.get(name)
-    if owner is not None and clf.space.resolve(owner) != label_id:
+    owner = space.aliases.get(name)
+    if owner is not None and space.resolve(owner) != label_id:
         raise CurationError(
             f"{name!r} is already an alias of label "
-            f"{clf.space.resolve(owner)}; merge the labels instead"
+            f"{space.resolve(owner)}; merge the labels instead"
         )
-    if any(n == name for i, n in clf.space.names.items() if i != label_id):
+    if any(n == name for i, n in space.names.items() if i != label_id):
         raise CurationError(f"another label is named {name!r}")
-    old = clf.space.names[label_id]
-    vector = clf.embedder.embed([label_text(name)])[0]
-    with clf.store.write() as c:
+    old = space.names[label_id]
+    vector = space.embedder.embed([label_text(name)])[0]
+    with space.store.write() as c:
         c.execute(
-            "UPDATE labels SET name = ?, vector = ? WHERE id = ?", (name, to_blob(vector), label_id)
+            "UPDATE labels SET name = ?, vector = ?, pinned = 1 WHERE id = ?",
+            (name, to_blob(vector), label_id),
         )
         if owner is None:
-            c.execute("INSERT INTO aliases VALUES (?, ?, NULL, ?)", (name, label_id, time.time()))
+            space.store.insert_alias(c, name, label_id, None, vector)
         c.execute(
             "INSERT INTO merges (kind, raw_label, from_label, into_label, created_at) "
             "VALUES ('rename', ?, ?, ?, ?)",
             (json.dumps([old, name]), label_id, label_id, time.time()),
         )
-    clf.reload()
+    space.reload()
     return {"kind": "rename", "id": label_id, "from": old, "to": name}
 
 
 def split(
-    clf: Classifier,
+    space: LabelSpace,
     label_id: int,
     *,
     k: int | None = None,
@@ -118,15 +122,15 @@ def split(
 ) -> dict:
     """Split a label: move chosen ``aliases`` or ``items`` to a new label, or re-cluster
     its LLM-labelled members into ``k`` labels (k-means on their vectors)."""
-    label_id = _root(clf, label_id)
-    members = _members(clf, label_id)
+    label_id = _root(space, label_id)
+    members = _members(space, label_id)
     if not members:
         raise CurationError(f"label {label_id} has no members to split")
     if sum(x is not None for x in (k, aliases, items)) != 1:
         raise CurationError("give exactly one of k, aliases or items")
     groups: list[list[int]]
     if aliases is not None:
-        known = {a for a, lid in clf.space.aliases.items() if clf.space.resolve(lid) == label_id}
+        known = {a for a, lid in space.aliases.items() if space.resolve(lid) == label_id}
         unknown = set(aliases) - known
         if unknown:
             raise CurationError(f"{sorted(unknown)} are not aliases of label {label_id}")
@@ -139,19 +143,19 @@ def split(
             )
         groups = [list(items)]
     else:
-        groups = _kmeans_groups(clf, members, k)
+        groups = _kmeans_groups(space, members, k)
     moved_sets = [set(g) for g in groups if g]
     if not moved_sets or sum(map(len, moved_sets)) >= len(members):
         raise CurationError("a split must leave some members in the original label")
-    created = _apply_split(clf, label_id, members, moved_sets, name, aliases)
-    clf.reload()
+    created = _apply_split(space, label_id, members, moved_sets, name, aliases)
+    space.reload()
     return {"kind": "split", "from": label_id, "created": created}
 
 
-def _members(clf: Classifier, label_id: int) -> list[dict]:
-    ids = [i for i in clf.space.names if clf.space.resolve(i) == label_id]
+def _members(space: LabelSpace, label_id: int) -> list[dict]:
+    ids = [i for i in space.names if space.resolve(i) == label_id]
     marks = ",".join("?" * len(ids))
-    rows = clf.store.conn.execute(
+    rows = space.store.conn.execute(
         f"SELECT id, raw_label, vector FROM items WHERE cached = 1 AND source IN ('llm', 'cluster') "
         f"AND label_id IN ({marks}) ORDER BY id",
         ids,
@@ -159,28 +163,30 @@ def _members(clf: Classifier, label_id: int) -> list[dict]:
     return [{"id": r[0], "raw_label": r[1], "vector": r[2]} for r in rows]
 
 
-def _kmeans_groups(clf: Classifier, members: list[dict], k: int | None) -> list[list[int]]:
+def _kmeans_groups(space: LabelSpace, members: list[dict], k: int | None) -> list[list[int]]:
     from sklearn.cluster import KMeans
 
     if k is None or k < 2 or k > len(members):
         raise CurationError(f"k must be between 2 and the member count ({len(members)})")
-    vectors = from_blobs([m["vector"] for m in members], clf.dim)
+    vectors = from_blobs([m["vector"] for m in members], space.dim)
     assigned = KMeans(n_clusters=k, n_init=4, random_state=0).fit(vectors).labels_
     keep = Counter(assigned.tolist()).most_common(1)[0][0]  # the largest keeps the id
     return [[m["id"] for m, a in zip(members, assigned) if a == c] for c in range(k) if c != keep]
 
 
-def _apply_split(clf, label_id, members, moved_sets, name, aliases) -> list[dict]:
+def _apply_split(space, label_id, members, moved_sets, name, aliases) -> list[dict]:
     by_id = {m["id"]: m for m in members}
     created = []
-    with clf.store.write() as c:
+    with space.store.write() as c:
         for n, moved in enumerate(moved_sets):
             raws = Counter(by_id[i]["raw_label"] for i in moved)
             base = name if (name and n == 0) else raws.most_common(1)[0][0]
-            new_name = _free_name(clf, c, base)
-            vectors = from_blobs([by_id[i]["vector"] for i in moved], clf.dim)
-            rep = clf.embedder.embed([label_text(new_name)])[0]
-            new_id = clf.store.insert_label(c, new_name, rep)
+            new_name = _free_name(space, c, base)
+            vectors = from_blobs([by_id[i]["vector"] for i in moved], space.dim)
+            rep = space.embedder.embed([label_text(new_name)])[0]
+            new_id = space.store.insert_label(c, new_name, rep)
+            # split by hand: consolidation must not fold the pieces back together
+            c.execute("UPDATE labels SET pinned = 1 WHERE id IN (?, ?)", (new_id, label_id))
             marks = ",".join("?" * len(moved))
             c.execute(f"UPDATE items SET label_id = ? WHERE id IN ({marks})", [new_id, *moved])
             c.execute(
@@ -188,11 +194,8 @@ def _apply_split(clf, label_id, members, moved_sets, name, aliases) -> list[dict
             )  # hits follow the item they matched
             for raw in aliases or []:
                 c.execute("UPDATE aliases SET label_id = ? WHERE raw_label = ?", (new_id, raw))
-            if new_name not in clf.space.aliases:
-                c.execute(
-                    "INSERT OR IGNORE INTO aliases VALUES (?, ?, NULL, ?)",
-                    (new_name, new_id, time.time()),
-                )
+            if new_name not in space.aliases:
+                space.store.insert_alias(c, new_name, new_id, None, rep)
             centroid = vectors.mean(0)
             sim = float(centroid @ rep / max(np.linalg.norm(centroid), 1e-12))
             c.execute(
@@ -204,7 +207,7 @@ def _apply_split(clf, label_id, members, moved_sets, name, aliases) -> list[dict
     return created
 
 
-def _free_name(clf, conn, base: str) -> str:
+def _free_name(space, conn, base: str) -> str:
     taken = {r[0] for r in conn.execute("SELECT name FROM labels")}
     name, n = base, 2
     while name in taken:
@@ -213,13 +216,13 @@ def _free_name(clf, conn, base: str) -> str:
 
 
 def typical_centroids(
-    clf: Classifier, keep: float = 0.5
+    space: LabelSpace, keep: float = 0.5
 ) -> dict[int, tuple[np.ndarray, int, float]]:
     """Per root label: centroid of its most typical members (the ``keep`` share closest to
     the plain centroid), member count, and spread (1 - mean cosine to the centroid)."""
-    ids, vectors, labels = clf.store.cached_items(clf.dim)
+    ids, vectors, labels = space.store.cached_items(space.dim)
     out = {}
-    roots = np.array([clf.space.resolve(int(x)) for x in labels], dtype=np.int64)
+    roots = np.array([space.resolve(int(x)) for x in labels], dtype=np.int64)
     for root in np.unique(roots):
         members = vectors[roots == root]
         plain = members.mean(0)
@@ -233,7 +236,7 @@ def typical_centroids(
 
 
 def maintain(
-    clf: Classifier,
+    space: LabelSpace,
     *,
     merge_similarity: float = 0.9,
     wide_spread: float = 0.45,
@@ -241,7 +244,7 @@ def maintain(
 ) -> dict:
     """Merge labels whose typical centroids became too similar (smaller into larger,
     logged and undoable) and report labels that grew too wide to split by hand."""
-    stats = typical_centroids(clf)
+    stats = typical_centroids(space)
     roots = sorted(stats, key=lambda r: (-stats[r][1], r))
     merges: list[dict] = []
     if len(roots) > 1:
@@ -258,11 +261,11 @@ def maintain(
                     "similarity": round(float(sims[a, b]), 4),
                 }
                 if not dry_run:
-                    merge(clf, roots[b], roots[a])
+                    merge(space, roots[b], roots[a], pin=False)
                 merges.append(entry)
                 gone.add(roots[b])
     wide = [
-        {"id": r, "name": clf.space.names[r], "count": stats[r][1], "spread": round(stats[r][2], 4)}
+        {"id": r, "name": space.names[r], "count": stats[r][1], "spread": round(stats[r][2], 4)}
         for r in roots
         if stats[r][1] >= 5 and stats[r][2] >= wide_spread
     ]

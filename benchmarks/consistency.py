@@ -1,0 +1,200 @@
+"""Consistency benchmark: does the same kind of text get the same label, whatever the order?
+
+    .venv/bin/python benchmarks/consistency.py                        # simulated LLM
+    .venv/bin/python benchmarks/consistency.py --llm local --data banking77:test:1000 \\
+        --shuffles 3 --error-rates 0                                  # the bundled stack
+
+For each dataset and each shuffled arrival order, the streaming pipeline (``canonlabel``:
+periodic consolidation and one at the end of the job), the Go rules (``seed``: labels read
+through their union-find at the end) and k-means with the gold label count (``kmeans-k``)
+label the same items. Reported against gold: label count, NMI, ARI, LLM calls; across
+orders: order ARI (mean pairwise ARI of the final labelings) and the stable share; and
+name quality (mean cosine, bundled embedder, between a label's name and the gold name of
+its majority intent; share of names starting with ``no_``). The simulated LLM
+(:class:`canonlabel.testing.SimulatedLLM`) is accurate but inconsistent in naming, with
+``--error-rates`` of its answers naming a wrong intent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from canonlabel import Classifier, Settings
+from canonlabel.baselines import SeedClassifier
+from canonlabel.canon import label_text
+from canonlabel.embed import make_embedder
+from canonlabel.evaluate import EvalData
+from canonlabel.llm import make_labeler
+from canonlabel.metrics import mean_pairwise_ari, stable_share
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DEFAULT_DATA = "banking77:train:3000,nlupp_banking:train:all,tweeteval_emotion:train:2000"
+
+
+def load(spec: str) -> tuple[str, list[str], list[str]]:
+    name, split, n = spec.split(":")
+    rows = [json.loads(line) for line in (DATA / f"{name}.jsonl").open(encoding="utf-8")]
+    rows = [r for r in rows if r["split"] == split and r["labels"]]
+    random.Random(0).shuffle(rows)  # the files are sorted by label
+    rows = rows if n == "all" else rows[: int(n)]
+    return f"{name}:{split}:{len(rows)}", [r["text"] for r in rows], [r["labels"][0] for r in rows]
+
+
+def run_canonlabel(data: EvalData, order, labeler, settings: Settings) -> tuple[list[str], int]:
+    with tempfile.TemporaryDirectory() as tmp:
+        s = settings.model_copy(update={"db": Path(tmp) / "bench.db"})
+        clf = Classifier.open(settings=s, embedder=data.embedder, labeler=labeler)
+        for i in order:  # one at a time: each item sees everything before it
+            clf.classify_many([data.texts[i]], [str(i)])
+        if hasattr(clf, "consolidate"):  # (absent before consolidation existed)
+            clf.consolidate()  # what the end of a `classify` job does
+        calls = clf.counters["llm_calls"] + clf.counters["adjudication_calls"]
+        final = {
+            int(ext): clf.space.name(label_id)
+            for ext, label_id in clf.store.conn.execute("SELECT ext_id, label_id FROM items")
+        }
+        clf.close()
+    return [final.get(i, f"_failed_{i}") for i in range(len(data.texts))], calls
+
+
+def run_seed(data: EvalData, order, labeler, settings: Settings) -> tuple[list[str], int]:
+    seed = SeedClassifier(data.embedder, labeler, min_similarity=0.80, label_similarity=0.75)
+    raw: list[str | None] = [None] * len(order)
+    for i in order:
+        raw[i] = seed.classify(data.texts[i], data.vectors[i]).label
+    labels = [seed.canonical(x) or f"_failed_{i}" for i, x in enumerate(raw)]
+    return labels, seed.llm_calls
+
+
+def run_kmeans(data: EvalData, order, labeler, settings, seed: int = 0):
+    from sklearn.cluster import KMeans
+
+    km = KMeans(n_clusters=len(set(data.gold)), n_init=4, random_state=seed)
+    assigned = km.fit(data.vectors[order]).labels_
+    labels = [""] * len(order)
+    for i, c in zip(order, assigned):
+        labels[i] = f"cluster_{int(c)}"
+    return labels, 0
+
+
+RUNNERS = {"canonlabel": run_canonlabel, "seed": run_seed, "kmeans-k": run_kmeans}
+
+
+def name_quality(labels: list[str], gold: list[str], embedder) -> dict:
+    """Mean cosine between each label's name and its majority gold intent's name."""
+    by_label: dict[str, Counter] = defaultdict(Counter)
+    for lab, g in zip(labels, gold):
+        by_label[lab][g] += 1
+    names = [n for n in by_label if not n.startswith(("_failed_", "cluster_"))]
+    if not names:
+        return {}
+    majority = [by_label[n].most_common(1)[0][0] for n in names]
+    a = embedder.embed([label_text(n) for n in names])
+    b = embedder.embed([label_text(g.lower()) for g in majority])
+    return {
+        "name_similarity": round(float(np.mean(np.sum(a * b, axis=1))), 4),
+        "no_share": round(sum(n.startswith("no_") for n in names) / len(names), 4),
+    }
+
+
+def evaluate(data: EvalData, labeler, settings, strategies, shuffles: int) -> dict:
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    out = {}
+    for name in strategies:
+        labelings, calls, seconds = [], [], []
+        for s in range(shuffles):
+            order = list(range(len(data.texts)))
+            random.Random(1000 + s).shuffle(order)
+            start = time.perf_counter()
+            kwargs = {"seed": s} if name == "kmeans-k" else {}
+            labels, n_calls = RUNNERS[name](data, order, labeler, settings, **kwargs)
+            seconds.append(time.perf_counter() - start)
+            labelings.append(labels)
+            calls.append(n_calls)
+            print(f"  {name} order {s + 1}/{shuffles}: {seconds[-1]:.1f}s", flush=True)
+        ari = [adjusted_rand_score(data.gold, x) for x in labelings]
+        out[name] = {
+            "labels": round(float(np.mean([len(set(x)) for x in labelings])), 1),
+            "gold_labels": len(set(data.gold)),
+            "nmi": round(
+                float(np.mean([normalized_mutual_info_score(data.gold, x) for x in labelings])), 4
+            ),
+            "ari": round(float(np.mean(ari)), 4),
+            "order_ari": mean_pairwise_ari(labelings) if shuffles > 1 else None,
+            "stable_share": stable_share(labelings) if shuffles > 1 else None,
+            "llm_calls": round(float(np.mean(calls)), 1),
+            "seconds": round(float(np.mean(seconds)), 1),
+        } | (name_quality(labelings[0], data.gold, data.embedder) if name != "kmeans-k" else {})
+        print(f"  {name}: {json.dumps(out[name])}", flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--data", default=DEFAULT_DATA, help="name:split:N|all, comma-separated")
+    ap.add_argument("--llm", default="simulated", help="simulated, or a labeler spec (local)")
+    ap.add_argument("--error-rates", default="0,0.1", help="simulated LLM's wrong-intent shares")
+    ap.add_argument("--inconsistency", type=float, default=0.5)
+    ap.add_argument("--shuffles", type=int, default=5)
+    ap.add_argument("--strategies", default="canonlabel,seed,kmeans-k")
+    ap.add_argument("--settings", default="{}", help="JSON overrides for canonlabel's settings")
+    ap.add_argument("--llm-cache", default=None, help="SQLite answer cache (bundled stack reruns)")
+    ap.add_argument("--out", default="benchmarks/results/consistency.json")
+    args = ap.parse_args()
+    settings = Settings().model_copy(update=json.loads(args.settings))
+    embedder = make_embedder("minilm", settings)
+    report = {"settings": json.loads(args.settings), "llm": args.llm, "runs": []}
+    for spec in args.data.split(","):
+        name, texts, gold = load(spec)
+        data = EvalData.build(texts, gold, embedder)
+        rates = (
+            [float(x) for x in args.error_rates.split(",")] if args.llm == "simulated" else [None]
+        )
+        for rate in rates:
+            if args.llm == "simulated":
+                from canonlabel.testing import SimulatedLLM
+
+                labeler = SimulatedLLM(
+                    dict(zip(data.texts, gold)), error_rate=rate, inconsistency=args.inconsistency
+                )
+            else:
+                llm_settings = settings.model_copy(update={"llm_cache": args.llm_cache})
+                labeler = make_labeler(args.llm, llm_settings)
+            print(f"{name} llm={args.llm} error_rate={rate}", flush=True)
+            result = evaluate(data, labeler, settings, args.strategies.split(","), args.shuffles)
+            report["runs"].append({"data": name, "error_rate": rate, "strategies": result})
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=1))
+    print(markdown(report))
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        "| data | wrong | strategy | labels (gold) | NMI | ARI | order ARI | stable | LLM calls "
+        "| name sim | no_ |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in report["runs"]:
+        for strat, r in run["strategies"].items():
+            lines.append(
+                f"| {run['data']} | {run['error_rate']} | {strat} | {r['labels']} ({r['gold_labels']}) "
+                f"| {r['nmi']} | {r['ari']} | {r['order_ari']} | {r['stable_share']} "
+                f"| {r['llm_calls']} | {r.get('name_similarity', '')} | {r.get('no_share', '')} |"
+            )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,456 @@
+"""Consolidation: an order-invariant pass that regroups every raw label.
+
+The streaming path decides greedily, one raw label at a time, in arrival order. This pass
+looks at all raw labels at once and regroups them from two kinds of evidence:
+
+* **names** — cosine similarity of the raw labels' embeddings;
+* **members** — cosine similarity of the centroids of the texts the LLM gave each raw
+  label (what the label is *used for*, not what it is called).
+
+Raw labels are sorted by name and clustered with average linkage on
+``name_weight * names + (1 - name_weight) * members`` cut at ``threshold`` (no random
+state, so the result depends only on the set of raw labels and their members). Hand
+curation is respected: the raw labels of a pinned label (renamed, merged or split by hand)
+form one block that is never broken up, two pinned blocks never end up in one group, and
+a pinned label keeps its name.
+
+Groups are matched to existing label ids by member overlap, so ids stay stable; an old
+label that lost all its raw labels points (``merged_into``) at the label that took most of
+its items. A group's name is its most typical raw label (the usage-weighted medoid of the
+names), and its representative becomes the usage-weighted mean of its raw labels' name
+embeddings. Everything is one transaction, logged as a ``consolidate`` entry that
+:func:`revert` (``canonlabel undo``) reverses exactly.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from canonlabel.canon import label_text
+from canonlabel.labelspace.space import LabelSpace
+from canonlabel.store import from_blobs, to_blob
+
+NAME_WEIGHT = 0.6
+THRESHOLD = 0.65
+
+
+@dataclass
+class Evidence:
+    """One row per raw label that has members following its alias, sorted by name."""
+
+    raw_labels: list[str]
+    current: np.ndarray  # root label id each raw label belongs to now
+    name_vectors: np.ndarray  # unit embeddings of the names
+    member_sums: np.ndarray  # sum of member text vectors
+    members: np.ndarray  # LLM-labelled items per raw label
+    uses: np.ndarray  # all items per raw label (members and the hits that reused them)
+    new_vectors: dict[str, np.ndarray] = field(default_factory=dict)  # to store
+
+
+@dataclass
+class Plan:
+    """What a consolidation changes; empty lists mean the label space is already stable."""
+
+    groups: list[list[str]]
+    targets: list[int | None]  # label id per group (None: a new label)
+    names: list[str]
+    moves: list[tuple[str, int, int | None]] = field(default_factory=list)  # raw, from, group
+    merges: list[tuple[int, int]] = field(default_factory=list)  # old label id, group
+    renames: list[tuple[int, str, str]] = field(default_factory=list)  # id, old, new
+
+    @property
+    def changes(self) -> int:
+        return len(self.moves) + len(self.merges) + len(self.renames)
+
+
+def gather(space: LabelSpace) -> Evidence:
+    """Read the evidence: each raw label's name embedding and the vectors of the items
+    labelled with it that still follow its alias (items moved by hand are left alone)."""
+    store = space.store
+    rows = store.conn.execute(
+        "SELECT raw_label, label_id, vector FROM items WHERE cached = 1 AND vector IS NOT NULL "
+        "AND source IN ('llm', 'cluster') AND raw_label IS NOT NULL"
+    ).fetchall()
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = defaultdict(int)
+    vectors = from_blobs([r[2] for r in rows], space.dim)
+    for (raw, label_id, _), vector in zip(rows, vectors, strict=False):
+        owner = space.aliases.get(raw)
+        if owner is None or space.resolve(label_id) != space.resolve(owner):
+            continue
+        sums[raw] = sums[raw] + vector if raw in sums else vector.copy()
+        counts[raw] += 1
+    raws = sorted(sums)
+    uses = store.raw_label_uses()
+    known = store.alias_vectors(space.dim)
+    missing = [r for r in raws if r not in known]
+    new = (
+        dict(zip(missing, space.embedder.embed([label_text(r) for r in missing])))
+        if missing
+        else {}
+    )
+    dim = space.dim
+    return Evidence(
+        raws,
+        np.array([space.resolve(space.aliases[r]) for r in raws], dtype=np.int64),
+        np.stack([known.get(r, new.get(r)) for r in raws]) if raws else np.zeros((0, dim)),
+        np.stack([sums[r] for r in raws]) if raws else np.zeros((0, dim)),
+        np.array([counts[r] for r in raws], dtype=np.float64),
+        np.array([max(uses.get(r, 0), counts[r]) for r in raws], dtype=np.float64),
+        new,
+    )
+
+
+def group(
+    ev: Evidence,
+    pinned: set[int],
+    *,
+    name_weight: float = NAME_WEIGHT,
+    threshold: float = THRESHOLD,
+) -> np.ndarray:
+    """Group index per raw label (order-invariant: depends only on the sorted evidence)."""
+    blocks, block_of = _blocks(ev, pinned)
+    n = len(blocks)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    if n == 1:
+        return np.zeros(len(ev.raw_labels), dtype=np.int64)
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.distance import squareform
+
+    names = np.stack([_unit(ev.name_vectors[b].sum(0)) for b in blocks])
+    content = np.stack([_unit(ev.member_sums[b].sum(0)) for b in blocks])
+    sim = name_weight * (names @ names.T) + (1 - name_weight) * (content @ content.T)
+    dist = np.clip(1.0 - (sim + sim.T) / 2, 0.0, None)
+    np.fill_diagonal(dist, 0.0)
+    tree = linkage(squareform(dist, checks=False), method="average")
+    assigned = fcluster(tree, t=1.0 - threshold, criterion="distance") - 1
+    assigned = _separate_pinned(assigned, blocks, ev, pinned, sim)
+    return assigned[block_of]
+
+
+def _blocks(ev: Evidence, pinned: set[int]) -> tuple[list[list[int]], np.ndarray]:
+    """Units of clustering: each pinned label's raw labels together, others alone."""
+    blocks: list[list[int]] = []
+    by_label: dict[int, int] = {}
+    block_of = np.zeros(len(ev.raw_labels), dtype=np.int64)
+    for i, label_id in enumerate(ev.current.tolist()):
+        if label_id in pinned:
+            if label_id not in by_label:
+                by_label[label_id] = len(blocks)
+                blocks.append([])
+            block_of[i] = by_label[label_id]
+            blocks[by_label[label_id]].append(i)
+        else:
+            block_of[i] = len(blocks)
+            blocks.append([i])
+    return blocks, block_of
+
+
+def _separate_pinned(assigned, blocks, ev, pinned, sim) -> np.ndarray:
+    """Two labels curated by hand stay two labels: a group holding several pinned blocks
+    is divided among them, each other block going to the pinned block it is closest to."""
+    assigned = assigned.copy()
+    next_id = int(assigned.max()) + 1
+    is_pinned = [ev.current[b[0]] in pinned for b in blocks]
+    for g in np.unique(assigned):
+        members = np.flatnonzero(assigned == g)
+        anchors = [m for m in members if is_pinned[m]]
+        if len(anchors) < 2:
+            continue
+        ids = {a: next_id + n for n, a in enumerate(anchors)}
+        next_id += len(anchors)
+        for m in members:
+            nearest = anchors[int(np.argmax([sim[m, a] for a in anchors]))]
+            assigned[m] = ids[m if is_pinned[m] else nearest]
+    return assigned
+
+
+def plan(space: LabelSpace, ev: Evidence, assigned: np.ndarray) -> Plan:
+    """Match groups to label ids by member overlap, choose names, list the changes."""
+    groups = [np.flatnonzero(assigned == g) for g in np.unique(assigned)]
+    overlap: dict[tuple[int, int], float] = defaultdict(float)
+    for g, rows in enumerate(groups):
+        for i in rows:
+            overlap[(g, int(ev.current[i]))] += ev.uses[i]
+    targets: list[int | None] = [None] * len(groups)
+    taken: set[int] = set()
+    for (g, label_id), _ in sorted(overlap.items(), key=lambda kv: (-kv[1], kv[0])):
+        if targets[g] is None and label_id not in taken:
+            targets[g] = label_id
+            taken.add(label_id)
+    result = Plan([[ev.raw_labels[i] for i in rows] for rows in groups], targets, [])
+    for g, rows in enumerate(groups):
+        for i in rows:
+            if targets[g] != ev.current[i]:
+                result.moves.append((ev.raw_labels[i], int(ev.current[i]), g))
+    _plan_merges(result, ev, groups, taken)
+    _plan_names(space, result, ev, groups)
+    return result
+
+
+def _plan_merges(result: Plan, ev: Evidence, groups, taken: set[int]) -> None:
+    """An old label left without raw labels points at the group that took most items."""
+    received: dict[int, dict[int, float]] = defaultdict(lambda: defaultdict(float))
+    for g, rows in enumerate(groups):
+        for i in rows:
+            received[int(ev.current[i])][g] += ev.uses[i]
+    for old in sorted(set(ev.current.tolist()) - taken):
+        best = max(received[old].items(), key=lambda kv: (kv[1], -kv[0]))[0]
+        result.merges.append((old, best))
+
+
+def _plan_names(space: LabelSpace, result: Plan, ev: Evidence, groups) -> None:
+    """The usage-weighted medoid of each group's names; pinned labels keep theirs.
+    Names that start with a negation (``no_``) are a small model's habit, not a topic:
+    they are chosen only when nothing else is available."""
+    targets = {t for t in result.targets if t is not None}
+    used = {n for i, n in space.names.items() if i not in targets or i in space.pinned}
+    for g, rows in enumerate(groups):
+        target = result.targets[g]
+        if target is not None and target in space.pinned:
+            result.names.append(space.names[target])
+            continue
+        vecs = ev.name_vectors[rows]
+        score = (vecs @ vecs.T) @ ev.uses[rows]
+        order = sorted(
+            range(len(rows)),
+            key=lambda j: (ev.raw_labels[rows[j]].startswith("no_"), -score[j], rows[j]),
+        )
+        name = next(
+            (ev.raw_labels[rows[j]] for j in order if ev.raw_labels[rows[j]] not in used),
+            None,
+        )
+        if name is None:  # every candidate is another label's name
+            name = _free(ev.raw_labels[rows[order[0]]], used)
+        used.add(name)
+        result.names.append(name)
+        if target is not None and space.names[target] != name:
+            result.renames.append((target, space.names[target], name))
+
+
+def _free(base: str, used: set[str]) -> str:
+    n = 2
+    while f"{base}_{n}"[:60] in used:
+        n += 1
+    return f"{base}_{n}"[:60]
+
+
+def adjudicate(
+    space: LabelSpace,
+    ev: Evidence,
+    assigned: np.ndarray,
+    labeler,
+    *,
+    budget: int,
+    name_weight: float = NAME_WEIGHT,
+    threshold: float = THRESHOLD,
+    margin: float = 0.15,
+) -> tuple[np.ndarray, int]:
+    """Join groups the LLM calls the same (see :mod:`~canonlabel.labelspace.adjudicate`);
+    returns the new assignment and the number of LLM questions paid for."""
+    from canonlabel.labelspace.adjudicate import ask, borderline_pairs, question
+
+    rows = [np.flatnonzero(assigned == g) for g in range(int(assigned.max(initial=-1)) + 1)]
+    rows = [r for r in rows if len(r)]
+    if len(rows) < 2:
+        return assigned, 0
+    names = np.stack([_unit(ev.name_vectors[r].sum(0)) for r in rows])
+    content = np.stack([_unit(ev.member_sums[r].sum(0)) for r in rows])
+    pairs = borderline_pairs(names, content, name_weight, threshold - margin, 2.0)
+    top = [ev.raw_labels[max(r, key=lambda i: (ev.uses[i], -i))] for r in rows]
+    pinned = [any(ev.current[i] in space.pinned for i in r) for r in rows]
+    pairs = [(g, h, s) for g, h, s in pairs if not (pinned[g] and pinned[h])][: 4 * budget]
+    examples: dict[int, list[str]] = {}
+
+    def shown(g: int) -> tuple[str, list[str]]:
+        if g not in examples:
+            examples[g] = space.store.member_texts([ev.raw_labels[i] for i in rows[g]], 3)
+        return top[g], examples[g]
+
+    keys = {(g, h): "|".join(sorted((top[g], top[h]))) for g, h, _ in pairs}
+    stored = space.store.adjudications(list(keys.values()))
+    questions = {
+        keys[(g, h)]: question(shown(g), shown(h)) if keys[(g, h)] not in stored else ""
+        for g, h, _ in pairs
+    }
+    answers, asked = ask(space.store, labeler, questions, budget)
+    parent = list(range(len(rows)))
+
+    def find(g: int) -> int:
+        while parent[g] != g:
+            parent[g] = parent[parent[g]]
+            g = parent[g]
+        return g
+
+    for g, h, _ in pairs:
+        a, b = find(g), find(h)
+        if answers.get(keys[(g, h)]) and a != b and not (pinned[a] and pinned[b]):
+            parent[max(a, b)] = min(a, b)
+            pinned[min(a, b)] = pinned[a] or pinned[b]
+    out = assigned.copy()
+    for g, r in enumerate(rows):
+        out[r] = find(g)
+    return out, asked
+
+
+def consolidate(
+    space: LabelSpace,
+    *,
+    name_weight: float = NAME_WEIGHT,
+    threshold: float = THRESHOLD,
+    labeler=None,
+    adjudication_budget: int = 0,
+    dry_run: bool = False,
+) -> dict:
+    """Regroup every raw label (see the module docstring); returns a summary of changes.
+    With a ``labeler`` and ``adjudication_budget`` > 0, borderline groups are put to the
+    LLM. With ``dry_run`` nothing is written (stored adjudications excepted)."""
+    start = time.perf_counter()
+    ev = gather(space)
+    assigned = group(ev, space.pinned, name_weight=name_weight, threshold=threshold)
+    asked = 0
+    if labeler is not None and adjudication_budget > 0 and len(ev.raw_labels):
+        assigned, asked = adjudicate(
+            space,
+            ev,
+            assigned,
+            labeler,
+            budget=adjudication_budget,
+            name_weight=name_weight,
+            threshold=threshold,
+        )
+    result = plan(space, ev, assigned)
+    summary = {
+        "raw_labels": len(ev.raw_labels),
+        "labels_before": len(space),
+        "groups": len(result.groups),
+        "moved_raw_labels": len(result.moves),
+        "merged_labels": len(result.merges),
+        "renamed_labels": len(result.renames),
+        "new_labels": sum(t is None for t in result.targets),
+        "adjudication_calls": asked,
+        "dry_run": dry_run,
+    }
+    if not dry_run and (result.changes or ev.new_vectors or any(t is None for t in result.targets)):
+        summary["entry"] = _apply(space, ev, result)
+        space.reload()
+    summary["labels_after"] = len(space) if not dry_run else len(result.groups)
+    summary["seconds"] = round(time.perf_counter() - start, 3)
+    return summary
+
+
+def _apply(space: LabelSpace, ev: Evidence, result: Plan) -> int:
+    """Write a plan in one transaction and log it; returns the log entry id."""
+    store = space.store
+    detail: dict = {"moves": [], "merges": [], "renames": [], "created": [], "vectors": {}}
+    with store.write() as c:
+        for raw, vector in ev.new_vectors.items():
+            c.execute("UPDATE aliases SET vector = ? WHERE raw_label = ?", (to_blob(vector), raw))
+        reps = _representatives(ev, result)
+        _rename(c, [(i, new) for i, _, new in result.renames])  # frees names for new labels
+        detail["renames"] = [[i, old] for i, old, _ in result.renames]
+        ids = list(result.targets)
+        for g, target in enumerate(ids):
+            if target is None:
+                ids[g] = store.insert_label(c, result.names[g], reps[g])
+                detail["created"].append(ids[g])
+            else:
+                detail["vectors"][str(target)] = _b64(space.representative(target))
+                c.execute("UPDATE labels SET vector = ? WHERE id = ?", (to_blob(reps[g]), target))
+        for raw, old, g in result.moves:
+            stored = space.aliases[raw]
+            _move(space, c, raw, old, ids[g])
+            detail["moves"].append([raw, stored, ids[g]])
+        for old, g in result.merges:
+            c.execute("UPDATE labels SET merged_into = ? WHERE id = ?", (ids[g], old))
+            detail["merges"].append([old, ids[g]])
+        cur = c.execute(
+            "INSERT INTO merges (kind, into_label, created_at, detail) "
+            "VALUES ('consolidate', 0, ?, ?)",
+            (time.time(), json.dumps(detail)),
+        )
+    return int(cur.lastrowid)
+
+
+def _representatives(ev: Evidence, result: Plan) -> list[np.ndarray]:
+    index = {r: i for i, r in enumerate(ev.raw_labels)}
+    out = []
+    for raws in result.groups:
+        rows = [index[r] for r in raws]
+        out.append(_unit(ev.uses[rows] @ ev.name_vectors[rows]).astype(np.float32))
+    return out
+
+
+def _rename(c, renames: list[tuple[int, str]]) -> None:
+    """Rename in two steps, so names can move between labels without a UNIQUE clash."""
+    for label_id, _ in renames:
+        c.execute(
+            "UPDATE labels SET name = ? WHERE id = ?", (f"~consolidating~{label_id}", label_id)
+        )
+    for label_id, name in renames:
+        c.execute("UPDATE labels SET name = ? WHERE id = ?", (name, label_id))
+
+
+def _move(space: LabelSpace, c, raw: str, old_root: int, new_label: int) -> None:
+    """Point a raw label at another label; its items (and the hits that reused it) follow,
+    except items a person moved elsewhere by hand."""
+    c.execute("UPDATE aliases SET label_id = ? WHERE raw_label = ?", (new_label, raw))
+    family = [i for i in space.names if space.resolve(i) == old_root]
+    marks = ",".join("?" * len(family))
+    c.execute(
+        f"UPDATE items SET label_id = ? WHERE raw_label = ? AND label_id IN ({marks})",
+        [new_label, raw, *family],
+    )
+
+
+def revert(space: LabelSpace, entry: int, detail: dict) -> dict:
+    """Undo consolidation ``entry``: merges, moves, renames and representatives go back;
+    labels it created are removed once nothing refers to them."""
+    with space.store.write() as c:
+        for old, _ in detail["merges"]:
+            c.execute("UPDATE labels SET merged_into = NULL WHERE id = ?", (old,))
+        for raw, stored, moved_to in reversed(detail["moves"]):
+            c.execute("UPDATE aliases SET label_id = ? WHERE raw_label = ?", (stored, raw))
+            c.execute(
+                "UPDATE items SET label_id = ? WHERE raw_label = ? AND label_id = ?",
+                (stored, raw, moved_to),
+            )
+        _rename(c, [(i, old) for i, old in detail["renames"]])
+        for label_id, blob in detail["vectors"].items():
+            c.execute(
+                "UPDATE labels SET vector = ? WHERE id = ?", (base64.b64decode(blob), int(label_id))
+            )
+        for label_id in detail["created"]:
+            used = c.execute(
+                "SELECT (SELECT count(*) FROM items WHERE label_id = ?) + "
+                "(SELECT count(*) FROM aliases WHERE label_id = ?) + "
+                "(SELECT count(*) FROM labels WHERE merged_into = ?)",
+                (label_id, label_id, label_id),
+            ).fetchone()[0]
+            if not used:
+                c.execute("DELETE FROM label_fts WHERE label_id = ?", (label_id,))
+                c.execute("DELETE FROM labels WHERE id = ?", (label_id,))
+        c.execute("UPDATE merges SET undone = 1 WHERE id = ?", (entry,))
+    space.reload()
+    return {
+        "kind": "undo",
+        "consolidation": entry,
+        "moves": len(detail["moves"]),
+        "merges": len(detail["merges"]),
+        "renames": len(detail["renames"]),
+    }
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / max(float(np.linalg.norm(v)), 1e-12)
+
+
+def _b64(v: np.ndarray) -> str:
+    return base64.b64encode(np.asarray(v, dtype=np.float32).tobytes()).decode()

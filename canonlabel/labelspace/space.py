@@ -1,0 +1,228 @@
+"""The in-memory label space: canonical labels, aliases, merge pointers, members.
+
+A raw label already seen maps through its alias. A new raw label is embedded and joins
+the nearest canonical label whose *representative* is at least ``label_similarity``
+similar, else it founds a new label. A representative starts as the embedding of the
+label's founding name; consolidation (:mod:`canonlabel.labelspace.consolidate`) recomputes
+it from all of the label's raw labels, so it stops depending on which came first.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from canonlabel.canon import Decision
+from canonlabel.index import ExactIndex
+from canonlabel.store import SqliteStore, from_blobs
+
+if TYPE_CHECKING:
+    from canonlabel.embed import Embedder
+
+
+class LabelSpace:
+    """Canonical labels, their aliases, merge pointers and member centroids.
+
+    Rebuilt from the store on :meth:`load` (and after every curation or consolidation);
+    updated in place only after the store committed. ``item_label`` maps each item of the
+    semantic cache to the label it was stored with (resolve it for the current one).
+    """
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self.store: SqliteStore | None = None
+        self.embedder: Embedder | None = None
+        self.names: dict[int, str] = {}
+        self.parent: dict[int, int] = {}
+        self.aliases: dict[str, int] = {}
+        self.pinned: set[int] = set()
+        self.item_label: dict[int, int] = {}
+        self._reps = ExactIndex(dim)
+        self._rep_rows: dict[int, np.ndarray] = {}
+        self._centroid_rows: dict[int, int] = {}
+        self._centroid_sums = np.zeros((0, dim), dtype=np.float32)
+        self._centroid_ids: list[int] = []
+
+    @classmethod
+    def load(
+        cls,
+        store: SqliteStore,
+        dim: int,
+        embedder: Embedder | None = None,
+        cached: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    ) -> LabelSpace:
+        """Read labels, aliases and the semantic cache's members (``cached`` is
+        ``store.cached_items(dim)`` when the caller already has it)."""
+        space = cls(dim)
+        space.store, space.embedder = store, embedder
+        rows = store.label_rows()
+        vectors = from_blobs([r[2] for r in rows], dim)
+        for (label_id, name, _, merged_into), vector in zip(rows, vectors, strict=False):
+            space.names[label_id] = name
+            space._rep_rows[label_id] = vector
+            if merged_into is not None:
+                space.parent[label_id] = merged_into
+        space._rebuild_reps()
+        space.aliases = dict(store.alias_rows())
+        space.pinned = store.pinned_labels()
+        item_ids, item_vectors, label_ids = cached or store.cached_items(dim)
+        space.add_members(item_ids, label_ids, item_vectors)
+        return space
+
+    def reload(self) -> None:
+        """Re-read everything from the store (after curation or consolidation)."""
+        fresh = LabelSpace.load(self.store, self.dim, self.embedder)
+        self.__dict__.update(fresh.__dict__)
+
+    # -- reads ------------------------------------------------------------------------
+    def resolve(self, label_id: int) -> int:
+        """Follow merges to the label an id belongs to now."""
+        seen = 0
+        while label_id in self.parent:
+            label_id = self.parent[label_id]
+            seen += 1
+            if seen > len(self.parent):
+                raise RuntimeError("cycle in label merges")
+        return label_id
+
+    def name(self, label_id: int) -> str:
+        return self.names[self.resolve(label_id)]
+
+    def roots(self) -> list[int]:
+        return [i for i in self.names if i not in self.parent]
+
+    def representative(self, label_id: int) -> np.ndarray:
+        return self._rep_rows[label_id]
+
+    def __len__(self) -> int:
+        return len(self.names) - len(self.parent)
+
+    def decide(self, raw_label: str, vector: np.ndarray | None, threshold: float) -> Decision:
+        """Where ``raw_label`` belongs. ``vector`` is needed only for unknown raw labels."""
+        if raw_label in self.aliases:
+            return Decision(raw_label, self.resolve(self.aliases[raw_label]), None, known=True)
+        if vector is None:
+            raise ValueError("an unknown raw label needs its embedding")
+        sims, keys = self._reps.search(vector[None, :], 1)
+        if keys[0, 0] >= 0 and sims[0, 0] >= threshold:
+            return Decision(raw_label, int(keys[0, 0]), float(sims[0, 0]))
+        return Decision(raw_label, None, None if keys[0, 0] < 0 else float(sims[0, 0]))
+
+    def nearest_by_centroid(
+        self, vector: np.ndarray, k: int, min_similarity: float = -1.0
+    ) -> list[int]:
+        """Root labels whose member centroid is closest to ``vector`` (at least
+        ``min_similarity`` cosine)."""
+        if k <= 0 or not self._centroid_ids:
+            return []
+        sums = self._centroid_sums[: len(self._centroid_ids)]
+        norms = np.linalg.norm(sums, axis=1)
+        scores = (sums @ vector) / np.maximum(norms, 1e-12)
+        order = np.argsort(-scores)
+        picked: list[int] = []
+        for row in order:
+            if scores[row] < min_similarity:
+                break
+            root = self.resolve(self._centroid_ids[row])
+            if norms[row] > 0 and root not in picked:
+                picked.append(root)
+                if len(picked) == k:
+                    break
+        return picked
+
+    def candidates(
+        self,
+        text: str,
+        vector: np.ndarray,
+        k: int,
+        source: str = "embedding",
+        min_similarity: float = -1.0,
+    ) -> tuple[str, ...]:
+        """Names of the existing labels shown to the LLM for this text: by member centroid
+        (``embedding``), by BM25 over names, aliases and member texts (``fulltext``), or
+        interleaved (``both``)."""
+        if k == 0 or len(self) == 0:
+            return ()
+        ids: list[int] = []
+        if source in ("embedding", "both"):
+            ids += self.nearest_by_centroid(vector, k, min_similarity)
+        if source in ("fulltext", "both") and self.store is not None:
+            ft = [self.resolve(i) for i in self.store.fulltext_labels(text, k)]
+            ids = _interleave(ids, ft) if ids else ft
+        names = list(dict.fromkeys(self.names[i] for i in ids))
+        return tuple(names[:k])
+
+    def centroids(self, label_ids: list[int]) -> np.ndarray:
+        """Normalised member centroid per label (zeros for a label without members)."""
+        out = np.zeros((len(label_ids), self.dim), dtype=np.float32)
+        for n, label_id in enumerate(label_ids):
+            row = self._centroid_rows.get(self.resolve(label_id))
+            if row is not None:
+                v = self._centroid_sums[row]
+                out[n] = v / max(float(np.linalg.norm(v)), 1e-12)
+        return out
+
+    # -- canonicalisation (inside the caller's write transaction) ------------------------
+    def write_raw_label(
+        self, conn, raw_label: str, vector: np.ndarray | None, threshold: float
+    ) -> tuple[int, Decision]:
+        """Record where ``raw_label`` goes (a new label, a new alias, or nothing for a
+        known one) in ``conn``'s transaction; call :meth:`commit_raw_label` after commit."""
+        decision = self.decide(raw_label, vector, threshold)
+        label_id = decision.label_id
+        if label_id is None:
+            label_id = self.store.insert_label(conn, raw_label, vector)
+            self.store.insert_alias(conn, raw_label, label_id, None, vector)
+        elif not decision.known:
+            self.store.insert_alias(conn, raw_label, label_id, decision.similarity, vector)
+        return label_id, decision
+
+    def commit_raw_label(
+        self, label_id: int, decision: Decision, vector: np.ndarray | None
+    ) -> None:
+        if decision.label_id is None:
+            self.add_label(label_id, decision.raw_label, vector)
+        if not decision.known:
+            self.add_alias(decision.raw_label, label_id)
+
+    # -- updates after a commit ----------------------------------------------------------
+    def add_label(self, label_id: int, name: str, vector: np.ndarray) -> None:
+        self.names[label_id] = name
+        self._rep_rows[label_id] = vector
+        self._reps.add(np.array([label_id]), vector[None, :])
+
+    def add_alias(self, raw_label: str, label_id: int) -> None:
+        self.aliases[raw_label] = label_id
+
+    def add_members(self, item_ids, label_ids, vectors: np.ndarray) -> None:
+        """Items joined the semantic cache with these (stored) label ids."""
+        self.item_label.update(zip(np.asarray(item_ids).tolist(), np.asarray(label_ids).tolist()))
+        for label_id, vector in zip(label_ids, vectors, strict=False):
+            root = self.resolve(int(label_id))
+            row = self._centroid_rows.get(root)
+            if row is None:
+                row = self._centroid_rows[root] = len(self._centroid_ids)
+                self._centroid_ids.append(root)
+                if row >= len(self._centroid_sums):
+                    grown = np.zeros(
+                        (max(64, 2 * len(self._centroid_sums)), self.dim), dtype=np.float32
+                    )
+                    grown[:row] = self._centroid_sums[:row]
+                    self._centroid_sums = grown
+            self._centroid_sums[row] += vector
+
+    def _rebuild_reps(self) -> None:
+        self._reps = ExactIndex(self.dim)
+        roots = self.roots()
+        if roots:
+            self._reps.add(np.array(roots), np.stack([self._rep_rows[r] for r in roots]))
+
+
+def _interleave(a: list[int], b: list[int]) -> list[int]:
+    out: list[int] = []
+    for pair in zip(a, b, strict=False):
+        out.extend(pair)
+    longer = a if len(a) > len(b) else b
+    out.extend(longer[min(len(a), len(b)) :])
+    return list(dict.fromkeys(out))

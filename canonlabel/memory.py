@@ -1,0 +1,145 @@
+"""What a classifier has learned and the primitive steps the engine runs on it.
+
+:class:`Memory` holds the store, the backends, the label space and the semantic cache, and
+knows how to ask the LLM once (with validation and one re-ask). The engine works on a
+``Memory``; :class:`~canonlabel.pipeline.Classifier` adds the public API on top.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from canonlabel.canon import InvalidLabel, clean_label, label_text
+from canonlabel.config import Settings
+from canonlabel.embed import Embedder
+from canonlabel.errors import BackendError, CanonlabelError, LabelError
+from canonlabel.index import ExactIndex
+from canonlabel.labelspace import LabelSpace
+from canonlabel.llm import Labeler
+from canonlabel.store import SqliteStore, StoredItem
+from canonlabel.types import LabelRequest, Result, Usage
+
+
+@dataclass
+class Asked:
+    """What a worker brings back from the LLM for one leader."""
+
+    raw_label: str | None
+    error: CanonlabelError | None
+    usage: Usage
+    calls: int
+    seconds: float
+    outputs: list[str]
+    label_vector: np.ndarray | None = None  # embedded in the worker for an unknown raw label
+    embed_seconds: float = 0.0
+
+
+class Memory:
+    """Store, backends, label space and semantic cache of one classifier."""
+
+    def __init__(
+        self,
+        store: SqliteStore,
+        embedder: Embedder,
+        labeler: Labeler,
+        settings: Settings | None = None,
+    ) -> None:
+        self.settings = settings or Settings()
+        self.store, self.embedder, self.labeler = store, embedder, labeler
+        self.dim = embedder.dim
+        store.bind_embedder(embedder.id, self.dim)
+        store.set_meta(
+            {
+                "labeler": labeler.id,
+                "min_similarity": self.settings.min_similarity,
+                "label_similarity": self.settings.label_similarity,
+            }
+        )
+        self.reload()
+        self.counters: Counter[str] = Counter()
+
+    def reload(self) -> None:
+        """Rebuild the in-memory label space and cache from the store."""
+        cached = self.store.cached_items(self.dim)
+        self.space = LabelSpace.load(self.store, self.dim, self.embedder, cached)
+        self.cache = ExactIndex(self.dim)
+        self.cache.add(cached[0], cached[1])
+        self.consolidated_at = len(self.space.aliases)  # raw labels at the last consolidation
+        self.categories: dict[int, str] = dict(
+            self.store.conn.execute("SELECT label_id, category FROM label_categories")
+        )
+
+    def close(self) -> None:
+        self.store.close()
+
+    def result_from_stored(
+        self,
+        row: StoredItem,
+        *,
+        source=None,
+        similarity=None,
+        ext_id=None,
+        text=None,
+        truncated=None,
+        timings=None,
+    ) -> Result:
+        label_id = self.space.resolve(row.label_id)
+        return Result(
+            text=text if text is not None else row.text,
+            label=self.space.names[label_id],
+            label_id=label_id,
+            raw_label=row.raw_label,
+            source=source or row.source,
+            similarity=row.similarity if similarity is None else similarity,
+            truncated=row.truncated if truncated is None else truncated,
+            id=ext_id if ext_id is not None else row.ext_id,
+            timings=timings or {},
+        )
+
+    def candidates(self, text: str, vector: np.ndarray) -> tuple[str, ...]:
+        """The existing canonical labels shown to the LLM for this text."""
+        s = self.settings
+        return self.space.candidates(
+            text, vector, s.candidates, s.candidate_source, s.candidate_min_similarity
+        )
+
+    def ask(self, text: str, candidates: tuple[str, ...]) -> Asked:
+        """One LLM question with validation and at most one re-ask (runs in workers)."""
+        outputs: list[str] = []
+        usage, calls, start = Usage(), 0, time.perf_counter()
+        feedback = None
+        for _ in range(2):
+            try:
+                response = self.labeler.label(LabelRequest(text, candidates, feedback))
+            except BackendError as exc:
+                return Asked(None, exc, usage, calls, time.perf_counter() - start, outputs)
+            calls += 1
+            usage = usage + response.usage
+            outputs.append(response.output)
+            try:
+                raw = clean_label(response.output)
+            except InvalidLabel as exc:
+                feedback = (
+                    f"Your previous answer was rejected: {exc}. Answer with one "
+                    "snake_case label only."
+                )
+                continue
+            seconds = time.perf_counter() - start
+            vector, embed_seconds = None, 0.0
+            if raw not in self.space.aliases:
+                # Embedding the label here keeps it off the single writer thread; a race with
+                # a concurrent alias only costs one unneeded embedding.
+                t = time.perf_counter()
+                vector = self.embedder.embed([label_text(raw)])[0]
+                embed_seconds = time.perf_counter() - t
+            return Asked(raw, None, usage, calls, seconds, outputs, vector, embed_seconds)
+        error = LabelError(
+            f"no valid label after {calls} answers: {feedback}; the item is "
+            "recorded as failed (re-run with --retry-failed to ask again)",
+            outputs,
+        )
+        return Asked(None, error, usage, calls, time.perf_counter() - start, outputs)

@@ -1,0 +1,240 @@
+"""A simulated LLM that is accurate but names things inconsistently.
+
+It is the instrument for judging label-space algorithms without paying for (or waiting
+on) a real model: it knows each text's gold intent, the way a good LLM understands a text,
+and names it the way LLMs do in practice — synonyms, extra words (``_issue``,
+``_request``), dropped or reordered words — reusing a shown candidate whose words fit.
+A share of answers (``error_rate``) names a wrong intent. Everything is deterministic per
+text, so runs are reproducible and only the arrival order differs between them.
+
+It sees only what a real LLM sees: the request's text and candidates (and, for
+adjudication, the example texts in the question); the gold table plays the role of the
+model's understanding of a text, never of the label space.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
+
+from canonlabel.labelspace.adjudicate import QUESTION as ADJUDICATE
+from canonlabel.llm.base import Labeler
+from canonlabel.normalize import normalize
+from canonlabel.types import LabelRequest, LabelResponse, Usage
+
+# Interchangeable words a model picks between; a word maps to its alternatives.
+SYNONYMS: dict[str, tuple[str, ...]] = {
+    "arrival": ("delivery", "arriving"),
+    "delivery": ("shipping", "arrival"),
+    "estimate": ("eta", "timeline"),
+    "payment": ("purchase", "transaction"),
+    "transfer": ("transaction", "remittance"),
+    "transaction": ("payment", "transfer"),
+    "cancel": ("stop", "cancellation"),
+    "lost": ("missing", "misplaced"),
+    "stolen": ("theft", "stolen"),
+    "wrong": ("incorrect", "bad"),
+    "fee": ("charge", "cost"),
+    "charge": ("fee", "charged"),
+    "charged": ("billed", "charge"),
+    "limit": ("limits", "cap"),
+    "limits": ("limit", "maximum"),
+    "pending": ("waiting", "processing"),
+    "declined": ("rejected", "refused"),
+    "reverted": ("reversed", "returned"),
+    "verify": ("confirm", "validate"),
+    "identity": ("id", "identification"),
+    "change": ("update", "modify"),
+    "refund": ("reimbursement", "money_back"),
+    "balance": ("funds", "amount"),
+    "account": ("profile", "account"),
+    "activate": ("enable", "activation"),
+    "terminate": ("close", "delete"),
+    "not_working": ("broken", "failing"),
+    "working": ("functioning", "usable"),
+    "top_up": ("topup", "reload"),
+    "cash": ("money", "cash"),
+    "withdrawal": ("withdraw", "atm"),
+    "support": ("supported", "availability"),
+    "received": ("got", "given"),
+    "request": ("ask", "inquiry"),
+    "how": ("how_to", "way_to"),
+    "long": ("duration", "time"),
+    "much": ("cost", "amount"),
+    "thank": ("thanks", "gratitude"),
+    "affirm": ("confirm", "yes"),
+    "deny": ("no", "decline"),
+    "anger": ("angry", "rage"),
+    "joy": ("happy", "happiness"),
+    "sadness": ("sad", "sorrow"),
+    "optimism": ("hopeful", "positive_outlook"),
+    "negative": ("complaint", "unhappy"),
+    "positive": ("praise", "happy"),
+    "neutral": ("informational", "general"),
+}
+FILLERS = ("issue", "request", "question", "inquiry", "problem", "help", "query")
+PREFIXES = ("customer", "help_with", "question_about")
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def _rng(*parts: object) -> random.Random:
+    digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=8).digest()
+    return random.Random(int.from_bytes(digest, "little"))
+
+
+def _stem(word: str) -> str:
+    for alias, alts in SYNONYMS.items():
+        if word == alias or word in alts:
+            return min([alias, *alts])
+    return word
+
+
+def content_words(label: str) -> set[str]:
+    """A label's meaning-bearing words with synonyms folded together (for candidate fit)."""
+    words = [w for w in label.split("_") if w and w not in FILLERS]
+    return {_stem(w) for w in words} - {"customer", "with", "about", "of", "the", "to"}
+
+
+class SimulatedLLM(Labeler):
+    """An accurate-but-inconsistent LLM over a gold table ``text -> intent``.
+
+    ``inconsistency``: chance that each naming move (synonym, filler word, dropped or
+    reordered word) is applied to an answer. ``error_rate``: share of texts answered with a
+    wrong intent. ``reuse``: chance of answering a shown candidate whose content words fit.
+    Unknown texts get a stable generic label. Thread-safe (it holds no mutable state but
+    counters).
+    """
+
+    def __init__(
+        self,
+        gold: Mapping[str, str],
+        *,
+        inconsistency: float = 0.5,
+        error_rate: float = 0.0,
+        reuse: float = 0.9,
+        seed: int = 0,
+        max_chars: int = 2000,
+    ) -> None:
+        self.id = f"simulated:{inconsistency}:{error_rate}:{seed}"
+        self.max_chars = max_chars
+        self.gold = {self._key(t): g for t, g in gold.items()}
+        self.intents = sorted(set(self.gold.values()))
+        self.inconsistency, self.error_rate, self.reuse, self.seed = (
+            inconsistency,
+            error_rate,
+            reuse,
+            seed,
+        )
+        self.calls = 0
+
+    def _key(self, text: str) -> str:
+        try:
+            return normalize(text, self.max_chars)[0]
+        except Exception:
+            return text
+
+    def intent(self, text: str) -> str | None:
+        """The intent this model *understands* ``text`` to have (wrong ``error_rate`` of
+        the time), or None for a text it cannot place."""
+        truth = self.gold.get(self._key(text))
+        if truth is None:
+            return None
+        rng = _rng(self.seed, "error", text)
+        if len(self.intents) > 1 and rng.random() < self.error_rate:
+            return rng.choice([i for i in self.intents if i != truth])
+        return truth
+
+    def name(self, intent: str, salt: str) -> str:
+        """One way of naming ``intent``; which one depends on ``salt`` (the text)."""
+        rng = _rng(self.seed, "name", intent, salt)
+        words = intent.split("_")
+        p = self.inconsistency
+        words = [
+            rng.choice(SYNONYMS[w]) if w in SYNONYMS and rng.random() < p else w for w in words
+        ]
+        if len(words) >= 3 and rng.random() < p / 2:
+            words.pop(rng.randrange(len(words)))
+        if len(words) >= 2 and rng.random() < p / 2:
+            words = (
+                [*words[1:], "of", words[0]]
+                if rng.random() < 0.5
+                else [words[1], words[0], *words[2:]]
+            )
+        if rng.random() < p:
+            words.append(rng.choice(FILLERS))
+        elif rng.random() < p / 3:
+            words.insert(0, rng.choice(PREFIXES))
+        return "_".join(words[:6])[:60].strip("_")
+
+    def label_batch(self, requests: Sequence[LabelRequest]) -> list[LabelResponse]:
+        return [self._answer(r) for r in requests]
+
+    def _answer(self, request: LabelRequest) -> LabelResponse:
+        self.calls += 1
+        usage = Usage(len(request.text.split()) + 40 + 4 * len(request.candidates), 6)
+        if request.text.startswith(ADJUDICATE):
+            return LabelResponse(self._adjudicate(request.text), usage)
+        intent = self._intent_of(request.text)
+        if request.closed and request.candidates:
+            return LabelResponse(self._choose(intent, request), usage)
+        if intent is None:
+            words = [w for w in _WORD.findall(request.text.lower()) if len(w) > 3][:2]
+            return LabelResponse("_".join([*words, "message"]) or "general_message", usage)
+        wanted = content_words(intent)
+        rng = _rng(self.seed, "reuse", request.text)
+        fits = [c for c in request.candidates if _fit(content_words(c), wanted) >= 0.75]
+        if fits and rng.random() < self.reuse:
+            best = max(fits, key=lambda c: (_fit(content_words(c), wanted), c))
+            return LabelResponse(best, usage)
+        return LabelResponse(self.name(intent, request.text), usage)
+
+    def _intent_of(self, text: str) -> str | None:
+        """A single text, or several joined by `` | `` / newlines (cluster naming): the
+        most common intent among them."""
+        found = self.intent(text)
+        if found is not None:
+            return found
+        parts = [p.strip(" -•") for p in re.split(r" \| |\n", text) if p.strip(" -•")]
+        intents = Counter(i for p in parts if (i := self.intent(p)) is not None)
+        return intents.most_common(1)[0][0] if intents else None
+
+    def _choose(self, intent: str | None, request: LabelRequest) -> str:
+        wanted = content_words(intent) if intent else set()
+        ranked = sorted(request.candidates, key=lambda c: (-_fit(content_words(c), wanted), c))
+        return ", ".join(ranked[: max(1, request.max_labels)])
+
+    def _adjudicate(self, prompt: str) -> str:
+        """Answer ``same`` / ``different`` for two labels shown with example texts."""
+        blocks = prompt.split("\nLabel ")
+        if len(blocks) != 3:
+            return "different"
+        groups = []
+        for block in blocks[1:]:
+            lines = [ln.strip(" -•") for ln in block.splitlines() if ln.strip().startswith("-")]
+            intents = Counter(i for ln in lines if (i := self.intent(ln)) is not None)
+            groups.append(intents.most_common(1)[0][0] if intents else None)
+        same = groups[0] is not None and groups[0] == groups[1]
+        return "same" if same else "different"
+
+    def complete(
+        self, prompt: str, *, grammar: str | None = None, max_tokens: int = 256
+    ) -> LabelResponse:
+        """Taxonomy proposals: one ``name: description`` line per intent among the
+        prompt's texts, most frequent first."""
+        self.calls += 1
+        lines = [ln.strip(" -•") for ln in prompt.splitlines()]
+        intents = Counter(i for ln in lines if (i := self.intent(ln)) is not None)
+        out = "".join(
+            f"{self.name(i, 'taxonomy')}: messages about {i.replace('_', ' ')}\n"
+            for i, _ in intents.most_common(12)
+        )
+        return LabelResponse(out, Usage(len(prompt.split()), len(out.split())))
+
+
+def _fit(have: set[str], wanted: set[str]) -> float:
+    if not have or not wanted:
+        return 0.0
+    return len(have & wanted) / len(have | wanted)
