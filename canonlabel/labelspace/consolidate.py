@@ -211,7 +211,10 @@ def _plan_names(space: LabelSpace, result: Plan, ev: Evidence, groups) -> None:
     Names that start with a negation (``no_``) are a small model's habit, not a topic:
     they are chosen only when nothing else is available."""
     targets = {t for t in result.targets if t is not None}
-    used = {n for i, n in space.names.items() if i not in targets or i in space.pinned}
+    # Labels that will not be roots (merged before or now) give their names up, so the
+    # chosen names do not depend on which variant happened to found a label.
+    away = set(space.parent) | {old for old, _ in result.merges}
+    used = {n for i, n in space.names.items() if (i not in targets and i not in away) or i in space.pinned}
     for g, rows in enumerate(groups):
         target = result.targets[g]
         if target is not None and target in space.pinned:
@@ -233,6 +236,11 @@ def _plan_names(space: LabelSpace, result: Plan, ev: Evidence, groups) -> None:
         result.names.append(name)
         if target is not None and space.names[target] != name:
             result.renames.append((target, space.names[target], name))
+    chosen = set(result.names)
+    for label_id in sorted(away):
+        if space.names[label_id] in chosen:  # "~" never appears in a label name
+            old = space.names[label_id]
+            result.renames.append((label_id, old, f"{old[:50]}~{label_id}"))
 
 
 def _free(base: str, used: set[str]) -> str:

@@ -1,0 +1,173 @@
+"""Consolidation: order-invariant regrouping of raw labels, stable ids, undo, hand curation
+respected; and the simulated inconsistent LLM it is measured with."""
+
+from __future__ import annotations
+
+import json
+import random
+
+from canonlabel import Classifier, Settings
+from canonlabel.testing import HashEmbedder, SimulatedLLM
+from canonlabel.types import LabelRequest
+from tests.conftest import run_cli
+
+INTENTS = {
+    "card_arrival": "card arrive arrived delivery post mail waiting",
+    "exchange_rate": "exchange rate euro dollar currency convert",
+    "lost_or_stolen_card": "lost stolen card missing theft wallet",
+    "top_up_failed": "top up failed topup reload declined app",
+}
+FILLER = "please help today now again still really quite just so very urgent".split()
+
+
+def corpus(n_per_intent: int = 12, seed: int = 0) -> dict[str, str]:
+    """Synthetic texts with a gold intent each: intent words plus filler."""
+    rng = random.Random(seed)
+    out = {}
+    for intent, words in INTENTS.items():
+        vocab = words.split()
+        for i in range(n_per_intent):
+            picked = rng.sample(vocab, 4) + rng.sample(FILLER, 2) + [f"ref{intent[:3]}{i}"]
+            out[" ".join(picked)] = intent
+    return out
+
+
+def build(tmp_path, name: str, order: list[str], gold, **overrides) -> Classifier:
+    settings = Settings(db=tmp_path / f"{name}.db").model_copy(
+        update={"min_similarity": 0.99, "candidates": 0, "consolidate_every": 0} | overrides
+    )
+    llm = SimulatedLLM(gold, inconsistency=0.7)
+    clf = Classifier.open(settings=settings, embedder=HashEmbedder(), labeler=llm)
+    for text in order:
+        clf.classify(text, id=text)
+    return clf
+
+
+def final_labels(clf: Classifier) -> dict[str, str]:
+    rows = clf.store.conn.execute("SELECT ext_id, label_id FROM items")
+    return {ext: clf.space.name(label_id) for ext, label_id in rows}
+
+
+def test_simulated_llm_is_deterministic_and_inconsistent():
+    gold = corpus()
+    llm = SimulatedLLM(gold, inconsistency=0.7)
+    texts = list(gold)
+    first = [llm.label(LabelRequest(t)).output for t in texts]
+    assert first == [llm.label(LabelRequest(t)).output for t in texts]
+    per_intent = {i: {o for t, o in zip(texts, first) if gold[t] == i} for i in INTENTS}
+    assert all(len(names) > 1 for names in per_intent.values())  # inconsistent naming
+    wrong = SimulatedLLM(gold, error_rate=0.5, seed=3)
+    share = sum(wrong.intent(t) != gold[t] for t in texts) / len(texts)
+    assert 0.3 < share < 0.7
+
+
+def test_simulated_llm_reuses_fitting_candidates_and_answers_closed_questions():
+    text = next(t for t, i in corpus().items() if i == "card_arrival")
+    llm = SimulatedLLM({text: "card_arrival"}, reuse=1.0)
+    assert llm.label(LabelRequest(text, ("exchange_rate", "card_delivery"))).output == (
+        "card_delivery"  # delivery is a synonym of arrival: the words fit
+    )
+    closed = LabelRequest(text, ("exchange_rate", "arrival_of_card"), closed=True)
+    assert llm.label(closed).output == "arrival_of_card"
+
+
+def test_final_labels_do_not_depend_on_arrival_order(tmp_path):
+    gold = corpus()
+    texts = sorted(gold)
+    shuffled = texts[:]
+    random.Random(7).shuffle(shuffled)
+    strict = {"consolidate_threshold": 0.4}  # the hash embedder's similarities run low
+    a = build(tmp_path, "a", texts, gold, **strict)
+    b = build(tmp_path, "b", shuffled, gold, **strict)
+    before_a, before_b = final_labels(a), final_labels(b)
+    a.consolidate()
+    b.consolidate()
+    after_a, after_b = final_labels(a), final_labels(b)
+    assert after_a == after_b  # the same partition and the same names
+    assert len(set(after_a.values())) < len(set(before_a.values()))  # variants collapsed
+    # every consolidated label is pure: one gold intent
+    for name in set(after_a.values()):
+        assert len({gold[t] for t, n in after_a.items() if n == name}) == 1
+    assert before_a != before_b or len(set(before_a.values())) > len(INTENTS)
+
+
+def test_consolidation_keeps_ids_and_undo_restores_exactly(tmp_path):
+    gold = corpus()
+    clf = build(tmp_path, "u", sorted(gold), gold, consolidate_threshold=0.4)
+    labels_before = {(lab.id, lab.name, lab.count) for lab in clf.labels()}
+    items_before = final_labels(clf)
+    aliases_before = dict(clf.space.aliases)
+    report = clf.consolidate()
+    assert report["moved_raw_labels"] + report["merged_labels"] > 0
+    largest = max(labels_before, key=lambda x: (x[2], -x[0]))[0]
+    assert clf.space.resolve(largest) == largest  # matched by overlap: its id stays
+    assert all(clf.space.resolve(i) in clf.space.names for i, _, _ in labels_before)
+    assert clf.classify("card arrive mail waiting please", id="new").label in {
+        lab.name for lab in clf.labels()
+    }
+    clf.undo()
+    items = final_labels(clf)
+    assert {k: items[k] for k in items_before} == items_before
+    new_item = 1  # the text classified after the consolidation
+    restored = {(lab.id, lab.name) for lab in clf.labels()}
+    assert {(i, n) for i, n, c in labels_before} <= restored
+    assert sum(lab.count for lab in clf.labels()) == len(items_before) + new_item
+    assert {r: clf.space.resolve(i) for r, i in clf.space.aliases.items() if r in aliases_before} == {
+        r: clf.space.resolve(i) for r, i in aliases_before.items()
+    }
+
+
+def test_consolidation_respects_hand_curation(tmp_path):
+    gold = corpus()
+    clf = build(tmp_path, "h", sorted(gold), gold, consolidate_threshold=0.4)
+    clf.consolidate()
+    # a second pass has nothing left to do: consolidation is idempotent
+    again = clf.consolidate(dry_run=True)
+    assert again["moved_raw_labels"] == again["merged_labels"] == again["renamed_labels"] == 0
+    target = next(lab for lab in clf.labels() if "arriv" in lab.name or "deliver" in lab.name)
+    clf.rename(target.id, "where_is_my_card")
+    for _ in range(2):
+        clf.consolidate()
+        assert clf.space.name(target.id) == "where_is_my_card"
+        assert clf.space.resolve(target.id) == target.id
+
+
+def test_periodic_consolidation_runs_in_the_stream(tmp_path):
+    gold = corpus(20)
+    clf = build(tmp_path, "p", sorted(gold), gold, consolidate_every=5, consolidate_growth=0.0)
+    assert clf.counters["consolidations"] >= 2
+    pure = final_labels(clf)
+    assert len(set(pure.values())) <= len(set(clf.space.aliases))
+
+
+def test_adjudication_is_budgeted_counted_and_cached(tmp_path):
+    gold = corpus()
+    clf = build(tmp_path, "j", sorted(gold), gold, consolidate_threshold=0.95)
+    calls = clf.labeler.calls
+    first = clf.consolidate()  # a strict threshold leaves many borderline pairs
+    s = clf.settings.model_copy(update={"adjudication_budget": 3})
+    clf.settings = s
+    report = clf.consolidate()
+    assert 0 < report["adjudication_calls"] <= 3
+    assert clf.labeler.calls == calls + report["adjudication_calls"]
+    assert first["adjudication_calls"] == 0
+    stored = clf.store.count("SELECT count(*) FROM adjudications")
+    assert stored == report["adjudication_calls"]
+
+
+def test_consolidate_cli_dry_run_then_undo(tmp_path):
+    gold = corpus()
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"id": str(i), "text": t}) + "\n" for i, t in enumerate(gold)))
+    db = str(tmp_path / "c.db")
+    common = ["--db", db, "--embedder", "hash"]
+    r = run_cli("classify", str(src), "--llm", "fake", "-o", str(tmp_path / "o.jsonl"), *common)
+    assert r.returncode == 0, r.stderr
+    r = run_cli("consolidate", "--dry-run", *common)
+    assert r.returncode == 0 and json.loads(r.stdout)["dry_run"] is True
+    r = run_cli("consolidate", *common)
+    assert r.returncode == 0, r.stderr
+    r = run_cli("undo", *common)
+    assert r.returncode == 0 and json.loads(r.stdout)["kind"] == "undo", r.stderr
+    out = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert all(row["label"] for row in out)
