@@ -17,7 +17,20 @@ INTENTS = {
     "lost_or_stolen_card": "lost stolen card missing theft wallet",
     "top_up_failed": "top up failed topup reload declined app",
 }
-FILLER = "please help today now again still really quite just so very urgent".split()
+FILLER = [
+    "please",
+    "help",
+    "today",
+    "now",
+    "again",
+    "still",
+    "really",
+    "quite",
+    "just",
+    "so",
+    "very",
+    "urgent",
+]
 
 
 def corpus(n_per_intent: int = 12, seed: int = 0) -> dict[str, str]:
@@ -112,9 +125,9 @@ def test_consolidation_keeps_ids_and_undo_restores_exactly(tmp_path):
     restored = {(lab.id, lab.name) for lab in clf.labels()}
     assert {(i, n) for i, n, c in labels_before} <= restored
     assert sum(lab.count for lab in clf.labels()) == len(items_before) + new_item
-    assert {r: clf.space.resolve(i) for r, i in clf.space.aliases.items() if r in aliases_before} == {
-        r: clf.space.resolve(i) for r, i in aliases_before.items()
-    }
+    assert {
+        r: clf.space.resolve(i) for r, i in clf.space.aliases.items() if r in aliases_before
+    } == {r: clf.space.resolve(i) for r, i in aliases_before.items()}
 
 
 def test_consolidation_respects_hand_curation(tmp_path):
@@ -158,7 +171,9 @@ def test_adjudication_is_budgeted_counted_and_cached(tmp_path):
 def test_consolidate_cli_dry_run_then_undo(tmp_path):
     gold = corpus()
     src = tmp_path / "in.jsonl"
-    src.write_text("".join(json.dumps({"id": str(i), "text": t}) + "\n" for i, t in enumerate(gold)))
+    src.write_text(
+        "".join(json.dumps({"id": str(i), "text": t}) + "\n" for i, t in enumerate(gold))
+    )
     db = str(tmp_path / "c.db")
     common = ["--db", db, "--embedder", "hash"]
     r = run_cli("classify", str(src), "--llm", "fake", "-o", str(tmp_path / "o.jsonl"), *common)

@@ -214,7 +214,11 @@ def _plan_names(space: LabelSpace, result: Plan, ev: Evidence, groups) -> None:
     # Labels that will not be roots (merged before or now) give their names up, so the
     # chosen names do not depend on which variant happened to found a label.
     away = set(space.parent) | {old for old, _ in result.merges}
-    used = {n for i, n in space.names.items() if (i not in targets and i not in away) or i in space.pinned}
+    used = {
+        n
+        for i, n in space.names.items()
+        if (i not in targets and i not in away) or i in space.pinned
+    }
     for g, rows in enumerate(groups):
         target = result.targets[g]
         if target is not None and target in space.pinned:

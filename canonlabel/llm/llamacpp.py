@@ -178,6 +178,9 @@ class LlamaCppLabeler(Labeler):
                 )
                 prompt = completion_prompt(request)
             try:
+                # Reusing the previous prompt's KV cache splits the evaluation differently
+                # and can flip a near-tie: the same prompt must give the same label.
+                llm.reset()
                 out = llm.create_completion(
                     prompt,
                     max_tokens=self.max_tokens,
