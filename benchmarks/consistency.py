@@ -59,7 +59,7 @@ def run_canonlabel(data: EvalData, order, labeler, settings: Settings) -> tuple[
             clf.classify_many([data.texts[i]], [str(i)])
         if hasattr(clf, "consolidate"):  # (absent before consolidation existed)
             clf.consolidate()  # what the end of a `classify` job does
-        calls = clf.counters["llm_calls"] + clf.counters["adjudication_calls"]
+        calls = clf.counters["llm_calls"]  # adjudication questions included
         final = {
             int(ext): clf.space.name(label_id)
             for ext, label_id in clf.store.conn.execute("SELECT ext_id, label_id FROM items")

@@ -78,7 +78,6 @@ class Engine:
         self._leader_vecs = np.zeros((0, clf.dim), dtype=np.float32)
         self._callback: dict[Item, Callback] = {}
         self.pool: ThreadPoolExecutor | None = None
-        self.consolidations: list[dict] = []
 
     @property
     def busy(self) -> int:
@@ -113,8 +112,8 @@ class Engine:
         done, _ = wait(list(self.futures), timeout=timeout, return_when=FIRST_COMPLETED)
         for future in done:
             self._finish(self.futures.pop(future), future.result())
-        if self.consolidation_due:
-            self.consolidate()
+        if self.consolidation_due:  # on the engine's thread: the single writer
+            self.clf.consolidate()
         self._dispatch()
 
     # -- consolidation --------------------------------------------------------------------
@@ -126,16 +125,6 @@ class Engine:
         s, last = self.settings, self.clf.consolidated_at
         due = max(s.consolidate_every, int(s.consolidate_growth * last))
         return s.consolidate_every > 0 and len(self.clf.space.aliases) - last >= due
-
-    def consolidate(self) -> dict:
-        """Regroup the label space now (on the engine's thread: the single writer). LLM
-        calls in flight are unaffected: their raw labels are canonicalised when they land."""
-        report = self.clf.consolidate()
-        self.consolidations.append(report)
-        self.clf.counters["consolidations"] += 1
-        self.clf.counters["llm_calls"] += report["adjudication_calls"]
-        self.clf.counters["adjudication_calls"] += report["adjudication_calls"]
-        return report
 
     def _normalise(self, texts, ids, tokens, on_done) -> list[Item]:
         items = []

@@ -151,7 +151,7 @@ def run_canonlabel(data: EvalData, order, labeler: Labeler, settings: Settings) 
             "WHERE a.source IN ('cache', 'exact')"
         ).fetchall()
         run.matches = [(int(a), int(b)) for a, b in rows]
-        run.llm_calls = clf.counters["llm_calls"] + clf.counters["adjudication_calls"]
+        run.llm_calls = clf.counters["llm_calls"]  # adjudication questions included
         run.tokens = clf.counters["prompt_tokens"] + clf.counters["completion_tokens"]
         clf.close()
     return run

@@ -18,7 +18,7 @@ from canonlabel.config import Settings
 from canonlabel.embed import Embedder
 from canonlabel.errors import BackendError, CanonlabelError, LabelError
 from canonlabel.index import ExactIndex
-from canonlabel.labelspace import LabelSpace
+from canonlabel.labelspace import LabelSpace, consolidate
 from canonlabel.llm import Labeler
 from canonlabel.store import SqliteStore, StoredItem
 from canonlabel.types import LabelRequest, Result, Usage
@@ -75,6 +75,26 @@ class Memory:
 
     def close(self) -> None:
         self.store.close()
+
+    def consolidate(self, *, dry_run: bool = False) -> dict:
+        """Regroup every raw label, order-invariantly (see labelspace.consolidate); counts
+        its adjudication questions as LLM calls."""
+        s = self.settings
+        known = len(self.space.aliases)
+        report = consolidate(
+            self.space,
+            name_weight=s.consolidate_name_weight,
+            threshold=s.consolidate_threshold,
+            labeler=self.labeler,
+            adjudication_budget=s.adjudication_budget,
+            dry_run=dry_run,
+        )
+        if not dry_run:
+            self.consolidated_at = known
+            self.counters["consolidations"] += 1
+        self.counters["llm_calls"] += report["adjudication_calls"]
+        self.counters["adjudication_calls"] += report["adjudication_calls"]
+        return report
 
     def result_from_stored(
         self,

@@ -44,22 +44,6 @@ class Classifier(Memory):
         """Undo the most recent merge or consolidation."""
         return labelspace.undo(self.space)
 
-    def consolidate(self, *, dry_run: bool = False) -> dict:
-        """Regroup every raw label, order-invariantly (see labelspace.consolidate)."""
-        s = self.settings
-        known = len(self.space.aliases)
-        report = labelspace.consolidate(
-            self.space,
-            name_weight=s.consolidate_name_weight,
-            threshold=s.consolidate_threshold,
-            labeler=self.labeler,
-            adjudication_budget=s.adjudication_budget,
-            dry_run=dry_run,
-        )
-        if not dry_run:
-            self.consolidated_at = known
-        return report
-
     @classmethod
     def open(
         cls,

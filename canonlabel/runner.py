@@ -88,10 +88,7 @@ def run_classify(
                 )
             if clf.settings.consolidate_every > 0:
                 with console.status("consolidating labels..."):
-                    report = clf.consolidate()
-                clf.counters["consolidations"] += 1
-                clf.counters["llm_calls"] += report["adjudication_calls"]
-                clf.counters["adjudication_calls"] += report["adjudication_calls"]
+                    clf.consolidate()
             if output and clf.counters["consolidations"]:
                 sink.close()
                 relabel_output(output, clf)
