@@ -47,6 +47,15 @@ def _settings(config: Path | None = None, **overrides) -> Settings:
     return load_settings(config, **overrides)
 
 
+def _writable(path: Path | None) -> Path | None:
+    from canonlabel.io import check_output
+
+    try:
+        return check_output(path)
+    except CanonlabelError as exc:  # one line, before any model or store is loaded
+        raise _fail(exc) from None
+
+
 def _fail(exc: Exception) -> typer.Exit:
     from rich.markup import escape
 
@@ -58,7 +67,8 @@ def _fail(exc: Exception) -> typer.Exit:
 def classify(
     input: Annotated[str, typer.Argument(help=".jsonl, .csv, .tsv, .txt file, or - for stdin")],
     output: Annotated[
-        Path | None, typer.Option("-o", "--output", help="JSONL output (default: stdout)")
+        Path | None,
+        typer.Option("-o", "--output", help="JSONL output (default: stdout)", callback=_writable),
     ] = None,
     db: DbOpt = None,
     text_field: Annotated[str, typer.Option(help="field holding the text")] = "text",
@@ -90,7 +100,16 @@ def classify(
         bool | None,
         typer.Option("--retry-failed", help="ask again for items whose LLM answers were invalid"),
     ] = None,
-    summary_json: Annotated[Path | None, typer.Option(help="write the summary here")] = None,
+    summary_json: Annotated[
+        Path | None, typer.Option(help="write the summary here", callback=_writable)
+    ] = None,
+    wait: Annotated[
+        float | None,
+        typer.Option(
+            help="seconds to queue behind another job writing the store [CANONLABEL_LOCK_WAIT]",
+            min=0,
+        ),
+    ] = None,
     config: ConfigOpt = None,
     categories: Annotated[
         Path | None,
@@ -136,6 +155,7 @@ def classify(
             concurrency=concurrency,
             store_hits=store_hits,
             retry_failed=retry_failed,
+            lock_wait=wait,
         )
         if categories is not None:
             summary = run_categories(
@@ -172,7 +192,9 @@ def classify(
         raise typer.Exit(130)
 
 
-def _open(db, llm=None, embedder=None, *, need_llm: bool = False, **overrides):
+def _open(
+    db, llm=None, embedder=None, *, need_llm: bool = False, read_only: bool = False, **overrides
+):
     from canonlabel.pipeline import Classifier
 
     settings = _settings(db=db, llm=llm, embedder=embedder, **overrides)
@@ -180,7 +202,8 @@ def _open(db, llm=None, embedder=None, *, need_llm: bool = False, **overrides):
         raise CanonlabelError(
             f"store {settings.db} does not exist; run canonlabel classify first or pass --db"
         )
-    return Classifier.open(settings=settings, labeler=None if need_llm else _NoLabeler())
+    labeler = None if need_llm else _NoLabeler()
+    return Classifier.open(settings=settings, labeler=labeler, read_only=read_only)
 
 
 class _NoLabeler:
@@ -201,7 +224,7 @@ def labels(
 ) -> None:
     """List canonical labels with id, item count and aliases (raw labels)."""
     try:
-        with _open(db, embedder=embedder) as clf:
+        with _open(db, embedder=embedder, read_only=True) as clf:
             rows = clf.labels()
     except CanonlabelError as exc:
         raise _fail(exc) from None
@@ -244,7 +267,7 @@ def labels(
 def stats(db: DbOpt = None, embedder: EmbOpt = None, as_json: JsonOpt = False) -> None:
     """Totals of a store: items, hits, LLM items, labels, raw labels, merges."""
     try:
-        with _open(db, embedder=embedder) as clf:
+        with _open(db, embedder=embedder, read_only=True) as clf:
             data = clf.stats()
     except CanonlabelError as exc:
         raise _fail(exc) from None
@@ -496,7 +519,7 @@ def consolidate(
 @app.command()
 def cluster(
     input: Annotated[str, typer.Argument(help=".jsonl, .csv, .tsv, .txt file, or - for stdin")],
-    output: Annotated[Path | None, typer.Option("-o", "--output")] = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", callback=_writable)] = None,
     method: Annotated[str, typer.Option(help="hdbscan | kmeans | agglomerative")] = "hdbscan",
     k: Annotated[int | None, typer.Option(help="clusters (kmeans, agglomerative)")] = None,
     min_cluster_size: Annotated[int, typer.Option(help="hdbscan minimum cluster size")] = 5,
@@ -601,6 +624,7 @@ def categories_define(file: Path, db: DbOpt = None, embedder: EmbOpt = None) -> 
         settings = _settings(db=db, embedder=embedder)
         emb = make_embedder(settings.embedder, settings)
         store = SqliteStore(settings.db)
+        store.lock_writer(settings.lock_wait)
         store.bind_embedder(emb.id, emb.dim)
         out = cat.define(store, emb, cat.load_categories(file))
         store.close()
@@ -733,7 +757,7 @@ def train(
 def predict(
     model_dir: Annotated[Path, typer.Argument(help="directory written by `train`")],
     input: Annotated[str, typer.Argument(help=".jsonl, .csv, .tsv, .txt or -")],
-    output: Annotated[Path | None, typer.Option("-o", "--output")] = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", callback=_writable)] = None,
     text_field: Annotated[str, typer.Option()] = "text",
     id_field: Annotated[str, typer.Option()] = "id",
     embedder: EmbOpt = None,
@@ -803,9 +827,9 @@ def _texts(input: str, text_field: str, limit: int | None) -> list[str]:
 @taxonomy_app.command("discover")
 def taxonomy_discover(
     input: Annotated[str | None, typer.Argument(help="texts to learn from")] = None,
-    output: Annotated[Path, typer.Option("-o", "--output", help="taxonomy .yaml or .json")] = Path(
-        "taxonomy.yaml"
-    ),
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="taxonomy .yaml or .json", callback=_writable)
+    ] = Path("taxonomy.yaml"),
     n_labels: Annotated[int, typer.Option(help="at most this many labels", min=2)] = 20,
     sample: Annotated[int, typer.Option(help="texts shown to the LLM, stratified")] = 200,
     batch: Annotated[int, typer.Option(help="texts per LLM call")] = 20,
@@ -826,7 +850,7 @@ def taxonomy_discover(
     try:
         settings = _settings(config, llm=llm, embedder=embedder)
         if from_db is not None:
-            with _open(from_db, embedder=embedder) as clf:
+            with _open(from_db, embedder=embedder, read_only=True) as clf:
                 entries = tx.from_store(clf, n_labels)
         else:
             if input is None:
@@ -851,7 +875,7 @@ def taxonomy_discover(
 def annotate(
     input: Annotated[str, typer.Argument(help=".jsonl, .csv, .tsv, .txt or -")],
     taxonomy: Annotated[Path, typer.Option(help="taxonomy file (name, description)")],
-    output: Annotated[Path | None, typer.Option("-o", "--output")] = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", callback=_writable)] = None,
     max_labels: Annotated[int, typer.Option(help="labels per text, at most", min=1)] = 3,
     db: DbOpt = None,
     text_field: Annotated[str, typer.Option()] = "text",

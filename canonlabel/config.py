@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     consolidate_name_weight: float = Field(
         0.6, ge=0, le=1, description="weight of name similarity against member similarity"
     )
+    lock_wait: float = Field(
+        0.0, ge=0, description="seconds to wait for another process writing the store"
+    )
     cache_dir: Path = Field(default_factory=default_cache_dir)
     # service
     api_token: str | None = Field(None, description="bearer token required by the service")

@@ -153,7 +153,9 @@ class Engine:
         """Resolve resumed and exact-duplicate items from the store; return the rest."""
         store, clf = self.clf.store, self.clf
         start = time.perf_counter()
-        by_id = store.items_by_ext_id([it.ext_id for it in items if it.ext_id])
+        by_id, known_ids = store.items_by_identity(
+            [(it.ext_id, it.key) for it in items if it.ext_id]
+        )
         by_key = store.items_by_text_key([it.key for it in items])
         paid = {} if self.settings.retry_failed else store.paid_failures([i.key for i in items])
         elapsed = (time.perf_counter() - start) / max(1, len(items))
@@ -161,10 +163,13 @@ class Engine:
         batch_first: dict[str, Item] = {}
         for it in items:
             it.timings["search"] = elapsed
-            row = by_id.get(it.ext_id) if it.ext_id else None
+            row = by_id.get((it.ext_id, it.key)) if it.ext_id else None
             if row is not None:
                 self._resolve(it, clf.result_from_stored(row, timings=it.timings), "resumed")
-            elif (row := by_key.get(it.key)) is not None:
+                continue
+            if it.ext_id in known_ids:  # another text under a known id: a new item
+                clf.counters["reused_ids"] += 1
+            if (row := by_key.get(it.key)) is not None:
                 hits.append(self._hit(it, row.label_id, row.raw_label, "exact", 1.0, row.id))
             elif it.key in paid:
                 self._fail(it, LabelError(paid[it.key], []))
@@ -365,7 +370,12 @@ class Engine:
         if not hits:
             return
         ids = self.clf.store.insert_items(conn, [row for _, _, row in hits])
-        cached = [(i, row) for i, (_, _, row) in zip(ids, hits) if row.get("cached")]
+        # a repeated (id, text) gets the first row's id: add each item to the cache once
+        known, seen, cached = self.clf.space.item_label, set(), []
+        for i, (_, _, row) in zip(ids, hits):
+            if row.get("cached") and i not in known and i not in seen:
+                seen.add(i)
+                cached.append((i, row))
         if cached:
             self._add_to_cache(
                 [i for i, _ in cached],

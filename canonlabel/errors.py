@@ -8,7 +8,8 @@ Every error derives from :class:`CanonlabelError`; its message says what to do n
     ├── InputError               unreadable or malformed input
     │   └── EmptyTextError       text is empty after normalisation
     ├── StoreError               the SQLite store cannot be used
-    │   └── IncompatibleStoreError  store built with another embedder
+    │   ├── IncompatibleStoreError  store built with another embedder
+    │   └── StoreBusyError       another process is writing the store
     ├── BackendError             an embedder or LLM failed (``retryable`` says if trying again may help)
     └── LabelError               the LLM gave no valid label after re-asking (carries outputs)
 """
@@ -54,6 +55,10 @@ class StoreError(CanonlabelError):
 
 class IncompatibleStoreError(StoreError):
     """The store was built with an embedder whose vectors cannot be compared with this one."""
+
+
+class StoreBusyError(StoreError):
+    """Another process holds the store's writer lock."""
 
 
 class BackendError(CanonlabelError):

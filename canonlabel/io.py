@@ -28,6 +28,23 @@ class Record:
     extra: dict | None = None
 
 
+def check_output(path: Path | None) -> Path | None:
+    """Fail before any work when ``path`` cannot be written (no directory, a directory)."""
+    if path is None or str(path) == "-":
+        return path
+    if path.is_dir():
+        raise InputError(f"output {path} is a directory; pass a file path to -o")
+    if not path.parent.is_dir():
+        raise InputError(
+            f"output directory {path.parent} does not exist; create it or pass another -o"
+        )
+    import os
+
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise InputError(f"output {path} is not writable; pass another -o")
+    return path
+
+
 def detect_format(path: str) -> str:
     suffix = Path(path).suffix.lower()
     if path == "-" or suffix in (".jsonl", ".ndjson", ".json"):

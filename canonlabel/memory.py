@@ -47,20 +47,34 @@ class Memory:
         embedder: Embedder,
         labeler: Labeler,
         settings: Settings | None = None,
+        *,
+        read_only: bool = False,
     ) -> None:
         self.settings = settings or Settings()
         self.store, self.embedder, self.labeler = store, embedder, labeler
         self.dim = embedder.dim
-        store.bind_embedder(embedder.id, self.dim)
-        store.set_meta(
-            {
-                "labeler": labeler.id,
-                "min_similarity": self.settings.min_similarity,
-                "label_similarity": self.settings.label_similarity,
-            }
-        )
-        self.reload()
+        self.read_only = read_only
+        try:
+            self._bind()
+            self.reload()
+        except BaseException:
+            store.close()  # a Memory owns its store: release the writer lock at once
+            raise
         self.counters: Counter[str] = Counter()
+
+    def _bind(self) -> None:
+        store = self.store
+        if not self.read_only:  # before loading state, so a queued writer sees the first's work
+            store.lock_writer(self.settings.lock_wait)
+        store.bind_embedder(self.embedder.id, self.dim, write=not self.read_only)
+        if not self.read_only:
+            store.set_meta(
+                {
+                    "labeler": self.labeler.id,
+                    "min_similarity": self.settings.min_similarity,
+                    "label_similarity": self.settings.label_similarity,
+                }
+            )
 
     def reload(self) -> None:
         """Rebuild the in-memory label space and cache from the store."""

@@ -52,9 +52,14 @@ class Classifier(Memory):
         settings: Settings | None = None,
         embedder: Embedder | None = None,
         labeler: Labeler | None = None,
+        read_only: bool = False,
         **overrides,
     ) -> Classifier:
-        """Open (or create) a store and build backends from settings and overrides."""
+        """Open (or create) a store and build backends from settings and overrides.
+
+        A writing classifier holds the store's writer lock until :meth:`close`
+        (another writer is refused with :class:`~canonlabel.errors.StoreBusyError`, or
+        waits ``settings.lock_wait`` seconds); ``read_only`` ones only read."""
         settings = settings or Settings()
         if db is not None:
             overrides["db"] = Path(db)
@@ -62,7 +67,7 @@ class Classifier(Memory):
             settings = settings.model_copy(update=overrides)
         embedder = embedder or make_embedder(settings.embedder, settings)
         labeler = labeler or make_labeler(settings.llm, settings)
-        return cls(SqliteStore(settings.db), embedder, labeler, settings)
+        return cls(SqliteStore(settings.db), embedder, labeler, settings, read_only=read_only)
 
     def __enter__(self) -> Classifier:
         return self

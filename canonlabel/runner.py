@@ -20,7 +20,7 @@ from rich.progress import (
 )
 
 from canonlabel.config import Settings
-from canonlabel.io import count_lines, read_records, usable_text
+from canonlabel.io import check_output, count_lines, read_records, usable_text
 from canonlabel.types import Result
 
 CHUNK = 256
@@ -46,6 +46,7 @@ def run_classify(
     from canonlabel.pipeline import Classifier
 
     console = console or Console(stderr=True)
+    check_output(output)
     records = read_records(input, text_field=text_field, id_field=id_field)
     if limit:
         records = islice(records, limit)
@@ -99,6 +100,12 @@ def run_classify(
         if output:
             sink.close()
     _print_summary(console, summary)
+    if summary["reused_ids"]:
+        console.print(
+            f"[yellow]warning:[/] {summary['reused_ids']} ids were already stored with "
+            "another text; each was labelled as a new item (ids name texts only together "
+            "with the text, see README: identity rules)"
+        )
     return summary
 
 
@@ -213,6 +220,7 @@ def _summary(clf, seconds: float) -> dict:
         "exact_hits": c["exact_hits"],
         "cache_hits": c["cache_hits"],
         "resumed": c["resumed"],
+        "reused_ids": c["reused_ids"],
         "llm_calls": c["llm_calls"],
         "llm_items": c["llm_items"],
         "failed": c["failed"],
@@ -261,11 +269,13 @@ def run_categories(
     from canonlabel.store import SqliteStore
 
     console = console or Console(stderr=True)
+    check_output(output)
     records = read_records(input, text_field=text_field, id_field=id_field)
     if limit:
         records = islice(records, limit)
     embedder = make_embedder(settings.embedder, settings)
     store = SqliteStore(settings.db)
+    store.lock_writer(settings.lock_wait)
     store.bind_embedder(embedder.id, embedder.dim)
     defined = cat.define(store, embedder, cat.load_categories(categories_file))
     index = cat.load_index(store, embedder.dim)

@@ -85,7 +85,10 @@ def create_app(settings: Settings | None = None, *, classifier=None) -> FastAPI:
         version=_version(),
         lifespan=lifespan,
         description="Consistent open-set labels for streams of short texts.",
+        docs_url=None,  # served below from packaged assets: the default page needs a CDN
+        redoc_url=None,
     )
+    _mount_docs(app)
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next):
@@ -231,3 +234,24 @@ def _version() -> str:
     from canonlabel import __version__
 
     return __version__
+
+
+def _mount_docs(app: FastAPI) -> None:
+    """``/docs`` with Swagger UI shipped in the package, so it works offline."""
+    from pathlib import Path
+
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+
+    assets = Path(__file__).parent / "static" / "swagger"
+    app.mount("/static/swagger", StaticFiles(directory=assets), name="swagger")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs():
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url,
+            title=f"{app.title} API",
+            swagger_js_url="/static/swagger/swagger-ui-bundle.js",
+            swagger_css_url="/static/swagger/swagger-ui.css",
+            swagger_favicon_url="/static/swagger/favicon-32x32.png",
+        )

@@ -7,8 +7,10 @@ SIGKILL, so a resumed job never pays for it again. Writes use ``BEGIN IMMEDIATE`
 from __future__ import annotations
 
 import json
+import os
 import re
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -18,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from canonlabel.errors import IncompatibleStoreError, StoreError
+from canonlabel.errors import IncompatibleStoreError, StoreBusyError, StoreError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE labels (
@@ -102,6 +104,34 @@ ALTER TABLE merges ADD COLUMN detail TEXT;                         -- JSON: how 
 CREATE INDEX items_raw_label ON items(raw_label);
 CREATE TABLE adjudications (pair TEXT PRIMARY KEY, same INTEGER NOT NULL, created_at REAL NOT NULL);
 """,
+    # An item is its id *and* its text: a reused id with another text is another item.
+    """
+CREATE TABLE items_v5 AS SELECT * FROM items;
+DROP TABLE items;
+CREATE TABLE items (
+    id INTEGER PRIMARY KEY,
+    ext_id TEXT,
+    text TEXT NOT NULL,
+    text_key TEXT NOT NULL,
+    truncated INTEGER NOT NULL DEFAULT 0,
+    label_id INTEGER NOT NULL REFERENCES labels(id),
+    raw_label TEXT,
+    source TEXT NOT NULL,
+    similarity REAL,
+    matched_item INTEGER,
+    vector BLOB,
+    cached INTEGER NOT NULL DEFAULT 0,
+    prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL
+);
+INSERT INTO items SELECT * FROM items_v5;
+DROP TABLE items_v5;
+CREATE INDEX items_text_key ON items(text_key);
+CREATE INDEX items_label ON items(label_id);
+CREATE INDEX items_raw_label ON items(raw_label);
+CREATE UNIQUE INDEX items_identity ON items(ext_id, text_key);
+""",
 ]
 _FTS_WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -149,9 +179,51 @@ class SqliteStore:
                 "SQLite file? Pass another --db path"
             ) from exc
         self._lock = threading.RLock()
+        self._writer = None  # open lock file while this process is the writer
 
     def close(self) -> None:
         self.conn.close()
+        if self._writer is not None:
+            self._writer.close()  # releases the lock
+            self._writer = None
+
+    def lock_writer(self, wait: float = 0.0) -> None:
+        """Become the only process that writes this store, waiting up to ``wait`` seconds.
+
+        Each process keeps its label space and cache in memory, so two writers would
+        each miss the other's labels; the second is refused (or queued) instead. The lock
+        is an advisory ``flock`` on ``<db>.lock``, released on close or when the process
+        dies (even by SIGKILL). Readers (``stats``, ``labels``) never take it.
+        """
+        if self._writer is not None or str(self.path) == ":memory:":
+            return
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks; one writer is the user's duty
+            return
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        handle = lock_path.open("a+", encoding="utf-8")
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if time.monotonic() >= deadline:
+                    handle.seek(0)
+                    holder = handle.read().strip() or "unknown"
+                    handle.close()
+                    raise StoreBusyError(
+                        f"store {self.path} is being written by another canonlabel process "
+                        f"({holder}); wait for it to finish, queue behind it with --wait "
+                        "SECONDS (CANONLABEL_LOCK_WAIT), or use another --db"
+                    ) from None
+                time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}: {' '.join(sys.argv)[:200]}\n")
+        handle.flush()
+        self._writer = handle
 
     def _migrate(self) -> None:
         version = self.conn.execute("PRAGMA user_version").fetchone()[0]
@@ -197,10 +269,12 @@ class SqliteStore:
                 [(k, json.dumps(v)) for k, v in values.items()],
             )
 
-    def bind_embedder(self, embedder_id: str, dim: int) -> None:
+    def bind_embedder(self, embedder_id: str, dim: int, *, write: bool = True) -> None:
         """Record the embedder on first use; refuse another one afterwards."""
         meta = self.meta()
         if "embedder" not in meta:
+            if not write:
+                return
             self.set_meta({"embedder": embedder_id, "dim": dim, "created_at": time.time()})
             return
         stored, stored_dim = json.loads(meta["embedder"]), json.loads(meta["dim"])
@@ -291,7 +365,40 @@ class SqliteStore:
         return found
 
     def items_by_ext_id(self, ext_ids: Sequence[str]) -> dict[str, StoredItem]:
-        return self._items_where("ext_id", ext_ids)
+        """The latest item stored under each id (an id may name several texts)."""
+        found: dict[str, StoredItem] = {}
+        for start in range(0, len(ext_ids), 500):
+            chunk = list(ext_ids[start : start + 500])
+            rows = self.conn.execute(
+                "SELECT ext_id, id, ext_id, text, label_id, raw_label, source, similarity, "
+                f"truncated FROM items WHERE ext_id IN ({','.join('?' * len(chunk))}) "
+                "ORDER BY id",
+                chunk,
+            )
+            for key, *rest in rows:
+                found[key] = StoredItem(*rest[:7], bool(rest[7]))
+        return found
+
+    def items_by_identity(
+        self, pairs: Sequence[tuple[str, str]]
+    ) -> tuple[dict[tuple[str, str], StoredItem], set[str]]:
+        """Items stored under ``(ext_id, text_key)``, and which of the ids are known at all
+        (an id known with another text is a reused id, not a resumed item)."""
+        ids = list(dict.fromkeys(i for i, _ in pairs))
+        latest = self.items_by_ext_id(ids)
+        wanted = [(i, k) for i, k in dict.fromkeys(pairs) if i in latest]
+        found: dict[tuple[str, str], StoredItem] = {}
+        for start in range(0, len(wanted), 400):
+            chunk = wanted[start : start + 400]
+            rows = self.conn.execute(
+                "SELECT ext_id, text_key, id, ext_id, text, label_id, raw_label, source, "
+                "similarity, truncated FROM items WHERE (ext_id, text_key) IN "
+                f"(VALUES {','.join(['(?, ?)'] * len(chunk))})",
+                [v for pair in chunk for v in pair],
+            )
+            for ext_id, key, *rest in rows:
+                found[(ext_id, key)] = StoredItem(*rest[:7], bool(rest[7]))
+        return found, set(latest)
 
     def items_by_text_key(self, keys: Sequence[str]) -> dict[str, StoredItem]:
         return self._items_where("text_key", keys)
@@ -386,10 +493,12 @@ class SqliteStore:
     def insert_items(c: sqlite3.Connection, rows: Iterable[dict]) -> list[int]:
         ids = []
         for r in rows:
+            # The same (id, text) twice is one item: the first row stands.
             cur = c.execute(
                 "INSERT INTO items (ext_id, text, text_key, truncated, label_id, raw_label, "
                 "source, similarity, matched_item, vector, cached, prompt_tokens, "
-                "completion_tokens, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "completion_tokens, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+                "ON CONFLICT (ext_id, text_key) DO NOTHING RETURNING id",
                 (
                     r.get("ext_id"),
                     r["text"],
@@ -407,7 +516,16 @@ class SqliteStore:
                     time.time(),
                 ),
             )
-            ids.append(int(cur.lastrowid))
+            inserted = cur.fetchone()
+            if inserted is None:
+                ids.append(
+                    c.execute(
+                        "SELECT id FROM items WHERE ext_id = ? AND text_key = ?",
+                        (r["ext_id"], r["text_key"]),
+                    ).fetchone()[0]
+                )
+                continue
+            ids.append(int(inserted[0]))
             if r["source"] == "llm":
                 c.execute(
                     "INSERT INTO label_fts (content, label_id) VALUES (?, ?)",

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import random
 
+import pytest
+
 from canonlabel import Classifier, Settings
 from canonlabel.testing import HashEmbedder, SimulatedLLM
 from canonlabel.types import LabelRequest
@@ -45,12 +47,23 @@ def corpus(n_per_intent: int = 12, seed: int = 0) -> dict[str, str]:
     return out
 
 
+_OPENED: list[Classifier] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_classifiers():
+    yield
+    while _OPENED:
+        _OPENED.pop().close()
+
+
 def build(tmp_path, name: str, order: list[str], gold, **overrides) -> Classifier:
     settings = Settings(db=tmp_path / f"{name}.db").model_copy(
         update={"min_similarity": 0.99, "candidates": 0, "consolidate_every": 0} | overrides
     )
     llm = SimulatedLLM(gold, inconsistency=0.7)
     clf = Classifier.open(settings=settings, embedder=HashEmbedder(), labeler=llm)
+    _OPENED.append(clf)
     for text in order:
         clf.classify(text, id=text)
     return clf
