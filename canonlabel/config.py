@@ -62,6 +62,16 @@ class Settings(BaseSettings):
     consolidate_name_weight: float = Field(
         0.6, ge=0, le=1, description="weight of name similarity against member similarity"
     )
+    guard: bool = Field(
+        True, description="keep texts from dictating labels (redact, no copies, grounding)"
+    )
+    grounding_min_similarity: float | None = Field(
+        None,
+        ge=-1,
+        le=1,
+        description="a new raw label's cosine to its text must reach this "
+        "(default: measured per embedder, 0.15 for MiniLM; none for others)",
+    )
     lock_wait: float = Field(
         0.0, ge=0, description="seconds to wait for another process writing the store"
     )

@@ -247,7 +247,7 @@ class Engine:
                 self.pool = ThreadPoolExecutor(
                     self.concurrency, thread_name_prefix="canonlabel-llm"
                 )
-            self.futures[self.pool.submit(self.clf.ask, it.text, candidates)] = it
+            self.futures[self.pool.submit(self.clf.ask, it.text, candidates, it.vector)] = it
 
     def _finish(self, it: Item, asked: Asked) -> None:
         clf, store = self.clf, self.clf.store
@@ -256,6 +256,8 @@ class Engine:
         c["llm_seconds"] += asked.seconds
         c["prompt_tokens"] += asked.usage.prompt_tokens
         c["completion_tokens"] += asked.usage.completion_tokens
+        for event in asked.events:
+            c[f"guard_{event}"] += 1
         it.timings["llm"] = asked.seconds
         self._unlead(it)
         if asked.error is not None:
