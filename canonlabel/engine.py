@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from canonlabel.canon import label_text
-from canonlabel.errors import CanonlabelError, LabelError
+from canonlabel.errors import CanonlabelError, LabelError, RejectedTextError
 from canonlabel.normalize import normalize, text_key
 from canonlabel.types import Result
 
@@ -172,7 +172,10 @@ class Engine:
             if (row := by_key.get(it.key)) is not None:
                 hits.append(self._hit(it, row.label_id, row.raw_label, "exact", 1.0, row.id))
             elif it.key in paid:
-                self._fail(it, LabelError(paid[it.key], []))
+                kind, message = paid[it.key]
+                self._fail(
+                    it, (RejectedTextError if kind == "rejected" else LabelError)(message, [])
+                )
             elif (leader := self.by_key.get(it.key) or batch_first.get(it.key)) is not None:
                 leader.followers.append((it, 1.0, "exact"))
             else:
@@ -262,6 +265,7 @@ class Engine:
         self._unlead(it)
         if asked.error is not None:
             kind = "invalid_output" if isinstance(asked.error, LabelError) else "backend"
+            kind = "rejected" if isinstance(asked.error, RejectedTextError) else kind
             with store.write() as conn:
                 store.record_failure(
                     conn,

@@ -12,6 +12,7 @@ Every error derives from :class:`CanonlabelError`; its message says what to do n
     │   └── StoreBusyError       another process is writing the store
     ├── BackendError             an embedder or LLM failed (``retryable`` says if trying again may help)
     └── LabelError               the LLM gave no valid label after re-asking (carries outputs)
+        └── RejectedTextError    the text only instructs the labeller: nothing to label
 """
 
 from __future__ import annotations
@@ -86,3 +87,7 @@ class LabelError(CanonlabelError):
 
 class CurationError(CanonlabelError, ValueError):
     """A curation request cannot be applied as asked."""
+
+
+class RejectedTextError(LabelError):
+    """The text holds nothing but instructions to the labeller (see canonlabel.guard)."""

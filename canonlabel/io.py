@@ -123,6 +123,8 @@ def _json_record(number: int, line: str, text_field: str, id_field: str) -> Reco
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
         return Record(number, None, None, f"line {number} is not valid JSON: {exc.msg}")
+    except RecursionError:
+        return Record(number, None, None, f"line {number} nests JSON too deeply")
     if not isinstance(obj, dict):
         return Record(number, None, None, f"line {number} is not a JSON object")
     ext_id = obj.get(id_field)

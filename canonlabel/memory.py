@@ -17,7 +17,7 @@ from canonlabel import guard
 from canonlabel.canon import InvalidLabel, clean_label, label_text
 from canonlabel.config import Settings
 from canonlabel.embed import Embedder
-from canonlabel.errors import BackendError, CanonlabelError, LabelError
+from canonlabel.errors import BackendError, CanonlabelError, LabelError, RejectedTextError
 from canonlabel.index import ExactIndex
 from canonlabel.labelspace import LabelSpace, consolidate
 from canonlabel.llm import Labeler
@@ -154,7 +154,7 @@ class Memory:
         seen = guard.inspect(text) if self.settings.guard else None
         events = ["redacted"] if seen and seen.spans else []
         if seen and seen.spans and len(seen.text) < 3:
-            error = LabelError(
+            error = RejectedTextError(
                 f"the text only gives instructions to the labeller ({seen.spans[0][:60]!r}); "
                 "there is nothing to label, so it is recorded as failed",
                 [],

@@ -8,11 +8,18 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from canonlabel.config import Settings
-from canonlabel.errors import CanonlabelError, CurationError, EmptyTextError, InputError
+from canonlabel.errors import (
+    CanonlabelError,
+    CurationError,
+    EmptyTextError,
+    InputError,
+    RejectedTextError,
+)
 from canonlabel.service import Service, ServiceClosed
 
 
@@ -90,6 +97,16 @@ def create_app(settings: Settings | None = None, *, classifier=None) -> FastAPI:
     )
     _mount_docs(app)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError):
+        # FastAPI's default handler echoes the raw input, and crashes (500) on a body
+        # that is not UTF-8; say what is wrong without echoing it.
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+            for e in exc.errors()
+        ]
+        return JSONResponse({"detail": errors}, status_code=422)
+
     @app.middleware("http")
     async def limit_body(request: Request, call_next):
         length = request.headers.get("content-length")
@@ -153,7 +170,9 @@ def create_app(settings: Settings | None = None, *, classifier=None) -> FastAPI:
         except ServiceClosed as exc:
             raise HTTPException(503, str(exc)) from None
         if error is not None:
-            code = 422 if isinstance(error, (EmptyTextError, InputError)) else 502
+            code = (
+                422 if isinstance(error, (EmptyTextError, InputError, RejectedTextError)) else 502
+            )
             raise HTTPException(code, str(error))
         return _out(result)
 

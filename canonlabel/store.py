@@ -72,7 +72,7 @@ CREATE TABLE failures (
     ext_id TEXT,
     text_key TEXT NOT NULL,
     text TEXT NOT NULL,
-    kind TEXT NOT NULL,                   -- invalid_output (LLM was paid) | backend
+    kind TEXT NOT NULL,                   -- invalid_output (LLM was paid) | rejected | backend
     error TEXT NOT NULL,
     outputs TEXT,                         -- JSON list of what the LLM said
     created_at REAL NOT NULL
@@ -417,18 +417,19 @@ class SqliteStore:
             )
         return found
 
-    def paid_failures(self, keys: Sequence[str]) -> dict[str, str]:
-        """Texts whose LLM answers were invalid (already paid for): key -> error."""
-        found: dict[str, str] = {}
+    def paid_failures(self, keys: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """Texts already answered with a failure that asking again would repeat:
+        invalid LLM answers (paid for) and texts the guard rejected. key -> (kind, error)."""
+        found: dict[str, tuple[str, str]] = {}
         keys = list(dict.fromkeys(keys))
         for start in range(0, len(keys), 500):
             chunk = keys[start : start + 500]
             rows = self.conn.execute(
-                f"SELECT text_key, error FROM failures WHERE kind = 'invalid_output' "
-                f"AND text_key IN ({','.join('?' * len(chunk))})",
+                "SELECT text_key, kind, error FROM failures WHERE kind IN "
+                f"('invalid_output', 'rejected') AND text_key IN ({','.join('?' * len(chunk))})",
                 chunk,
             )
-            found.update(rows)
+            found.update((key, (kind, error)) for key, kind, error in rows)
         return found
 
     def count(self, sql: str, *args) -> int:
