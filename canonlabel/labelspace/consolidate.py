@@ -434,11 +434,12 @@ def revert(space: LabelSpace, entry: int, detail: dict) -> dict:
                 "UPDATE items SET label_id = ? WHERE raw_label = ? AND label_id = ?",
                 (stored, raw, moved_to),
             )
-        _rename(c, [(i, old) for i, old in detail["renames"]])
         for label_id, blob in detail["vectors"].items():
             c.execute(
                 "UPDATE labels SET vector = ? WHERE id = ?", (base64.b64decode(blob), int(label_id))
             )
+        # Created labels go first: one may hold a name a renamed label takes back.
+        wanted = {old for _, old in detail["renames"]}
         for label_id in detail["created"]:
             used = c.execute(
                 "SELECT (SELECT count(*) FROM items WHERE label_id = ?) + "
@@ -449,6 +450,13 @@ def revert(space: LabelSpace, entry: int, detail: dict) -> dict:
             if not used:
                 c.execute("DELETE FROM label_fts WHERE label_id = ?", (label_id,))
                 c.execute("DELETE FROM labels WHERE id = ?", (label_id,))
+                continue
+            (name,) = c.execute("SELECT name FROM labels WHERE id = ?", (label_id,)).fetchone()
+            if name in wanted:  # still used by later items: it keeps them, under a free name
+                c.execute(
+                    "UPDATE labels SET name = ? WHERE id = ?", (f"{name}~{label_id}", label_id)
+                )
+        _rename(c, [(i, old) for i, old in detail["renames"]])
         c.execute("UPDATE merges SET undone = 1 WHERE id = ?", (entry,))
     space.reload()
     return {
