@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import Callable
@@ -39,6 +40,11 @@ def to_backend_error(exc: Exception) -> BackendError:
             f"endpoint answered HTTP {status}: {exc.message}; {hint}",
             retryable=retryable,
             retry_after=retry_after,
+        )
+    if isinstance(exc, (json.JSONDecodeError, openai.APIResponseValidationError)):
+        # a body cut short or mangled on the way
+        return BackendError(
+            f"the endpoint sent a malformed response ({exc}); retrying", retryable=True
         )
     return BackendError(f"backend failed: {exc!r}", retryable=False)
 

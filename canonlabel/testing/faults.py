@@ -116,7 +116,9 @@ def _acknowledged_lost(db: Path, out: Path) -> tuple[int, int]:
         except json.JSONDecodeError:
             continue  # a line cut by the kill was never acknowledged
         acked += 1
-        if (row.get("label") and (row["id"], row["text"]) not in stored) or (not row.get("label") and row["id"] not in failed and row.get("id", "").startswith("r")):
+        if (row.get("label") and (row["id"], row["text"]) not in stored) or (
+            not row.get("label") and row["id"] not in failed and row.get("id", "").startswith("r")
+        ):
             lost += 1
     return acked, lost
 
