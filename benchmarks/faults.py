@@ -1,7 +1,7 @@
 """Reliability benchmark: hostile inputs, SIGKILLs, a faulty LLM server, and load.
 
     .venv/bin/python benchmarks/faults.py hostile            # corpus through API, HTTP, CLI
-    .venv/bin/python benchmarks/faults.py kill --kills 60    # SIGKILL classify/consolidate/curation
+    .venv/bin/python benchmarks/faults.py kill --kills 70    # SIGKILL classify/consolidate/curation
     .venv/bin/python benchmarks/faults.py server --items 2000  # 429/5xx/timeouts/bad JSON
     .venv/bin/python benchmarks/faults.py load --minutes 5   # locust against `canonlabel serve`
 
@@ -107,7 +107,7 @@ def kill(kills: int, seed: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         return {
-            "classify": faults.kill_classify(tmp, texts(3000), per["classify"], rng),
+            "classify": faults.kill_classify(tmp, texts(8000), per["classify"], rng),
             "consolidate": faults.kill_consolidate(tmp, texts(3000), per["consolidate"], rng),
             "curation": faults.kill_curation(tmp, texts(800), per["curation"], rng),
         }
@@ -118,7 +118,7 @@ def main() -> None:
     sub = parser.add_subparsers(dest="what", required=True)
     sub.add_parser("hostile")
     k = sub.add_parser("kill")
-    k.add_argument("--kills", type=int, default=60)
+    k.add_argument("--kills", type=int, default=70)
     k.add_argument("--seed", type=int, default=0)
     s = sub.add_parser("server")
     s.add_argument("--items", type=int, default=2000)

@@ -202,3 +202,58 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def run_locust(minutes: float, rate: float, embedder: str = "minilm") -> dict:
+    """``locust`` headless against a fresh `canonlabel serve` (fake LLM, 300 ms) at a
+    steady ``rate`` requests/s for ``minutes``; server memory sampled every 5 s."""
+    import csv
+
+    rows = [json.loads(x) for x in DATA.open(encoding="utf-8")]
+    random.Random(0).shuffle(rows)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "texts.json").write_text(json.dumps([r["text"] for r in rows[:5000]]))
+        port = free_port()
+        server = start(tmp / "load.db", port, embedder)
+        env = dict(os.environ, CANONLABEL_LOAD_TEXTS=str(tmp / "texts.json"))
+        users = max(1, int(rate))
+        locust = subprocess.Popen(
+            [sys.executable, "-m", "locust", "-f", str(Path(__file__).with_name("locustfile.py")),
+             "--headless", "--host", f"http://127.0.0.1:{port}", "-u", str(users), "-r",
+             str(users), "--run-time", f"{int(minutes * 60)}s", "--csv", str(tmp / "l"),
+             "--only-summary", "--stop-timeout", "10"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        memory = []
+        while locust.poll() is None:
+            memory.append(round(_rss_mb(server.pid), 1))
+            time.sleep(5)
+        server.send_signal(signal.SIGTERM)
+        server.wait(60)
+        with (tmp / "l_stats.csv").open() as fh:
+            stats = {r["Name"]: r for r in csv.DictReader(fh)}
+        integrity = sqlite3.connect(tmp / "load.db").execute("PRAGMA integrity_check").fetchone()
+    total = stats["Aggregated"]
+    warm = memory[len(memory) // 5 :] or memory  # after the first fifth: models loaded
+    return {
+        "minutes": minutes,
+        "target_rps": rate,
+        "requests": int(total["Request Count"]),
+        "failures": int(total["Failure Count"]),
+        "rps": round(float(total["Requests/s"]), 2),
+        "p50_ms": float(total["50%"]),
+        "p95_ms": float(total["95%"]),
+        "p99_ms": float(total["99%"]),
+        "by_kind_p95_ms": {k: float(v["95%"]) for k, v in stats.items() if k != "Aggregated"},
+        "server_rss_mb": {"after_warmup": warm[0], "end": warm[-1], "max": max(warm)},
+        "integrity": integrity[0],
+        "locust_exit": locust.returncode,
+    }

@@ -224,6 +224,7 @@ def _summary(clf, seconds: float) -> dict:
         "llm_calls": c["llm_calls"],
         "llm_items": c["llm_items"],
         "failed": c["failed"],
+        "guard": {k: c[f"guard_{k}"] for k in ("redacted", "copied", "ungrounded")},
         "raw_labels": len(clf.space.aliases),
         "consolidations": c["consolidations"],
         "adjudication_calls": c["adjudication_calls"],

@@ -190,7 +190,7 @@ def kill_consolidate(workdir: Path, texts: list[str], kills: int, rng: random.Ra
     for _ in range(kills):
         # undo first, so every run has work to do, then kill somewhere in the next run
         subprocess.run([*cmd[:3], "undo", "--db", str(db), *FAKE], capture_output=True)
-        report.killed_mid_run += _kill_at(cmd, rng.uniform(0.5 * span, 1.0 * span))
+        report.killed_mid_run += _kill_at(cmd, rng.uniform(0.4 * span, 0.95 * span))
         report.kills += 1
         _record(report, db, None)
     return report.as_dict() | {"unkilled_seconds": round(span, 2)}
