@@ -31,14 +31,12 @@ def texts(n: int) -> list[str]:
 
 
 def hostile() -> dict:
-    import asyncio
     import subprocess
-
-    import httpx
 
     from canonlabel import Classifier, Settings
     from canonlabel.server import create_app
     from canonlabel.testing import FakeLabeler, HashEmbedder
+    from tests.conftest import with_app
     from tests.reliability import hostile as h
 
     cases = h.text_cases()
@@ -52,13 +50,7 @@ def hostile() -> dict:
         app = create_app(s, classifier=Classifier.open(
             settings=s, embedder=HashEmbedder(), labeler=FakeLabeler()))  # fmt: skip
 
-        async def go():
-            async with app.router.lifespan_context(app):
-                transport = httpx.ASGITransport(app=app)
-                async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
-                    return await h.run_http(c, cases)
-
-        http = asyncio.run(go())
+        http = with_app(app, lambda client: h.run_http(client, cases))
         strings = h.write_jsonl(cases, tmp / "in.jsonl")
         subprocess.run(
             [sys.executable, "-m", "canonlabel.cli", "classify", str(tmp / "in.jsonl"), "-o",
@@ -125,6 +117,7 @@ def main() -> None:
     lo = sub.add_parser("load")
     lo.add_argument("--minutes", type=float, default=5.0)
     lo.add_argument("--rate", type=float, default=20.0, help="requests per second")
+    lo.add_argument("--embedder", default="minilm", help="hash isolates canonlabel's own memory")
     args = parser.parse_args()
     if args.what == "hostile":
         report = hostile()
@@ -137,10 +130,11 @@ def main() -> None:
     else:
         from benchmarks.load import run_locust
 
-        report = run_locust(args.minutes, args.rate)
+        report = run_locust(args.minutes, args.rate, args.embedder)
     print(json.dumps(report, indent=2))
     OUT.mkdir(exist_ok=True)
-    (OUT / f"faults_{args.what}.json").write_text(json.dumps(report, indent=2) + "\n")
+    name = args.what + ("_hash" if getattr(args, "embedder", "minilm") == "hash" else "")
+    (OUT / f"faults_{name}.json").write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -240,7 +240,11 @@ def run_locust(minutes: float, rate: float, embedder: str = "minilm") -> dict:
         server.wait(60)
         with (tmp / "l_stats.csv").open() as fh:
             stats = {r["Name"]: r for r in csv.DictReader(fh)}
-        integrity = sqlite3.connect(tmp / "load.db").execute("PRAGMA integrity_check").fetchone()
+        conn = sqlite3.connect(tmp / "load.db")
+        integrity = conn.execute("PRAGMA integrity_check").fetchone()
+        items = conn.execute("SELECT count(*) FROM items").fetchone()[0]
+        cached = conn.execute("SELECT count(*) FROM items WHERE cached = 1").fetchone()[0]
+        conn.close()
     total = stats["Aggregated"]
     warm = memory[len(memory) // 5 :] or memory  # after the first fifth: models loaded
     return {
@@ -254,6 +258,13 @@ def run_locust(minutes: float, rate: float, embedder: str = "minilm") -> dict:
         "p99_ms": float(total["99%"]),
         "by_kind_p95_ms": {k: float(v["95%"]) for k, v in stats.items() if k != "Aggregated"},
         "server_rss_mb": {"after_warmup": warm[0], "end": warm[-1], "max": max(warm)},
+        # growth per minute over the second half, when only the store's growth remains
+        "rss_mb_per_minute_second_half": round(
+            (warm[-1] - warm[len(warm) // 2]) / max(1e-9, (len(warm) - len(warm) // 2) * 5 / 60), 2
+        ),
+        "rss_samples_mb": memory,
+        "items_stored": items,
+        "cached_items": cached,
         "integrity": integrity[0],
         "locust_exit": locust.returncode,
     }

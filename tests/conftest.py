@@ -43,3 +43,18 @@ def run_cli(*args, timeout=300, **kw):
         timeout=timeout,
         **kw,
     )
+
+
+def with_app(app, fn):
+    """Run ``await fn(client)`` against ``app`` in-process, lifespan included."""
+    import asyncio
+
+    import httpx
+
+    async def go():
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                return await fn(client)
+
+    return asyncio.run(go())

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 
-import httpx
 import pytest
 
 from canonlabel import Classifier, Settings
 from canonlabel.server import create_app
 from canonlabel.store import SqliteStore
 from canonlabel.testing import FakeLabeler, HashEmbedder
-from tests.conftest import run_cli
+from tests.conftest import run_cli, with_app
 from tests.reliability import hostile
 
 CASES = hostile.text_cases()
@@ -45,13 +43,7 @@ def test_http(tmp_path):
     clf = Classifier(SqliteStore(s.db), HashEmbedder(), FakeLabeler(), s)
     app = create_app(s, classifier=clf)
 
-    async def go():
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-                return await hostile.run_http(client, CASES)
-
-    outcomes = asyncio.run(go())
+    outcomes = with_app(app, lambda client: hostile.run_http(client, CASES))
     assert _mismatches(CASES, outcomes, "http") == []
 
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
 import time
 
-import httpx
 import pytest
 
 from canonlabel import Classifier, Settings
@@ -16,7 +14,7 @@ from canonlabel.errors import StoreBusyError
 from canonlabel.server import create_app
 from canonlabel.store import SqliteStore
 from canonlabel.testing import FakeLabeler, HashEmbedder
-from tests.conftest import run_cli
+from tests.conftest import run_cli, with_app
 
 FAKE = ["--llm", "fake", "--embedder", "hash"]
 
@@ -165,16 +163,13 @@ def test_docs_page_is_served_without_a_cdn(tmp_path):
     clf = Classifier(SqliteStore(s.db), HashEmbedder(), FakeLabeler(), s)
     app = create_app(s, classifier=clf)
 
-    async def go():
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-                page = await client.get("/docs")
-                assert page.status_code == 200
-                assert "cdn" not in page.text.lower() and "https://" not in page.text
-                for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
-                    got = await client.get(f"/static/swagger/{asset}")
-                    assert got.status_code == 200 and len(got.content) > 10_000
-                assert (await client.get("/openapi.json")).json()["openapi"].startswith("3.")
+    async def check(client):
+        page = await client.get("/docs")
+        assert page.status_code == 200
+        assert "cdn" not in page.text.lower() and "https://" not in page.text
+        for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+            got = await client.get(f"/static/swagger/{asset}")
+            assert got.status_code == 200 and len(got.content) > 10_000
+        assert (await client.get("/openapi.json")).json()["openapi"].startswith("3.")
 
-    asyncio.run(go())
+    with_app(app, check)
