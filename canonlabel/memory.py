@@ -7,6 +7,7 @@ knows how to ask the LLM once (with validation and one re-ask). The engine works
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -23,6 +24,28 @@ from canonlabel.labelspace import LabelSpace, consolidate
 from canonlabel.llm import Labeler
 from canonlabel.store import SqliteStore, StoredItem
 from canonlabel.types import LabelRequest, Result, Usage
+
+
+def _release_memory() -> None:
+    """Give the O(R²) similarity matrices of a consolidation back to the OS.
+
+    glibc keeps freed large blocks in the heap once its mmap threshold has adapted, so
+    without this a long-running service's RSS climbs in steps at every consolidation
+    (benchmarks/faults.py load). A no-op where ``malloc_trim`` does not exist."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim():
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 @dataclass
@@ -108,6 +131,7 @@ class Memory:
         if not dry_run:
             self.consolidated_at = known
             self.counters["consolidations"] += 1
+        _release_memory()
         self.counters["llm_calls"] += report["adjudication_calls"]
         self.counters["adjudication_calls"] += report["adjudication_calls"]
         return report
