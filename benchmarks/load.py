@@ -212,7 +212,7 @@ def _rss_mb(pid: int) -> float:
 
 
 def run_locust(minutes: float, rate: float, embedder: str = "minilm") -> dict:
-    """``locust`` headless against a fresh `canonlabel serve` (fake LLM, 300 ms) at a
+    """``locust`` headless against a fresh `canonlabel serve` (fake LLM, 500 ms) at a
     steady ``rate`` requests/s for ``minutes``; server memory sampled every 5 s."""
     import csv
 
