@@ -103,6 +103,23 @@ def classify(
     summary_json: Annotated[
         Path | None, typer.Option(help="write the summary here", callback=_writable)
     ] = None,
+    online_router: Annotated[
+        bool | None,
+        typer.Option(
+            "--online-router/--no-online-router",
+            help="a head trained during the job answers confident items [on]",
+        ),
+    ] = None,
+    max_error: Annotated[
+        float | None,
+        typer.Option(help="bound on non-LLM answers' disagreement with the LLM [0.05]"),
+    ] = None,
+    audit_rate: Annotated[
+        float | None, typer.Option(help="share of router answers audited by the LLM [0.02]")
+    ] = None,
+    max_llm_calls: Annotated[
+        int | None, typer.Option(help="stop asking the LLM after N calls; the rest fail", min=0)
+    ] = None,
     wait: Annotated[
         float | None,
         typer.Option(
@@ -156,6 +173,10 @@ def classify(
             store_hits=store_hits,
             retry_failed=retry_failed,
             lock_wait=wait,
+            router=online_router,
+            max_error=max_error,
+            audit_rate=audit_rate,
+            max_llm_calls=max_llm_calls,
         )
         if categories is not None:
             summary = run_categories(

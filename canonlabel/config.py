@@ -62,6 +62,26 @@ class Settings(BaseSettings):
     consolidate_name_weight: float = Field(
         0.6, ge=0, le=1, description="weight of name similarity against member similarity"
     )
+    router: bool = Field(
+        True, description="a head trained online answers confident items without the LLM"
+    )
+    router_min_items: int = Field(
+        1000, ge=10, description="LLM-labelled items before the first head is trained"
+    )
+    router_retrain_every: int = Field(500, ge=10, description="refit after this many new items")
+    router_min_support: int = Field(3, ge=1, description="labels with fewer items are not learned")
+    router_min_audits: int = Field(
+        20, ge=1, description="audits a label needs before it gets its own threshold"
+    )
+    max_error: float = Field(
+        0.05, gt=0, lt=1, description="bound on disagreement of non-LLM answers with the LLM"
+    )
+    audit_rate: float = Field(
+        0.02, ge=0, le=1, description="share of router answers also sent to the LLM to audit"
+    )
+    max_llm_calls: int | None = Field(
+        None, ge=0, description="stop asking the LLM after this many calls (items then fail)"
+    )
     guard: bool = Field(
         True, description="keep texts from dictating labels (redact, no copies, grounding)"
     )

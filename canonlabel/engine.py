@@ -11,6 +11,7 @@ thread at a time (``classify_many`` or the service's worker); only LLM calls run
 
 from __future__ import annotations
 
+import random
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from canonlabel.canon import label_text
-from canonlabel.errors import CanonlabelError, LabelError, RejectedTextError
+from canonlabel.errors import BudgetError, CanonlabelError, LabelError, RejectedTextError
 from canonlabel.normalize import normalize, text_key
 from canonlabel.types import Result
 
@@ -41,6 +42,7 @@ class Item:
     timings: dict[str, float] = field(default_factory=dict)
     vector: np.ndarray | None = None
     followers: list[tuple[Item, float, str]] = field(default_factory=list)
+    guess: tuple[int, float] | None = None  # the router's (label, confidence): audited later
 
 
 def failure(text: str, ext_id: str | None, error: Exception, timings=None) -> Result:
@@ -78,6 +80,7 @@ class Engine:
         self._leader_vecs = np.zeros((0, clf.dim), dtype=np.float32)
         self._callback: dict[Item, Callback] = {}
         self.pool: ThreadPoolExecutor | None = None
+        self._rng = random.Random(0)  # audit sampling: reproducible runs
 
     @property
     def busy(self) -> int:
@@ -114,7 +117,14 @@ class Engine:
             self._finish(self.futures.pop(future), future.result())
         if self.consolidation_due:  # on the engine's thread: the single writer
             self.clf.consolidate()
+        self._maybe_train()
         self._dispatch()
+
+    def _maybe_train(self) -> None:
+        router = self.clf.router
+        if router is not None and router.due(len(self.clf.cache)):
+            keys, vectors = self.clf.cache.snapshot()
+            router.train(keys, vectors, self.clf.store)
 
     # -- consolidation --------------------------------------------------------------------
     @property
@@ -192,7 +202,35 @@ class Engine:
             it.vector = vector
             it.timings["embed"] = elapsed / len(pending)
 
+    def _route(self, pending: list[Item], hits) -> list[Item]:
+        """Items the router answers become ``model`` hits (but an ``audit_rate`` share of
+        them goes to the LLM instead); every other item carries the router's guess, so
+        the LLM's answer audits it for free. Returns the items left for cache and LLM."""
+        router, s = self.clf.router, self.settings
+        if router is None:
+            return pending
+        start = time.perf_counter()
+        labels, confs = router.predict(np.stack([it.vector for it in pending]))
+        rest = []
+        for it, label, conf in zip(pending, labels.tolist(), confs.tolist()):
+            if label < 0:
+                rest.append(it)
+                continue
+            it.guess = (label, conf)
+            if not router.answers(label, conf):
+                rest.append(it)
+            elif self._rng.random() < s.audit_rate:
+                self.clf.counters["audits"] += 1
+                self._lead(it)  # straight to the LLM: an audit of what the router would say
+            else:
+                hits.append(self._hit(it, label, None, "model", conf, None))
+        self.clf.counters["route_seconds"] += time.perf_counter() - start
+        return rest
+
     def _search(self, pending: list[Item], hits) -> None:
+        pending = self._route(pending, hits)
+        if not pending:
+            return
         clf, threshold = self.clf, self.settings.min_similarity
         start = time.perf_counter()
         sims, keys = clf.cache.search(np.stack([it.vector for it in pending]), 1)
@@ -243,14 +281,32 @@ class Engine:
         self._leader_vecs[i : n - 1] = self._leader_vecs[i + 1 : n]
 
     def _dispatch(self) -> None:
+        cap = self.settings.max_llm_calls
         while self.waiting and len(self.futures) < self.concurrency:
             it = self.waiting.popleft()
+            if cap is not None and self.clf.counters["llm_calls"] + len(self.futures) >= cap:
+                self._over_budget(it, cap)
+                continue
             candidates = self.clf.candidates(it.text, it.vector)
+            if it.guess is not None:  # the router's guess is the likeliest existing label
+                guess = self.clf.space.name(it.guess[0])
+                if guess not in candidates:
+                    candidates = (guess, *candidates)
             if self.pool is None:
                 self.pool = ThreadPoolExecutor(
                     self.concurrency, thread_name_prefix="canonlabel-llm"
                 )
             self.futures[self.pool.submit(self.clf.ask, it.text, candidates, it.vector)] = it
+
+    def _over_budget(self, it: Item, cap: int) -> None:
+        self._unlead(it)
+        error = BudgetError(
+            f"the LLM call budget ({cap}, --max-llm-calls) is spent; the item is not "
+            "stored, so a later run with a larger budget labels it"
+        )
+        self._fail(it, error)
+        for follower, _, _ in _followers(it):
+            self._fail(follower, error)
 
     def _finish(self, it: Item, asked: Asked) -> None:
         clf, store = self.clf, self.clf.store
@@ -314,6 +370,8 @@ class Engine:
         it.timings["store"] = time.perf_counter() - start
         clf.space.commit_raw_label(label_id, decision, vector)
         self._add_to_cache([item_id], [label_id], [it.vector])
+        if it.guess is not None and clf.router is not None:
+            clf.router.audit(it.guess[0], it.guess[1], label_id)
         result = Result(
             text=it.text,
             label=clf.space.names[label_id],

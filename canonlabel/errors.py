@@ -11,6 +11,7 @@ Every error derives from :class:`CanonlabelError`; its message says what to do n
     │   ├── IncompatibleStoreError  store built with another embedder
     │   └── StoreBusyError       another process is writing the store
     ├── BackendError             an embedder or LLM failed (``retryable`` says if trying again may help)
+    ├── BudgetError              the --max-llm-calls budget is spent
     └── LabelError               the LLM gave no valid label after re-asking (carries outputs)
         └── RejectedTextError    the text only instructs the labeller: nothing to label
 """
@@ -91,3 +92,7 @@ class CurationError(CanonlabelError, ValueError):
 
 class RejectedTextError(LabelError):
     """The text holds nothing but instructions to the labeller (see canonlabel.guard)."""
+
+
+class BudgetError(CanonlabelError):
+    """The LLM call budget (``max_llm_calls``) is spent; the item was not asked."""

@@ -22,6 +22,7 @@ from canonlabel.errors import BackendError, CanonlabelError, LabelError, Rejecte
 from canonlabel.index import ExactIndex
 from canonlabel.labelspace import LabelSpace, consolidate
 from canonlabel.llm import Labeler
+from canonlabel.router import Router
 from canonlabel.store import SqliteStore, StoredItem
 from canonlabel.types import LabelRequest, Result, Usage
 
@@ -108,6 +109,7 @@ class Memory:
         self.cache = ExactIndex(self.dim)
         self.cache.add(cached[0], cached[1])
         self.consolidated_at = len(self.space.aliases)  # raw labels at the last consolidation
+        self.router = Router(self.settings, self.space) if self.settings.router else None
         self.categories: dict[int, str] = dict(
             self.store.conn.execute("SELECT label_id, category FROM label_categories")
         )
@@ -131,6 +133,8 @@ class Memory:
         if not dry_run:
             self.consolidated_at = known
             self.counters["consolidations"] += 1
+            if self.router is not None:
+                self.router.refresh()
         _release_memory()
         self.counters["llm_calls"] += report["adjudication_calls"]
         self.counters["adjudication_calls"] += report["adjudication_calls"]

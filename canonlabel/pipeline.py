@@ -189,11 +189,12 @@ class Classifier(Memory):
         s = self.store
         by_source = dict(s.conn.execute("SELECT source, count(*) FROM items GROUP BY source"))
         items = sum(by_source.values())
-        hits = by_source.get("exact", 0) + by_source.get("cache", 0)
+        hits = by_source.get("exact", 0) + by_source.get("cache", 0) + by_source.get("model", 0)
         return {
             "items": items,
             "exact_hits": by_source.get("exact", 0),
             "cache_hits": by_source.get("cache", 0),
+            "model_items": by_source.get("model", 0),
             "llm_items": by_source.get("llm", 0),
             "cached_items": len(self.cache),
             "labels": len(self.space),
@@ -208,4 +209,7 @@ class Classifier(Memory):
             "labeler": self.labeler.id,
             "min_similarity": self.settings.min_similarity,
             "label_similarity": self.settings.label_similarity,
+            "router": self.router.summary() if self.router is not None else None,
+            "router_versions": s.count("SELECT count(*) FROM router_versions"),
+            "audits_this_run": self.counters["audits"],
         }

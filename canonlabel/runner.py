@@ -204,7 +204,7 @@ def _row(clf, result: Result) -> dict:
 def _summary(clf, seconds: float) -> dict:
     c = clf.counters
     answered = c["items"] - c["failed"] - c["model_items"]
-    hits = c["exact_hits"] + c["cache_hits"]
+    hits = c["exact_hits"] + c["cache_hits"] + c["model_hits"]
     return {
         "items": c["items"],
         **(
@@ -224,6 +224,9 @@ def _summary(clf, seconds: float) -> dict:
         "llm_calls": c["llm_calls"],
         "llm_items": c["llm_items"],
         "failed": c["failed"],
+        "model_hits": c["model_hits"],
+        "audits": c["audits"],
+        "router": clf.router.summary() if clf.router is not None else None,
         "guard": {k: c[f"guard_{k}"] for k in ("redacted", "copied", "ungrounded")},
         "raw_labels": len(clf.space.aliases),
         "consolidations": c["consolidations"],

@@ -22,7 +22,7 @@ import numpy as np
 
 from canonlabel.errors import IncompatibleStoreError, StoreBusyError, StoreError
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE labels (
@@ -131,6 +131,10 @@ CREATE INDEX items_text_key ON items(text_key);
 CREATE INDEX items_label ON items(label_id);
 CREATE INDEX items_raw_label ON items(raw_label);
 CREATE UNIQUE INDEX items_identity ON items(ext_id, text_key);
+""",
+    """
+CREATE TABLE router_versions (
+    id INTEGER PRIMARY KEY, meta TEXT NOT NULL, weights BLOB NOT NULL, created_at REAL NOT NULL);
 """,
 ]
 _FTS_WORD = re.compile(r"\w+", re.UNICODE)
@@ -533,6 +537,19 @@ class SqliteStore:
                     (r["text"], r["label_id"]),
                 )
         return ids
+
+    def save_router(self, weights: bytes, meta: dict, keep: int = 10) -> None:
+        """Store a router head (``.npz`` bytes + JSON); the newest ``keep`` are kept."""
+        with self.write() as c:
+            c.execute(
+                "INSERT INTO router_versions (meta, weights, created_at) VALUES (?, ?, ?)",
+                (json.dumps(meta, sort_keys=True), weights, time.time()),
+            )
+            c.execute(
+                "DELETE FROM router_versions WHERE id NOT IN "
+                "(SELECT id FROM router_versions ORDER BY id DESC LIMIT ?)",
+                (keep,),
+            )
 
     @staticmethod
     def record_failure(

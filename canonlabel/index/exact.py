@@ -38,6 +38,10 @@ class ExactIndex(VectorIndex):
         self._keys[self._n : need] = keys
         self._n = need
 
+    def snapshot(self) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of the keys and vectors held now."""
+        return self._keys[: self._n].copy(), self._vectors[: self._n].copy()
+
     def search(self, queries: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
         queries = np.asarray(queries, dtype=np.float32).reshape(-1, self.dim)
         nq = len(queries)
