@@ -462,6 +462,31 @@ def serve(
     )
 
 
+@app.command()
+def explore(
+    db: DbOpt = None,
+    embedder: EmbOpt = None,
+    port: Annotated[int, typer.Option()] = 8765,
+    projection: Annotated[str, typer.Option(help="pca (instant) or umap (umap-learn)")] = "pca",
+    export: Annotated[
+        Path | None,
+        typer.Option(help="write one self-contained HTML file instead", callback=_writable),
+    ] = None,
+    open_browser: Annotated[bool, typer.Option("--open/--no-open")] = True,
+) -> None:
+    """Open the exploration page: a map of the items coloured by label, the labels, their
+    members and history, curation and curves (also at /ui of `canonlabel serve`)."""
+    from canonlabel.explore_cli import run_explore
+
+    try:
+        settings = _settings(db=db, embedder=embedder, projection=projection)
+        if not settings.db.exists():
+            raise CanonlabelError(f"store {settings.db} does not exist; pass --db")
+        run_explore(settings, port=port, export=export, open_browser=open_browser, console=err)
+    except CanonlabelError as exc:
+        raise _fail(exc) from None
+
+
 def _curate(db, embedder, action, **options) -> None:
     try:
         with _open(db, embedder=embedder, **options) as clf:

@@ -82,6 +82,7 @@ class Settings(BaseSettings):
     max_llm_calls: int | None = Field(
         None, ge=0, description="stop asking the LLM after this many calls (items then fail)"
     )
+    projection: str = Field("pca", pattern="^(pca|umap)$", description="map of the UI: pca | umap")
     guard: bool = Field(
         True, description="keep texts from dictating labels (redact, no copies, grounding)"
     )

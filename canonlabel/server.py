@@ -246,6 +246,10 @@ def create_app(settings: Settings | None = None, *, classifier=None) -> FastAPI:
     async def undo(request: Request) -> dict:
         return await run(request, lambda clf: clf.undo(), True)
 
+    from canonlabel import ui
+
+    ui.mount(app, run, user, settings.projection)
+
     return app
 
 

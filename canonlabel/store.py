@@ -22,7 +22,7 @@ import numpy as np
 
 from canonlabel.errors import IncompatibleStoreError, StoreBusyError, StoreError
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE labels (
@@ -135,6 +135,9 @@ CREATE UNIQUE INDEX items_identity ON items(ext_id, text_key);
     """
 CREATE TABLE router_versions (
     id INTEGER PRIMARY KEY, meta TEXT NOT NULL, weights BLOB NOT NULL, created_at REAL NOT NULL);
+""",
+    """
+CREATE TABLE projection (item_id INTEGER PRIMARY KEY, x REAL NOT NULL, y REAL NOT NULL);
 """,
 ]
 _FTS_WORD = re.compile(r"\w+", re.UNICODE)

@@ -1,0 +1,152 @@
+"""The exploration page in a real browser (Playwright driving Debian's Chromium)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from canonlabel import Classifier, Settings
+from canonlabel.server import create_app
+from canonlabel.testing import FakeLabeler, HashEmbedder
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+DATA = Path(__file__).parent / "data" / "banking77_200.jsonl"
+playwright = pytest.importorskip("playwright.sync_api")
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="needs Chromium (apt-get install chromium)"
+)
+ADMIN = "admin-secret"
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    import uvicorn
+
+    tmp = tmp_path_factory.mktemp("ui")
+    settings = Settings(db=tmp / "ui.db", admin_token=ADMIN, consolidate_every=0)
+    clf = Classifier.open(settings=settings, embedder=HashEmbedder(), labeler=FakeLabeler())
+    texts = [json.loads(x)["text"] for x in DATA.read_text(encoding="utf-8").splitlines()]
+    clf.classify_many(texts)
+    port = _port()
+    config = uvicorn.Config(create_app(settings, classifier=clf), port=port, log_level="warning")
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            if httpx.get(url + "/healthz").status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    yield url
+    srv.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--use-angle=swiftshader", "--enable-unsafe-swiftshader"],
+        )
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    page = browser.new_page(viewport={"width": 1200, "height": 800})
+    page.goto(server + "/ui")
+    page.wait_for_function("window.__canonlabel && window.__canonlabel.ready", timeout=30_000)
+    yield page
+    page.close()
+
+
+PAINTED = """() => {
+  const gl = document.getElementById('gl'), c = document.createElement('canvas');
+  c.width = gl.width; c.height = gl.height;
+  const ctx = c.getContext('2d'); ctx.drawImage(gl, 0, 0);
+  const px = ctx.getImageData(0, 0, c.width, c.height).data;
+  let lit = 0;
+  for (let i = 0; i < px.length; i += 4) if (px[i] + px[i + 1] + px[i + 2] > 150) lit++;
+  return lit;
+}"""
+
+
+def _labels(server) -> int:
+    return httpx.get(server + "/v1/labels?limit=1000").json()["total"]
+
+
+def test_the_page_draws_every_point(page):
+    state = page.evaluate(
+        "() => ({n: window.__canonlabel.pointsDrawn, labels: window.__canonlabel.data.labels.length})"
+    )
+    assert state["n"] == 200 and state["labels"] > 1
+    assert page.evaluate(PAINTED) > 200  # lit pixels: the points are on the canvas
+    assert "200 items" in page.inner_text("#status")
+
+
+def test_clicking_a_label_lists_its_members(page):
+    page.click("#labels li .name")
+    page.wait_for_selector("#members li")
+    assert page.inner_text("#detail-name") and page.locator("#members li").count() >= 1
+
+
+def test_merge_from_the_page_then_undo(page, server):
+    before = _labels(server)
+    page.click("#tokens summary")
+    page.fill("#admin-token", ADMIN)
+    boxes = page.locator("#labels li input[type=checkbox]")
+    boxes.nth(0).click()
+    boxes.nth(1).click()
+    page.click("#merge")
+    page.wait_for_function("document.getElementById('message').textContent.startsWith('merged')")
+    assert _labels(server) == before - 1
+    page.click("#undo")
+    page.wait_for_function("document.getElementById('message').textContent === 'undone'")
+    assert _labels(server) == before
+
+
+def test_curation_without_the_admin_token_is_refused(page, server):
+    before = _labels(server)
+    boxes = page.locator("#labels li input[type=checkbox]")
+    boxes.nth(0).click()
+    boxes.nth(1).click()
+    page.click("#merge")
+    page.wait_for_function("document.getElementById('message').textContent.includes('token')")
+    assert _labels(server) == before
+
+
+def test_static_export_opens_offline(browser, server, tmp_path):
+    from canonlabel.ui import export_html
+
+    s = Settings(db=tmp_path / "e.db", consolidate_every=0)
+    with Classifier.open(settings=s, embedder=HashEmbedder(), labeler=FakeLabeler()) as clf:
+        clf.classify_many(["card arrived late", "pin is blocked", "exchange rate wrong"] * 3)
+        out = export_html(clf, tmp_path / "report.html")
+    page = browser.new_page()
+    page.route(
+        "**/*",
+        lambda route: (
+            route.abort() if not route.request.url.startswith("file:") else route.continue_()
+        ),
+    )
+    page.goto(out.as_uri())
+    page.wait_for_function("window.__canonlabel && window.__canonlabel.ready", timeout=30_000)
+    assert page.evaluate("window.__canonlabel.pointsDrawn") == 9  # hits sit by their match
+    page.close()
