@@ -4,7 +4,7 @@
 
 const state = {
   data: null, selected: null, checked: [], view: { x: 0, y: 0, k: 1 },
-  frames: [], pointsDrawn: 0, grid: null, readOnly: !!window.__CANONLABEL_DATA__,
+  frames: [], stamps: [], pointsDrawn: 0, grid: null, readOnly: !!window.__CANONLABEL_DATA__,
 };
 window.__canonlabel = state;  // for tests and benchmarks
 
@@ -40,7 +40,7 @@ void main() {
   gl_Position = vec4(pos * scale + offset, 0.0, 1.0);
   bool on = selected < 0.0 || abs(lab - selected) < 0.5;
   gl_PointSize = on && selected >= 0.0 ? size * 2.0 : size;
-  color = vec4(hsv(fract(lab * 0.61803398875), 0.65, 0.95), on ? 0.85 : 0.12);
+  color = vec4(hsv(fract(lab * 0.61803398875), 0.65, 0.95), on ? 0.85 : 0.22);
 }`;
 const FRAG = `#version 300 es
 precision mediump float; in vec4 color; out vec4 out_color;
@@ -130,14 +130,15 @@ function render() {
     gl.uniform2f(gl.getUniformLocation(map.prog, "scale"), sx, sy);
     gl.uniform2f(gl.getUniformLocation(map.prog, "offset"), v.x, v.y);
     gl.uniform1f(gl.getUniformLocation(map.prog, "selected"), state.selectedIndex ?? -1);
-    gl.uniform1f(gl.getUniformLocation(map.prog, "size"), Math.max(2, Math.min(8, 2.5 * Math.sqrt(v.k))) * dpr);
+    gl.uniform1f(gl.getUniformLocation(map.prog, "size"), Math.max(2, Math.min(9, 3.5 * Math.sqrt(v.k))) * dpr);
     gl.drawArrays(gl.POINTS, 0, map.n);
     gl.finish();
     state.pointsDrawn = map.n;
   }
   drawNames(over, w, h, dpr);
   state.frames.push(performance.now() - t0);
-  if (state.frames.length > 600) state.frames.shift();
+  state.stamps.push(t0);
+  if (state.frames.length > 600) { state.frames.shift(); state.stamps.shift(); }
 }
 
 function drawNames(over, w, h, dpr) {
