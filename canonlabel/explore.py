@@ -113,6 +113,9 @@ def points(clf) -> dict:
                 "category": clf.categories.get(r),
             }
         )
+    spread = _spreads(clf)
+    for entry in labels:
+        entry["spread"] = spread.get(entry["id"])
     kinds = ["llm", "cache", "exact", "model", "cluster"]
     return {
         "ids": ids,
@@ -123,6 +126,23 @@ def points(clf) -> dict:
         "sources": kinds,
         "labels": labels,
     }
+
+
+def _spreads(clf) -> dict[int, float]:
+    """Per label: mean cosine distance of its cached members to their centroid (wide
+    labels, above about 0.45 with MiniLM, are worth a look: see ``maintain``)."""
+    keys, vectors = clf.cache.snapshot()
+    if not len(keys):
+        return {}
+    space = clf.space
+    roots = np.array([space.resolve(space.item_label[int(k)]) for k in keys])
+    out = {}
+    for root in np.unique(roots):
+        members = vectors[roots == root]
+        centre = members.mean(axis=0)
+        centre /= max(float(np.linalg.norm(centre)), 1e-12)
+        out[int(root)] = round(float(1.0 - (members @ centre).mean()), 4)
+    return out
 
 
 def item_detail(clf, item_id: int) -> dict | None:
@@ -176,15 +196,25 @@ def search_labels(clf, query: str, mode: str, k: int = 20) -> list[int]:
 
 def curves(clf, window: int = 1000) -> dict:
     """Per window of ``window`` items in arrival order: hit rate, LLM calls per 1,000
-    items, and the label count at the window's end."""
+    items, the router's share, and the labels created by the window's end; with the
+    router's current estimated error."""
     rows = clf.store.conn.execute("SELECT source, created_at FROM items ORDER BY id").fetchall()
     created = sorted(t for (t,) in clf.store.conn.execute("SELECT created_at FROM labels"))
-    out = {"window": window, "end": [], "hit_rate": [], "llm_per_1000": [], "labels": []}
+    out = {
+        "window": window,
+        "end": [],
+        "hit_rate": [],
+        "llm_per_1000": [],
+        "router_share": [],
+        "labels": [],
+    }
     for start in range(0, len(rows), window):
         chunk = rows[start : start + window]
         llm = sum(s == "llm" for s, _ in chunk)
         out["end"].append(start + len(chunk))
         out["hit_rate"].append(round(1 - llm / len(chunk), 4))
         out["llm_per_1000"].append(round(1000 * llm / len(chunk), 1))
+        out["router_share"].append(round(sum(s == "model" for s, _ in chunk) / len(chunk), 4))
         out["labels"].append(int(np.searchsorted(created, chunk[-1][1], side="right")))
+    out["router"] = clf.router.summary() if getattr(clf, "router", None) is not None else None
     return out

@@ -150,3 +150,18 @@ def test_static_export_opens_offline(browser, server, tmp_path):
     page.wait_for_function("window.__canonlabel && window.__canonlabel.ready", timeout=30_000)
     assert page.evaluate("window.__canonlabel.pointsDrawn") == 9  # hits sit by their match
     page.close()
+
+
+def test_split_checked_members_into_a_new_label(page, server):
+    before = _labels(server)
+    big = page.locator("#labels li").filter(has_text="card").first
+    big.locator(".name").click()
+    page.wait_for_selector("#members li input[type=checkbox]")
+    page.locator("#members li input[type=checkbox]").first.click()
+    page.click("#tokens summary")
+    page.fill("#admin-token", ADMIN)
+    page.click("#split")
+    page.wait_for_function("document.getElementById('message').textContent.startsWith('moved')")
+    assert _labels(server) == before + 1
+    spread = page.evaluate("window.__canonlabel.data.labels[0].spread")
+    assert spread is None or 0 <= spread <= 2

@@ -225,7 +225,8 @@ async function select(id) {
   renderLabels(state.order); draw();
   const l = d.labels[i];
   $("detail").hidden = false; $("detail-name").textContent = l.name;
-  $("detail-meta").textContent = `${l.count} items · id ${l.id}` + (l.category ? ` · category ${l.category}` : "");
+  $("detail-meta").textContent = `${l.count} items · id ${l.id}` + (l.category ? ` · category ${l.category}` : "") +
+    (l.spread != null ? ` · spread ${l.spread}` : "");
   const members = $("members"), history = $("history");
   members.textContent = ""; history.textContent = "";
   if (state.readOnly) {
@@ -246,7 +247,12 @@ async function select(id) {
 
 function addMember(m) {
   const li = document.createElement("li"), src = document.createElement("span");
-  li.textContent = m.text + " ";
+  if (!state.readOnly) {
+    const box = document.createElement("input");
+    box.type = "checkbox"; box.dataset.item = m.id; box.title = "split checked members into a new label";
+    li.append(box);
+  }
+  li.append(m.text + " ");
   src.className = "src"; src.textContent = `${m.source}${m.raw_label ? " · " + m.raw_label : ""}`;
   li.append(src); $("members").append(li);
 }
@@ -286,8 +292,10 @@ function wireActions() {
   }));
   $("split").addEventListener("click", () => curate(async () => {
     if (state.selected == null) throw new Error("select a label first");
-    await api(`/v1/labels/${state.selected}/split`, { method: "POST", body: { k: 2 }, admin: true });
-    return "split in two";
+    const items = [...document.querySelectorAll("#members input:checked")].map((b) => Number(b.dataset.item));
+    const body = items.length ? { items } : { k: 2 };
+    await api(`/v1/labels/${state.selected}/split`, { method: "POST", body, admin: true });
+    return items.length ? `moved ${items.length} member(s) to a new label` : "split in two";
   }));
   $("undo").addEventListener("click", () => curate(async () => {
     await api("/v1/labels/undo", { method: "POST", admin: true }); return "undone";
@@ -298,7 +306,8 @@ function wireActions() {
 // -- curves ------------------------------------------------------------------------------
 function renderCurves(c) {
   const box = $("charts"); box.textContent = "";
-  const series = [["hit rate", c.hit_rate], ["LLM calls per 1,000 items", c.llm_per_1000], ["labels", c.labels]];
+  const series = [["hit rate", c.hit_rate], ["LLM calls per 1,000 items", c.llm_per_1000],
+    ["router share", c.router_share], ["labels created", c.labels]];
   for (const [title, ys] of series) {
     if (!ys || !ys.length) continue;
     const max = Math.max(...ys, 1e-9), n = ys.length;
@@ -307,6 +316,10 @@ function renderCurves(c) {
       `<svg viewBox="0 0 100 70" preserveAspectRatio="none" aria-label="${title}">` +
       `<polyline fill="none" stroke="#3b7dd8" stroke-width="1" vector-effect="non-scaling-stroke" points="${pts}"/>` +
       `<text x="1" y="68" font-size="7" fill="#5b6670">${title}: ${ys[n - 1]} (max ${max})</text></svg>`);
+  }
+  const r = c.router;
+  if (r && r.error != null) {
+    box.insertAdjacentHTML("beforeend", `<p>router: estimated error ${r.error} (95% upper ${r.upper_95}) over ${r.audits_in_answered_region} audits</p>`);
   }
 }
 
