@@ -54,7 +54,7 @@ class Settings(BaseSettings):
         0.25, ge=0, description="...or after this share of the raw labels, if more"
     )
     consolidate_threshold: float = Field(
-        0.65, ge=0, le=1, description="combined similarity at which raw labels are grouped"
+        0.5, ge=0, le=1, description="combined similarity at which raw labels are grouped"
     )
     adjudication_budget: int = Field(
         0, ge=0, description="LLM questions on borderline groups per consolidation (0: none)"

@@ -165,3 +165,72 @@ def test_split_checked_members_into_a_new_label(page, server):
     assert _labels(server) == before + 1
     spread = page.evaluate("window.__canonlabel.data.labels[0].spread")
     assert spread is None or 0 <= spread <= 2
+
+
+def _member_on_screen(page) -> dict:
+    """Select the label with the most LLM members; the screen position of its first one."""
+    return page.evaluate(
+        """() => {
+      const s = window.__canonlabel, d = s.data, llm = d.sources.indexOf('llm');
+      const counts = new Map();
+      for (let i = 0; i < d.label.length; i++) if (d.source[i] === llm) counts.set(d.label[i], (counts.get(d.label[i]) || 0) + 1);
+      const [lab] = [...counts.entries()].sort((a, b) => b[1] - a[1])[0];
+      const i = d.label.findIndex((l, n) => l === lab && d.source[n] === llm);
+      return {label: d.labels[lab].id, index: lab, members: counts.get(lab), i};
+    }"""
+    )
+
+
+def test_lasso_on_the_map_splits_the_items_inside(page, server):
+    before = _labels(server)
+    target = _member_on_screen(page)
+    assert target["members"] >= 3
+    page.locator(f"#labels li[data-id='{target['label']}'] .name").click()
+    page.wait_for_selector("#members li")
+    box = page.locator("#gl").bounding_box()
+    x, y = page.evaluate(
+        """(i) => {
+      const s = window.__canonlabel, t = s.transform, c = document.getElementById('gl');
+      const ux = window.__canonlabelMap.unit[3 * i], uy = window.__canonlabelMap.unit[3 * i + 1];
+      return [((ux * t.sx + t.ox) + 1) / 2 * c.clientWidth, (1 - ((uy * t.sy + t.oy) + 1) / 2) * c.clientHeight];
+    }""",
+        target["i"],
+    )
+    x0, y0 = box["x"] + x, box["y"] + y
+    page.keyboard.down("Shift")
+    page.mouse.move(x0 - 3, y0 - 3)
+    page.mouse.down()
+    for dx, dy in [(3, -3), (3, 3), (-3, 3), (-3, -3)]:
+        page.mouse.move(x0 + dx, y0 + dy, steps=2)
+    page.mouse.up()
+    page.keyboard.up("Shift")
+    lassoed = page.evaluate("window.__canonlabel.lasso.length")
+    assert 1 <= lassoed < target["members"]
+    assert page.inner_text("#message").startswith(f"lasso: {lassoed} item(s)")
+    page.click("#tokens summary")
+    page.fill("#admin-token", ADMIN)
+    page.click("#split")
+    page.wait_for_function("document.getElementById('message').textContent.startsWith('moved')")
+    assert page.inner_text("#message") == f"moved {lassoed} member(s) to a new label"
+    assert _labels(server) == before + 1
+
+
+def test_split_checked_aliases_into_a_new_label(page, server):
+    headers = {"authorization": f"Bearer {ADMIN}"}
+    rows = httpx.get(server + "/v1/labels?limit=1000").json()["labels"]
+    into, away = rows[0]["id"], rows[1]["id"]
+    gone = httpx.get(f"{server}/v1/labels/{away}").json()["aliases"][0]
+    r = httpx.post(server + "/v1/labels/merge", json={"from": away, "into": into}, headers=headers)
+    assert r.status_code == 200
+    before = _labels(server)
+    page.reload()
+    page.wait_for_function("window.__canonlabel && window.__canonlabel.ready", timeout=30_000)
+    page.locator(f"#labels li[data-id='{into}'] .name").click()
+    page.wait_for_selector(f"#aliases input[data-alias='{gone}']")
+    page.check(f"#aliases input[data-alias='{gone}']")
+    page.click("#tokens summary")
+    page.fill("#admin-token", ADMIN)
+    page.click("#split")
+    page.wait_for_function("document.getElementById('message').textContent.startsWith('moved')")
+    assert _labels(server) == before + 1
+    assert gone not in httpx.get(f"{server}/v1/labels/{into}").json()["aliases"]

@@ -1,23 +1,20 @@
 """Consolidation: an order-invariant pass that regroups every raw label.
 
 The streaming path decides greedily, one raw label at a time, in arrival order. This pass
-looks at all raw labels at once and regroups them from two kinds of evidence:
+looks at all raw labels at once and regroups them from the evidence of
+:mod:`~canonlabel.labelspace.evidence`: core names (the informative words, learned from
+the store), member centroids and shared nearest neighbours.
 
-* **names** — cosine similarity of the raw labels' embeddings;
-* **members** — cosine similarity of the centroids of the texts the LLM gave each raw
-  label (what the label is *used for*, not what it is called).
-
-Raw labels are sorted by name and clustered with average linkage on
-``name_weight * names + (1 - name_weight) * members`` cut at ``threshold`` (no random
-state, so the result depends only on the set of raw labels and their members). Hand
-curation is respected: the raw labels of a pinned label (renamed, merged or split by hand)
-form one block that is never broken up, two pinned blocks never end up in one group, and
-a pinned label keeps its name.
+Raw labels are sorted by name and clustered with average linkage on that similarity, cut
+at ``threshold`` (no random state, so the result depends only on the set of raw labels and
+their members). Hand curation is respected: the raw labels of a pinned label (renamed,
+merged or split by hand) form one block that is never broken up, two pinned blocks never
+end up in one group, and a pinned label keeps its name.
 
 Groups are matched to existing label ids by member overlap, so ids stay stable; an old
 label that lost all its raw labels points (``merged_into``) at the label that took most of
 its items. A group's name is its most typical raw label (the usage-weighted medoid of the
-names), and its representative becomes the usage-weighted mean of its raw labels' name
+core names, the least padded variant on a tie), and its representative becomes the usage-weighted mean of its raw labels' name
 embeddings. Everything is one transaction, logged as a ``consolidate`` entry that
 :func:`revert` (``canonlabel undo``) reverses exactly.
 """
@@ -32,25 +29,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from canonlabel.canon import label_text
+from canonlabel.labelspace.evidence import Evidence, gather, similarity
 from canonlabel.labelspace.space import LabelSpace
-from canonlabel.store import from_blobs, to_blob
+from canonlabel.store import to_blob
 
 NAME_WEIGHT = 0.6
-THRESHOLD = 0.65
+THRESHOLD = 0.5
 
-
-@dataclass
-class Evidence:
-    """One row per raw label that has members following its alias, sorted by name."""
-
-    raw_labels: list[str]
-    current: np.ndarray  # root label id each raw label belongs to now
-    name_vectors: np.ndarray  # unit embeddings of the names
-    member_sums: np.ndarray  # sum of member text vectors
-    members: np.ndarray  # LLM-labelled items per raw label
-    uses: np.ndarray  # all items per raw label (members and the hits that reused them)
-    new_vectors: dict[str, np.ndarray] = field(default_factory=dict)  # to store
+__all__ = ["Evidence", "consolidate", "gather", "group", "plan", "revert"]
 
 
 @dataclass
@@ -67,44 +53,6 @@ class Plan:
     @property
     def changes(self) -> int:
         return len(self.moves) + len(self.merges) + len(self.renames)
-
-
-def gather(space: LabelSpace) -> Evidence:
-    """Read the evidence: each raw label's name embedding and the vectors of the items
-    labelled with it that still follow its alias (items moved by hand are left alone)."""
-    store = space.store
-    rows = store.conn.execute(
-        "SELECT raw_label, label_id, vector FROM items WHERE cached = 1 AND vector IS NOT NULL "
-        "AND source IN ('llm', 'cluster') AND raw_label IS NOT NULL"
-    ).fetchall()
-    sums: dict[str, np.ndarray] = {}
-    counts: dict[str, int] = defaultdict(int)
-    vectors = from_blobs([r[2] for r in rows], space.dim)
-    for (raw, label_id, _), vector in zip(rows, vectors, strict=False):
-        owner = space.aliases.get(raw)
-        if owner is None or space.resolve(label_id) != space.resolve(owner):
-            continue
-        sums[raw] = sums[raw] + vector if raw in sums else vector.copy()
-        counts[raw] += 1
-    raws = sorted(sums)
-    uses = store.raw_label_uses()
-    known = store.alias_vectors(space.dim)
-    missing = [r for r in raws if r not in known]
-    new = (
-        dict(zip(missing, space.embedder.embed([label_text(r) for r in missing])))
-        if missing
-        else {}
-    )
-    dim = space.dim
-    return Evidence(
-        raws,
-        np.array([space.resolve(space.aliases[r]) for r in raws], dtype=np.int64),
-        np.stack([known.get(r, new.get(r)) for r in raws]) if raws else np.zeros((0, dim)),
-        np.stack([sums[r] for r in raws]) if raws else np.zeros((0, dim)),
-        np.array([counts[r] for r in raws], dtype=np.float64),
-        np.array([max(uses.get(r, 0), counts[r]) for r in raws], dtype=np.float64),
-        new,
-    )
 
 
 def group(
@@ -124,10 +72,10 @@ def group(
     from scipy.cluster.hierarchy import fcluster, linkage
     from scipy.spatial.distance import squareform
 
-    names = np.stack([_unit(ev.name_vectors[b].sum(0)) for b in blocks])
+    names = np.stack([_unit(ev.core[b].sum(0)) for b in blocks])
     content = np.stack([_unit(ev.member_sums[b].sum(0)) for b in blocks])
-    sim = name_weight * (names @ names.T) + (1 - name_weight) * (content @ content.T)
-    dist = np.clip(1.0 - (sim + sim.T) / 2, 0.0, None)
+    sim = similarity(names, content, name_weight)
+    dist = np.clip(1.0 - sim, 0.0, None)
     np.fill_diagonal(dist, 0.0)
     tree = linkage(squareform(dist, checks=False), method="average")
     assigned = fcluster(tree, t=1.0 - threshold, criterion="distance") - 1
@@ -224,11 +172,18 @@ def _plan_names(space: LabelSpace, result: Plan, ev: Evidence, groups) -> None:
         if target is not None and target in space.pinned:
             result.names.append(space.names[target])
             continue
-        vecs = ev.name_vectors[rows]
-        score = (vecs @ vecs.T) @ ev.uses[rows]
+        vecs = ev.core[rows]
+        score = np.round((vecs @ vecs.T) @ ev.uses[rows], 6)
+        # among variants with the same core, the one with the fewest filler words
+        padding = [_padding(ev, i) for i in rows]
         order = sorted(
             range(len(rows)),
-            key=lambda j: (ev.raw_labels[rows[j]].startswith("no_"), -score[j], rows[j]),
+            key=lambda j: (
+                ev.raw_labels[rows[j]].startswith("no_"),
+                -score[j],
+                padding[j],
+                rows[j],
+            ),
         )
         name = next(
             (ev.raw_labels[rows[j]] for j in order if ev.raw_labels[rows[j]] not in used),
@@ -245,6 +200,12 @@ def _plan_names(space: LabelSpace, result: Plan, ev: Evidence, groups) -> None:
         if space.names[label_id] in chosen:  # "~" never appears in a label name
             old = space.names[label_id]
             result.renames.append((label_id, old, f"{old[:50]}~{label_id}"))
+
+
+def _padding(ev: Evidence, i: int) -> int:
+    """Words of a raw label that its core name left out."""
+    core = ev.cores[i].split() if ev.cores else []
+    return len(ev.raw_labels[i].split("_")) - len(core)
 
 
 def _free(base: str, used: set[str]) -> str:
@@ -273,7 +234,7 @@ def adjudicate(
     rows = [r for r in rows if len(r)]
     if len(rows) < 2:
         return assigned, 0
-    names = np.stack([_unit(ev.name_vectors[r].sum(0)) for r in rows])
+    names = np.stack([_unit(ev.core[r].sum(0)) for r in rows])
     content = np.stack([_unit(ev.member_sums[r].sum(0)) for r in rows])
     pairs = borderline_pairs(names, content, name_weight, threshold - margin, 2.0)
     top = [ev.raw_labels[max(r, key=lambda i: (ev.uses[i], -i))] for r in rows]

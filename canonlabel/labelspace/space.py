@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from canonlabel.embed import Embedder
 
 
+_MAX_PHRASES = 200_000
+
+
 class LabelSpace:
     """Canonical labels, their aliases, merge pointers and member centroids.
 
@@ -43,6 +46,7 @@ class LabelSpace:
         self._centroid_rows: dict[int, int] = {}
         self._centroid_sums = np.zeros((0, dim), dtype=np.float32)
         self._centroid_ids: list[int] = []
+        self._phrases: dict[str, np.ndarray] = {}  # embeddings of core names (consolidation)
 
     @classmethod
     def load(
@@ -73,6 +77,7 @@ class LabelSpace:
     def reload(self) -> None:
         """Re-read everything from the store (after curation or consolidation)."""
         fresh = LabelSpace.load(self.store, self.dim, self.embedder)
+        fresh._phrases = self._phrases  # embeddings of phrases do not change with the store
         self.__dict__.update(fresh.__dict__)
 
     # -- reads ------------------------------------------------------------------------
@@ -162,6 +167,16 @@ class LabelSpace:
                 v = self._centroid_sums[row]
                 out[n] = v / max(float(np.linalg.norm(v)), 1e-12)
         return out
+
+    def phrase_vectors(self, phrases: list[str]) -> np.ndarray:
+        """Embeddings of short phrases, each embedded once per label space (consolidation
+        embeds the core names of every raw label on each run)."""
+        missing = sorted({p for p in phrases if p not in self._phrases})
+        if missing:
+            if len(self._phrases) + len(missing) > _MAX_PHRASES:
+                self._phrases.clear()
+            self._phrases.update(zip(missing, self.embedder.embed(missing)))
+        return np.stack([self._phrases[p] for p in phrases])
 
     # -- canonicalisation (inside the caller's write transaction) ------------------------
     def write_raw_label(

@@ -58,6 +58,7 @@ function compile(gl) {
 }
 
 const map = { gl: null, prog: null, n: 0, bounds: null };
+window.__canonlabelMap = map;  // for tests
 
 function setupMap() {
   const canvas = $("gl");
@@ -70,11 +71,18 @@ function setupMap() {
     v.x = mx - (mx - v.x) * f; v.y = my - (my - v.y) * f; v.k *= f; draw();
   }, { passive: false });
   let drag = null;
-  canvas.addEventListener("mousedown", (e) => { drag = toClip(e); });
-  window.addEventListener("mouseup", () => { drag = null; });
+  // Shift + drag draws a lasso around items (for a split); a plain drag pans.
+  canvas.addEventListener("mousedown", (e) => {
+    if (e.shiftKey) { state.lassoPath = [toClip(e)]; state.lasso = []; draw(); } else drag = toClip(e);
+  });
+  window.addEventListener("mouseup", () => {
+    drag = null;
+    if (state.lassoPath) { finishLasso(state.lassoPath); state.lassoPath = null; draw(); }
+  });
   canvas.addEventListener("mousemove", (e) => {
     const p = toClip(e);
-    if (drag) { state.view.x += p[0] - drag[0]; state.view.y += p[1] - drag[1]; drag = p; draw(); }
+    if (state.lassoPath) { state.lassoPath.push(p); draw(); }
+    else if (drag) { state.view.x += p[0] - drag[0]; state.view.y += p[1] - drag[1]; drag = p; draw(); }
     else hover(e, p);
   });
   canvas.addEventListener("mouseleave", () => { $("tooltip").hidden = true; });
@@ -145,13 +153,64 @@ function drawNames(over, w, h, dpr) {
   const ctx = over.getContext("2d"), t = state.transform, b = map.bounds, d = state.data;
   ctx.clearRect(0, 0, over.width, over.height);
   if (!d || !b) return;
-  ctx.scale(dpr, dpr); ctx.font = "12px system-ui, sans-serif"; ctx.textAlign = "center";
+  ctx.scale(dpr, dpr);
+  drawLasso(ctx, w, h);
+  ctx.font = "12px system-ui, sans-serif"; ctx.textAlign = "center";
   const shown = Math.min(d.labels.length, Math.round(25 * Math.sqrt(state.view.k)));
   for (const [i, l] of d.labels.slice(0, shown).entries()) {
     const px = (((l.x - b.cx) * b.s * t.sx + t.ox) + 1) / 2 * w, py = (1 - (((l.y - b.cy) * b.s * t.sy + t.oy) + 1) / 2) * h;
     if (px < 0 || px > w || py < 0 || py > h) continue;
     ctx.fillStyle = "#000a"; ctx.fillText(l.name, px + 1, py + 1);
     ctx.fillStyle = state.selectedIndex === i ? "#fff" : "#e8edf2"; ctx.fillText(l.name, px, py);
+  }
+}
+
+// -- lasso -------------------------------------------------------------------------------
+function toUnit(p) {
+  const t = state.transform;
+  return [(p[0] - t.ox) / t.sx, (p[1] - t.oy) / t.sy];
+}
+
+function inside(poly, x, y) {
+  let hit = false;
+  for (let i = 0, j = poly.length - 1; i < poly.length; j = i++) {
+    const [xi, yi] = poly[i], [xj, yj] = poly[j];
+    if ((yi > y) !== (yj > y) && x < ((xj - xi) * (y - yi)) / (yj - yi) + xi) hit = !hit;
+  }
+  return hit;
+}
+
+/** LLM-labelled items inside a lasso drawn in clip coordinates, of the selected label
+ * when one is selected (a split moves LLM members; the hits that matched them follow). */
+function lassoItems(path) {
+  if (!state.transform || path.length < 3 || !map.n) return [];
+  const d = state.data, poly = path.map(toUnit), out = [], sel = state.selectedIndex ?? -1;
+  const asked = new Set(["llm", "cluster"].map((s) => d.sources.indexOf(s)).filter((x) => x >= 0));
+  for (let i = 0; i < map.n; i++) {
+    if ((sel >= 0 && d.label[i] !== sel) || !asked.has(d.source[i])) continue;
+    if (inside(poly, map.unit[3 * i], map.unit[3 * i + 1])) out.push(i);
+  }
+  return out;
+}
+
+function finishLasso(path) {
+  state.lasso = lassoItems(path);
+  const of = state.selected == null ? "" : ` of ${state.data.labels[state.selectedIndex].name}`;
+  say(state.lasso.length ? `lasso: ${state.lasso.length} item(s)${of}; split moves them to a new label` : "");
+}
+
+function drawLasso(ctx, w, h) {
+  const t = state.transform, toPx = (u) => [((u[0] * t.sx + t.ox) + 1) / 2 * w, (1 - ((u[1] * t.sy + t.oy) + 1) / 2) * h];
+  const path = state.lassoPath;
+  if (path && path.length > 1) {
+    ctx.strokeStyle = "#ffd166"; ctx.lineWidth = 1.5; ctx.beginPath();
+    path.forEach((p, n) => { const x = (p[0] + 1) / 2 * w, y = (1 - (p[1] + 1) / 2) * h; n ? ctx.lineTo(x, y) : ctx.moveTo(x, y); });
+    ctx.stroke();
+  }
+  ctx.strokeStyle = "#ffd166"; ctx.lineWidth = 1;
+  for (const i of (state.lasso || []).slice(0, 5000)) {
+    const [x, y] = toPx([map.unit[3 * i], map.unit[3 * i + 1]]);
+    ctx.beginPath(); ctx.arc(x, y, 4, 0, 2 * Math.PI); ctx.stroke();
   }
 }
 
@@ -228,7 +287,7 @@ async function select(id) {
   $("detail-meta").textContent = `${l.count} items · id ${l.id}` + (l.category ? ` · category ${l.category}` : "") +
     (l.spread != null ? ` · spread ${l.spread}` : "");
   const members = $("members"), history = $("history");
-  members.textContent = ""; history.textContent = "";
+  members.textContent = ""; history.textContent = ""; $("aliases").textContent = ""; state.lasso = [];
   if (state.readOnly) {
     for (const m of (d.members && d.members[l.id]) || []) addMember(m);
     return;
@@ -236,13 +295,26 @@ async function select(id) {
   try {
     const [rows, detail] = await Promise.all([api(`/ui/api/labels/${id}/members`), api(`/v1/labels/${id}`)]);
     for (const m of rows.members) addMember(m);
-    $("detail-meta").textContent += ` · aliases: ${(detail.aliases || []).join(", ")}`;
+    renderAliases(detail.aliases || []);
     for (const h of detail.history || []) {
       const li = document.createElement("li");
       li.textContent = `${h.kind}: ${h.raw_label || ""} ${h.from ?? ""} → ${h.into}${h.undone ? " (undone)" : ""}`;
       history.append(li);
     }
   } catch (err) { say(err.message); }
+}
+
+function renderAliases(aliases) {
+  const box = $("aliases"); box.textContent = "";
+  for (const a of aliases) {
+    const label = document.createElement("label");
+    if (!state.readOnly) {
+      const c = document.createElement("input");
+      c.type = "checkbox"; c.dataset.alias = a; c.title = "split the checked raw labels (and their items) into a new label";
+      label.append(c);
+    }
+    label.append(" " + a); box.append(label);
+  }
 }
 
 function addMember(m) {
@@ -292,9 +364,13 @@ function wireActions() {
   }));
   $("split").addEventListener("click", () => curate(async () => {
     if (state.selected == null) throw new Error("select a label first");
-    const items = [...document.querySelectorAll("#members input:checked")].map((b) => Number(b.dataset.item));
-    const body = items.length ? { items } : { k: 2 };
+    const aliases = [...document.querySelectorAll("#aliases input:checked")].map((b) => b.dataset.alias);
+    let items = [...document.querySelectorAll("#members input:checked")].map((b) => Number(b.dataset.item));
+    if (!items.length && state.lasso && state.lasso.length) items = state.lasso.map((i) => state.data.ids[i]);
+    const body = aliases.length ? { aliases } : items.length ? { items } : { k: 2 };
     await api(`/v1/labels/${state.selected}/split`, { method: "POST", body, admin: true });
+    state.lasso = [];
+    if (aliases.length) return `moved ${aliases.length} raw label(s) to a new label`;
     return items.length ? `moved ${items.length} member(s) to a new label` : "split in two";
   }));
   $("undo").addEventListener("click", () => curate(async () => {

@@ -1,0 +1,151 @@
+"""The evidence consolidation judges raw labels by, and the similarity it builds from it.
+
+Three kinds, each independent of arrival order:
+
+* **core names** — an LLM pads its labels with words that say nothing about the text
+  (``_issue``, ``_request``, ``customer_``, ``question_about_``) and reorders the rest.
+  Which words those are is *learned from the store*, not listed: a word is informative
+  when the texts of the raw labels that use it lie close together (a high mean resultant
+  length of their embeddings), and filler when they are spread like the whole store. A raw
+  label's core name keeps its informative words; its embedding is the name evidence.
+* **members** — the centroid of the texts the LLM gave each raw label (what the label is
+  *used for*, not what it is called).
+* **shared neighbours** — two raw labels whose nearest raw labels are the same ones belong
+  together even when their own similarity falls short (a fragment of an intent sits among
+  the other fragments of it).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from canonlabel.canon import label_text
+from canonlabel.store import from_blobs
+
+if TYPE_CHECKING:
+    from canonlabel.labelspace.space import LabelSpace
+
+WORD_FLOOR = 0.15  # informativeness below which a word is dropped from the core name
+WORD_PRIOR = 3.0  # pseudo-members that pull a rarely used word towards the store's spread
+NEIGHBOURS = 3  # raw labels compared for shared neighbours
+NEIGHBOUR_WEIGHT = 0.2  # share of the similarity that shared neighbours decide
+
+
+@dataclass
+class Evidence:
+    """One row per raw label that has members following its alias, sorted by name."""
+
+    raw_labels: list[str]
+    current: np.ndarray  # root label id each raw label belongs to now
+    name_vectors: np.ndarray  # unit embeddings of the raw names (representatives)
+    member_sums: np.ndarray  # sum of member text vectors
+    members: np.ndarray  # LLM-labelled items per raw label
+    uses: np.ndarray  # all items per raw label (members and the hits that reused them)
+    new_vectors: dict[str, np.ndarray] = field(default_factory=dict)  # to store
+    core_vectors: np.ndarray | None = None  # unit embeddings of the core names
+    cores: list[str] = field(default_factory=list)
+
+    @property
+    def core(self) -> np.ndarray:
+        return self.name_vectors if self.core_vectors is None else self.core_vectors
+
+
+def gather(space: LabelSpace) -> Evidence:
+    """Read the evidence: each raw label's name embedding, the vectors of the items
+    labelled with it that still follow its alias (items moved by hand are left alone), and
+    its core name's embedding."""
+    store = space.store
+    rows = store.conn.execute(
+        "SELECT raw_label, label_id, vector FROM items WHERE cached = 1 AND vector IS NOT NULL "
+        "AND source IN ('llm', 'cluster') AND raw_label IS NOT NULL"
+    ).fetchall()
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = defaultdict(int)
+    vectors = from_blobs([r[2] for r in rows], space.dim)
+    for (raw, label_id, _), vector in zip(rows, vectors, strict=False):
+        owner = space.aliases.get(raw)
+        if owner is None or space.resolve(label_id) != space.resolve(owner):
+            continue
+        sums[raw] = sums[raw] + vector if raw in sums else vector.copy()
+        counts[raw] += 1
+    raws = sorted(sums)
+    uses = store.raw_label_uses()
+    known = store.alias_vectors(space.dim)
+    missing = [r for r in raws if r not in known]
+    new = dict(zip(missing, space.embedder.embed([label_text(r) for r in missing]))) if missing else {}
+    dim = space.dim
+    ev = Evidence(
+        raws,
+        np.array([space.resolve(space.aliases[r]) for r in raws], dtype=np.int64),
+        np.stack([known.get(r, new.get(r)) for r in raws]) if raws else np.zeros((0, dim)),
+        np.stack([sums[r] for r in raws]) if raws else np.zeros((0, dim)),
+        np.array([counts[r] for r in raws], dtype=np.float64),
+        np.array([max(uses.get(r, 0), counts[r]) for r in raws], dtype=np.float64),
+        new,
+    )
+    ev.cores = core_names(raws, word_weights(raws, ev.member_sums, ev.members))
+    ev.core_vectors = space.phrase_vectors(ev.cores) if raws else np.zeros((0, dim))
+    return ev
+
+
+def word_weights(
+    raw_labels: list[str], member_sums: np.ndarray, members: np.ndarray, prior: float = WORD_PRIOR
+) -> dict[str, float]:
+    """Informativeness in [0, 1] of every word of the raw labels: how much more tightly the
+    texts of the raw labels using it cluster than the store's texts do (0: as spread as
+    everything, a filler word; 1: all its texts point one way)."""
+    total = float(members.sum())
+    if total == 0:
+        return {}
+    spread = float(np.linalg.norm(member_sums.sum(0))) / total  # mean resultant length
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, float] = defaultdict(float)
+    for raw, vec, n in zip(raw_labels, member_sums, members, strict=False):
+        for word in set(raw.split("_")):
+            sums[word] = sums[word] + vec if word in sums else vec.copy()
+            counts[word] += n
+    weights = {}
+    for word, vec in sums.items():
+        n = counts[word]
+        tight = (float(np.linalg.norm(vec)) + prior * spread) / (n + prior)
+        weights[word] = max(0.0, (tight - spread) / max(1.0 - spread, 1e-9))
+    return weights
+
+
+def core_names(raw_labels: list[str], weights: dict[str, float], floor: float = WORD_FLOOR):
+    """Each raw label's informative words, in its order (all of them if none is)."""
+    out = []
+    for raw in raw_labels:
+        words = raw.split("_")
+        kept = [w for w in words if weights.get(w, 1.0) >= floor]
+        out.append(" ".join(kept or words))
+    return out
+
+
+def similarity(
+    names: np.ndarray,
+    content: np.ndarray,
+    name_weight: float,
+    neighbours: int = NEIGHBOURS,
+    neighbour_weight: float = NEIGHBOUR_WEIGHT,
+) -> np.ndarray:
+    """Combined similarity of units (raw labels or blocks of them): names and members,
+    blended with the share of nearest neighbours they have in common."""
+    sim = name_weight * (names @ names.T) + (1 - name_weight) * (content @ content.T)
+    sim = (sim + sim.T) / 2
+    n = len(sim)
+    if n <= neighbours + 1 or neighbour_weight == 0:
+        return sim
+    ranked = sim.copy()
+    np.fill_diagonal(ranked, -np.inf)
+    # stable argsort on a name-sorted input: ties never depend on arrival order
+    nearest = np.argsort(-ranked, axis=1, kind="stable")[:, :neighbours]
+    hood = np.zeros((n, n), dtype=np.float32)
+    hood[np.repeat(np.arange(n), neighbours), nearest.ravel()] = 1.0
+    np.fill_diagonal(hood, 1.0)
+    shared = (hood @ hood.T) / (neighbours + 1)
+    return (1 - neighbour_weight) * sim + neighbour_weight * shared
