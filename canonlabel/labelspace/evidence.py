@@ -144,8 +144,10 @@ def similarity(
     np.fill_diagonal(ranked, -np.inf)
     # stable argsort on a name-sorted input: ties never depend on arrival order
     nearest = np.argsort(-ranked, axis=1, kind="stable")[:, :neighbours]
-    hood = np.zeros((n, n), dtype=np.float32)
-    hood[np.repeat(np.arange(n), neighbours), nearest.ravel()] = 1.0
-    np.fill_diagonal(hood, 1.0)
-    shared = (hood @ hood.T) / (neighbours + 1)
+    from scipy import sparse
+
+    rows = np.repeat(np.arange(n), neighbours + 1)
+    cols = np.concatenate([np.arange(n)[:, None], nearest], axis=1).ravel()
+    hood = sparse.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(n, n))
+    shared = (hood @ hood.T).toarray() / (neighbours + 1)  # sparse: O(n · k²) products
     return (1 - neighbour_weight) * sim + neighbour_weight * shared
