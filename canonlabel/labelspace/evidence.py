@@ -76,7 +76,11 @@ def gather(space: LabelSpace) -> Evidence:
     uses = store.raw_label_uses()
     known = store.alias_vectors(space.dim)
     missing = [r for r in raws if r not in known]
-    new = dict(zip(missing, space.embedder.embed([label_text(r) for r in missing]))) if missing else {}
+    new = (
+        dict(zip(missing, space.embedder.embed([label_text(r) for r in missing])))
+        if missing
+        else {}
+    )
     dim = space.dim
     ev = Evidence(
         raws,
