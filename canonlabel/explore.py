@@ -1,8 +1,8 @@
 """What the exploration page shows: a 2-D map of the items, labels, members and curves.
 
 The map is a projection of the item embeddings, computed once and cached in the store
-(``projection`` table); new items are placed with the stored transform, so a reload only
-projects what is new. ``pca`` (default: instant, linear, deterministic) or ``umap``
+(``projection`` table); new items are placed with the stored transform (PCA) or at the
+weighted mean of their nearest placed items (UMAP), so a reload only projects what is new. ``pca`` (default: instant, linear, deterministic) or ``umap``
 (``umap-learn``, seed 42: better separated clusters, about a minute per 10,000 items here).
 Items answered without a vector of their own (exact and cache hits) sit next to the item
 they matched.
@@ -25,9 +25,11 @@ def _fit(vectors: np.ndarray, method: str) -> dict:
     if method == "umap":
         import umap
 
-        model = umap.UMAP(n_components=2, random_state=42, n_neighbors=15, min_dist=0.1)
+        model = umap.UMAP(
+            n_components=2, random_state=42, n_neighbors=15, min_dist=0.1, n_jobs=1
+        )  # a seed makes UMAP single-threaded anyway
         model.fit(vectors[:MAX_FIT])
-        return {"method": "umap", "model": model}
+        return {"method": "umap", "model": model, "fitted_on": vectors[:MAX_FIT]}
     mean = vectors[:MAX_FIT].mean(axis=0)
     _, _, vt = np.linalg.svd(vectors[:MAX_FIT] - mean, full_matrices=False)
     components = vt[:2]
@@ -39,7 +41,10 @@ def _fit(vectors: np.ndarray, method: str) -> dict:
 
 def _transform(fitted: dict, vectors: np.ndarray) -> np.ndarray:
     if fitted["method"] == "umap":
-        return fitted["model"].transform(vectors)
+        fit_xy = fitted["model"].embedding_
+        n = len(fit_xy)
+        rest = _near_positions(vectors[n:], fitted["fitted_on"], fit_xy)
+        return np.vstack([fit_xy, rest]) if len(rest) else np.asarray(fit_xy)
     return (vectors - np.array(fitted["mean"])) @ np.array(fitted["components"]).T
 
 
@@ -59,20 +64,47 @@ def project(store, dim: int, method: str = "pca") -> int:
         return 0
     ids = [r[0] for r in rows]
     vectors = from_blobs([r[1] for r in rows], dim)
-    if fitted is None or fitted["method"] == "umap":
-        fitted = _fit(vectors, method)  # UMAP models are not stored: refit on change
-    xy = _transform(fitted, vectors)
+    # UMAP models are not stored (no pickle): new items join the map by their neighbours
+    xy = _place_near(store, dim, vectors) if fitted and fitted["method"] == "umap" else None
+    if xy is None:
+        if fitted is None or fitted["method"] == "umap":
+            fitted = _fit(vectors, method)
+        xy = _transform(fitted, vectors)
+    kept = fitted if fitted["method"] == "pca" else {"method": "umap"}
     with store.write() as c:
         c.executemany(
             "INSERT OR REPLACE INTO projection (item_id, x, y) VALUES (?, ?, ?)",
             [(i, float(x), float(y)) for i, (x, y) in zip(ids, xy)],
         )
-        if fitted["method"] == "pca":
-            c.execute(
-                "INSERT OR REPLACE INTO meta VALUES ('projection', ?)",
-                (json.dumps(json.dumps(fitted)),),
-            )
+        c.execute(
+            "INSERT OR REPLACE INTO meta VALUES ('projection', ?)", (json.dumps(json.dumps(kept)),)
+        )
     return len(ids)
+
+
+def _place_near(store, dim: int, vectors: np.ndarray, k: int = 10) -> np.ndarray | None:
+    """Positions for new items on an existing map: the similarity-weighted mean position of
+    their ``k`` nearest placed items (how UMAP itself starts placing new points)."""
+    rows = store.conn.execute(
+        "SELECT i.vector, p.x, p.y FROM items i JOIN projection p ON p.item_id = i.id "
+        "WHERE i.vector IS NOT NULL ORDER BY i.id"
+    ).fetchall()
+    if not rows:
+        return None
+    placed = from_blobs([r[0] for r in rows], dim)
+    return _near_positions(vectors, placed, np.array([(r[1], r[2]) for r in rows]), k)
+
+
+def _near_positions(vectors, placed, where, k: int = 10) -> np.ndarray:
+    k = min(k, len(placed))
+    where = np.asarray(where, dtype=np.float64)
+    out = np.zeros((len(vectors), 2))
+    for start in range(0, len(vectors), 512):  # bounded memory: 512 × placed similarities
+        sims = vectors[start : start + 512] @ placed.T
+        near = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        w = np.maximum(np.take_along_axis(sims, near, axis=1), 0.0) ** 4 + 1e-9
+        out[start : start + 512] = np.einsum("nk,nkd->nd", w / w.sum(1, keepdims=True), where[near])
+    return out
 
 
 def points(clf) -> dict:
