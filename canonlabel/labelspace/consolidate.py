@@ -14,8 +14,8 @@ end up in one group, and a pinned label keeps its name.
 Groups are matched to existing label ids by member overlap, so ids stay stable; an old
 label that lost all its raw labels points (``merged_into``) at the label that took most of
 its items. A group's name is its most typical raw label (the usage-weighted medoid of the
-core names, the least padded variant on a tie), and its representative becomes the usage-weighted mean of its raw labels' name
-embeddings. Everything is one transaction, logged as a ``consolidate`` entry that
+core names, the least padded variant on a tie), and its representative becomes the
+usage-weighted mean of its raw labels' name embeddings. Everything is one transaction, logged as a ``consolidate`` entry that
 :func:`revert` (``canonlabel undo``) reverses exactly.
 """
 
