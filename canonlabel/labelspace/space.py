@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from canonlabel.embed import Embedder
 
 
-_MAX_PHRASES = 200_000
+_MAX_PHRASES = 50_000  # core-name embeddings kept (about 75 MB at 384 dimensions)
 
 
 class LabelSpace:
