@@ -9,7 +9,8 @@ import random
 import pytest
 
 from canonlabel import Classifier, Settings
-from canonlabel.testing import HashEmbedder, SimulatedLLM
+from canonlabel.errors import CurationError
+from canonlabel.testing import FakeLabeler, HashEmbedder, SimulatedLLM
 from canonlabel.types import LabelRequest
 from tests.conftest import run_cli
 
@@ -199,3 +200,25 @@ def test_consolidate_cli_dry_run_then_undo(tmp_path):
     assert r.returncode == 0 and json.loads(r.stdout)["kind"] == "undo", r.stderr
     out = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
     assert all(row["label"] for row in out)
+
+
+def test_undoing_a_consolidation_after_a_split_took_a_freed_name(tmp_path):
+    """Found by the property test: a split after a consolidation names its new label with
+    a name the consolidation had freed; undoing the consolidation gives that name back,
+    and the split's label keeps its items under a free name instead of crashing."""
+    s = Settings(db=tmp_path / "u.db", min_similarity=0.9, consolidate_every=0)
+    with Classifier.open(settings=s, embedder=HashEmbedder(), labeler=FakeLabeler()) as clf:
+        clf.classify_many(["card refund", "card", "pin", "card declined"])
+        clf.consolidate()
+        for label in sorted({clf.space.resolve(i) for i in clf.space.names}):
+            try:
+                clf.split(label, k=2)
+                break
+            except CurationError:
+                continue
+        clf.undo()
+        names = [n for (n,) in clf.store.conn.execute("SELECT name FROM labels")]
+        assert len(names) == len(set(names))
+        assert clf.store.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        items = clf.store.conn.execute("SELECT label_id FROM items").fetchall()
+        assert all(clf.space.resolve(lab) in clf.space.names for (lab,) in items)

@@ -412,11 +412,7 @@ def revert(space: LabelSpace, entry: int, detail: dict) -> dict:
                 c.execute("DELETE FROM label_fts WHERE label_id = ?", (label_id,))
                 c.execute("DELETE FROM labels WHERE id = ?", (label_id,))
                 continue
-            (name,) = c.execute("SELECT name FROM labels WHERE id = ?", (label_id,)).fetchone()
-            if name in wanted:  # still used by later items: it keeps them, under a free name
-                c.execute(
-                    "UPDATE labels SET name = ? WHERE id = ?", (f"{name}~{label_id}", label_id)
-                )
+        _free_names(c, wanted, {i for i, _ in detail["renames"]})
         _rename(c, [(i, old) for i, old in detail["renames"]])
         c.execute("UPDATE merges SET undone = 1 WHERE id = ?", (entry,))
     space.reload()
@@ -427,6 +423,21 @@ def revert(space: LabelSpace, entry: int, detail: dict) -> dict:
         "merges": len(detail["merges"]),
         "renames": len(detail["renames"]),
     }
+
+
+def _free_names(c, wanted: set[str], renamed: set[int]) -> None:
+    """A label that holds a name being given back — created by this consolidation and
+    still used, or made since (a split, a new raw label) — keeps its items under a free
+    name (``~`` never appears in a label name)."""
+    if not wanted:
+        return
+    marks = ",".join("?" * len(wanted))
+    holders = c.execute(
+        f"SELECT id, name FROM labels WHERE name IN ({marks})", sorted(wanted)
+    ).fetchall()
+    for label_id, name in holders:
+        if label_id not in renamed:
+            c.execute("UPDATE labels SET name = ? WHERE id = ?", (f"{name}~{label_id}", label_id))
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
