@@ -2,8 +2,9 @@
 
 The map is a projection of the item embeddings, computed once and cached in the store
 (``projection`` table); new items are placed with the stored transform (PCA) or at the
-weighted mean of their nearest placed items (UMAP), so a reload only projects what is new. ``pca`` (default: instant, linear, deterministic) or ``umap``
-(``umap-learn``, seed 42: better separated clusters, about a minute per 10,000 items here).
+weighted mean of their nearest placed items (UMAP), so a reload only projects what is new.
+``pca`` (default: instant, linear, deterministic) or ``umap`` (``umap-learn``, seed 42:
+better separated clusters, about a minute per 10,000 items here).
 Items answered without a vector of their own (exact and cache hits) sit next to the item
 they matched.
 """
@@ -43,8 +44,7 @@ def _transform(fitted: dict, vectors: np.ndarray) -> np.ndarray:
     if fitted["method"] == "umap":
         fit_xy = fitted["model"].embedding_
         n = len(fit_xy)
-        rest = _near_positions(vectors[n:], fitted["fitted_on"], fit_xy)
-        return np.vstack([fit_xy, rest]) if len(rest) else np.asarray(fit_xy)
+        return np.vstack([fit_xy, _near_positions(vectors[n:], fitted["fitted_on"], fit_xy)])
     return (vectors - np.array(fitted["mean"])) @ np.array(fitted["components"]).T
 
 

@@ -168,7 +168,7 @@ def test_split_checked_members_into_a_new_label(page, server):
 
 
 def _member_on_screen(page) -> dict:
-    """Select the label with the most LLM members; the screen position of its first one."""
+    """The label with the most LLM members: its id, index, member count and first item."""
     return page.evaluate(
         """() => {
       const s = window.__canonlabel, d = s.data, llm = d.sources.indexOf('llm');

@@ -204,8 +204,7 @@ def _plan_names(space: LabelSpace, result: Plan, ev: Evidence, groups) -> None:
 
 def _padding(ev: Evidence, i: int) -> int:
     """Words of a raw label that its core name left out."""
-    core = ev.cores[i].split() if ev.cores else []
-    return len(ev.raw_labels[i].split("_")) - len(core)
+    return len(ev.raw_labels[i].split("_")) - len(ev.cores[i].split())
 
 
 def _free(base: str, used: set[str]) -> str:

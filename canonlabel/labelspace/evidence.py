@@ -46,12 +46,8 @@ class Evidence:
     members: np.ndarray  # LLM-labelled items per raw label
     uses: np.ndarray  # all items per raw label (members and the hits that reused them)
     new_vectors: dict[str, np.ndarray] = field(default_factory=dict)  # to store
-    core_vectors: np.ndarray | None = None  # unit embeddings of the core names
-    cores: list[str] = field(default_factory=list)
-
-    @property
-    def core(self) -> np.ndarray:
-        return self.name_vectors if self.core_vectors is None else self.core_vectors
+    cores: list[str] = field(default_factory=list)  # informative words of each raw label
+    core: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # their embeddings
 
 
 def gather(space: LabelSpace) -> Evidence:
@@ -92,7 +88,7 @@ def gather(space: LabelSpace) -> Evidence:
         new,
     )
     ev.cores = core_names(raws, word_weights(raws, ev.member_sums, ev.members))
-    ev.core_vectors = space.phrase_vectors(ev.cores) if raws else np.zeros((0, dim))
+    ev.core = space.phrase_vectors(ev.cores) if raws else np.zeros((0, dim))
     return ev
 
 
