@@ -21,7 +21,7 @@ import numpy as np
 from canonlabel.canon import InvalidLabel, clean_label, label_text
 from canonlabel.embed import Embedder
 from canonlabel.errors import ConfigError
-from canonlabel.store import SqliteStore, from_blobs, to_blob
+from canonlabel.store import Store, from_blobs, to_blob
 from canonlabel.types import LabelRequest
 
 OTHER = "other"
@@ -101,17 +101,20 @@ class CategoryIndex:
 
 
 def define(
-    store: SqliteStore, embedder: Embedder, categories: list[Category], *, prune: bool = True
+    store: Store, embedder: Embedder, categories: list[Category], *, prune: bool = True
 ) -> dict[str, int]:
     """Store category definitions, embedding only new or changed ones."""
-    current = dict(store.conn.execute("SELECT name, hash FROM categories"))
+    current = dict(store.query("SELECT name, hash FROM categories"))
     changed = [c for c in categories if current.get(c.name) != c.hash]
     desc = embedder.embed([f"{label_text(c.name)}: {c.description}" for c in changed])
     with store.write() as conn:
         for c, vec in zip(changed, desc):
             ex = embedder.embed(list(c.examples)).mean(0) if c.examples else None
             conn.execute(
-                "INSERT OR REPLACE INTO categories VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO categories VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                "description = excluded.description, examples = excluded.examples, "
+                "hash = excluded.hash, vector = excluded.vector, "
+                "examples_vector = excluded.examples_vector, updated_at = excluded.updated_at",
                 (
                     c.name,
                     c.description,
@@ -132,10 +135,8 @@ def define(
     }
 
 
-def load_index(store: SqliteStore, dim: int) -> CategoryIndex:
-    rows = store.conn.execute(
-        "SELECT name, vector, examples_vector FROM categories ORDER BY name"
-    ).fetchall()
+def load_index(store: Store, dim: int) -> CategoryIndex:
+    rows = store.query("SELECT name, vector, examples_vector FROM categories ORDER BY name")
     if not rows:
         raise ConfigError("no categories defined; run `canonlabel categories define FILE`")
     desc = from_blobs([r[1] for r in rows], dim)
@@ -233,8 +234,8 @@ def map_labels(clf, *, labeler=None, margin: float = 0.02) -> dict:
     return {"labels": len(roots), "by_category": counts}
 
 
-def label_categories(store: SqliteStore) -> dict[int, str]:
-    return dict(store.conn.execute("SELECT label_id, category FROM label_categories"))
+def label_categories(store: Store) -> dict[int, str]:
+    return dict(store.query("SELECT label_id, category FROM label_categories"))
 
 
 def _unit(v: np.ndarray) -> np.ndarray:

@@ -21,7 +21,10 @@ app = typer.Typer(
 )
 err = Console(stderr=True)
 
-DbOpt = Annotated[Path | None, typer.Option("--db", help="SQLite store [env CANONLABEL_DB]")]
+DbOpt = Annotated[
+    str | None,
+    typer.Option("--db", help="SQLite path or postgresql:// URL of the store [env CANONLABEL_DB]"),
+]
 LlmOpt = Annotated[
     str | None,
     typer.Option("--llm", help="local | local:PATH.gguf | openai:MODEL | fake [CANONLABEL_LLM]"),
@@ -217,9 +220,10 @@ def _open(
     db, llm=None, embedder=None, *, need_llm: bool = False, read_only: bool = False, **overrides
 ):
     from canonlabel.pipeline import Classifier
+    from canonlabel.store import store_exists
 
     settings = _settings(db=db, llm=llm, embedder=embedder, **overrides)
-    if not settings.db.exists():
+    if not store_exists(settings.db):
         raise CanonlabelError(
             f"store {settings.db} does not exist; run canonlabel classify first or pass --db"
         )
@@ -479,8 +483,10 @@ def explore(
     from canonlabel.explore_cli import run_explore
 
     try:
+        from canonlabel.store import store_exists
+
         settings = _settings(db=db, embedder=embedder, projection=projection)
-        if not settings.db.exists():
+        if not store_exists(settings.db):
             raise CanonlabelError(f"store {settings.db} does not exist; pass --db")
         run_explore(settings, port=port, export=export, open_browser=open_browser, console=err)
     except CanonlabelError as exc:
@@ -664,12 +670,12 @@ def categories_define(file: Path, db: DbOpt = None, embedder: EmbOpt = None) -> 
     re-embedded."""
     from canonlabel import categories as cat
     from canonlabel.embed import make_embedder
-    from canonlabel.store import SqliteStore
+    from canonlabel.store import open_store
 
     try:
         settings = _settings(db=db, embedder=embedder)
         emb = make_embedder(settings.embedder, settings)
-        store = SqliteStore(settings.db)
+        store = open_store(settings.db)
         store.lock_writer(settings.lock_wait)
         store.bind_embedder(emb.id, emb.dim)
         out = cat.define(store, emb, cat.load_categories(file))
@@ -938,13 +944,13 @@ def annotate(
     from canonlabel import taxonomy as tx
     from canonlabel.io import count_lines, read_records, usable_text
     from canonlabel.llm import make_labeler
-    from canonlabel.store import SqliteStore
+    from canonlabel.store import open_store
 
     try:
         settings = _settings(config, db=db, llm=llm)
         entries = tx.load_taxonomy(taxonomy)
         labeler = make_labeler(settings.llm, settings)
-        store = SqliteStore(settings.db)
+        store = open_store(settings.db)
         records = read_records(input, text_field=text_field, id_field=id_field)
         records = islice(records, limit) if limit else records
         sink = output.open("w", encoding="utf-8") if output else sys.stdout

@@ -6,10 +6,11 @@ Every field can be set by a ``CANONLABEL_<NAME>`` environment variable, e.g.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 CandidateSource = Literal["embedding", "fulltext", "both"]
@@ -24,7 +25,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="CANONLABEL_", extra="ignore")
 
-    db: Path = Field(Path("canonlabel.db"), description="SQLite store path")
+    db: str = Field(
+        "canonlabel.db", description="SQLite store path, or a postgresql:// URL of a shared store"
+    )
     llm: str = Field("local", description="labeler spec: local, local:PATH.gguf, openai:MODEL")
     llm_base_url: str | None = Field(None, description="OpenAI-compatible base URL")
     llm_api_key: str | None = Field(None, description="API key (else OPENAI_API_KEY)")
@@ -103,6 +106,16 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1 << 20, ge=1024, description="largest request body")
     max_text_chars: int = Field(20_000, ge=1, description="longest text a request may send")
     max_batch: int = Field(256, ge=1, le=10_000, description="items per batch request")
+    # shared (PostgreSQL) stores
+    sync_seconds: float = Field(
+        1.0, ge=0, description="how often a process reads other processes' labels and hits"
+    )
+    pool_size: int = Field(4, ge=1, description="PostgreSQL connections per process")
+
+    @field_validator("db", mode="before")
+    @classmethod
+    def _db_text(cls, value: object) -> object:
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
 
 
 def load_settings(config: Path | str | None = None, **overrides) -> Settings:

@@ -144,12 +144,12 @@ def run_canonlabel(data: EvalData, order, labeler: Labeler, settings: Settings) 
             clf.consolidate()
             if run.curve.get("labels"):
                 run.curve["labels"][-1] = len(clf.space)
-        for ext, label_id in clf.store.conn.execute("SELECT ext_id, label_id FROM items"):
+        for ext, label_id in clf.store.query("SELECT ext_id, label_id FROM items"):
             run.labels[int(ext)] = clf.space.name(label_id)  # final labels, not as returned
-        rows = clf.store.conn.execute(
+        rows = clf.store.query(
             "SELECT a.ext_id, b.ext_id FROM items a JOIN items b ON a.matched_item = b.id "
             "WHERE a.source IN ('cache', 'exact')"
-        ).fetchall()
+        )
         run.matches = [(int(a), int(b)) for a, b in rows]
         run.llm_calls = clf.counters["llm_calls"]  # adjudication questions included
         run.tokens = clf.counters["prompt_tokens"] + clf.counters["completion_tokens"]

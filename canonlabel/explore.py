@@ -56,10 +56,10 @@ def project(store, dim: int, method: str = "pca") -> int:
         with store.write() as c:
             c.execute("DELETE FROM projection")
         fitted = None
-    rows = store.conn.execute(
+    rows = store.query(
         "SELECT i.id, i.vector FROM items i LEFT JOIN projection p ON p.item_id = i.id "
         "WHERE i.vector IS NOT NULL AND p.item_id IS NULL ORDER BY i.id"
-    ).fetchall()
+    )
     if not rows:
         return 0
     ids = [r[0] for r in rows]
@@ -73,22 +73,21 @@ def project(store, dim: int, method: str = "pca") -> int:
     kept = fitted if fitted["method"] == "pca" else {"method": "umap"}
     with store.write() as c:
         c.executemany(
-            "INSERT OR REPLACE INTO projection (item_id, x, y) VALUES (?, ?, ?)",
+            "INSERT INTO projection (item_id, x, y) VALUES (?, ?, ?) "
+            "ON CONFLICT (item_id) DO UPDATE SET x = excluded.x, y = excluded.y",
             [(i, float(x), float(y)) for i, (x, y) in zip(ids, xy)],
         )
-        c.execute(
-            "INSERT OR REPLACE INTO meta VALUES ('projection', ?)", (json.dumps(json.dumps(kept)),)
-        )
+        store.set_meta({"projection": json.dumps(kept)}, c)
     return len(ids)
 
 
 def _place_near(store, dim: int, vectors: np.ndarray, k: int = 10) -> np.ndarray | None:
     """Positions for new items on an existing map: the similarity-weighted mean position of
     their ``k`` nearest placed items (how UMAP itself starts placing new points)."""
-    rows = store.conn.execute(
+    rows = store.query(
         "SELECT i.vector, p.x, p.y FROM items i JOIN projection p ON p.item_id = i.id "
         "WHERE i.vector IS NOT NULL ORDER BY i.id"
-    ).fetchall()
+    )
     if not rows:
         return None
     placed = from_blobs([r[0] for r in rows], dim)
@@ -110,12 +109,8 @@ def _near_positions(vectors, placed, where, k: int = 10) -> np.ndarray:
 def points(clf) -> dict:
     """Every item on the map: coordinates, label index, source; labels with centres."""
     space, store = clf.space, clf.store
-    placed = dict(
-        (i, (x, y)) for i, x, y in store.conn.execute("SELECT item_id, x, y FROM projection")
-    )
-    rows = store.conn.execute(
-        "SELECT id, label_id, source, matched_item FROM items ORDER BY id"
-    ).fetchall()
+    placed = dict((i, (x, y)) for i, x, y in store.query("SELECT item_id, x, y FROM projection"))
+    rows = store.query("SELECT id, label_id, source, matched_item FROM items ORDER BY id")
     ids, xs, ys, label_of, sources = [], [], [], [], []
     for item_id, label_id, source, matched in rows:
         at = placed.get(item_id) or placed.get(matched)
@@ -178,10 +173,10 @@ def _spreads(clf) -> dict[int, float]:
 
 
 def item_detail(clf, item_id: int) -> dict | None:
-    row = clf.store.conn.execute(
+    row = clf.store.query_one(
         "SELECT id, ext_id, text, label_id, raw_label, source, similarity FROM items WHERE id = ?",
         (item_id,),
-    ).fetchone()
+    )
     if row is None:
         return None
     keys = ("id", "ext_id", "text", "label_id", "raw_label", "source", "similarity")
@@ -198,11 +193,11 @@ def members(clf, label_id: int, limit: int = 200) -> list[dict]:
     if not family:
         return []
     marks = ",".join("?" * len(family))
-    rows = clf.store.conn.execute(
+    rows = clf.store.query(
         f"SELECT id, ext_id, text, raw_label, source, similarity FROM items "
         f"WHERE label_id IN ({marks}) ORDER BY id DESC LIMIT ?",
         [*family, limit],
-    ).fetchall()
+    )
     keys = ("id", "ext_id", "text", "raw_label", "source", "similarity")
     return [dict(zip(keys, r)) for r in rows]
 
@@ -230,8 +225,8 @@ def curves(clf, window: int = 1000) -> dict:
     """Per window of ``window`` items in arrival order: hit rate, LLM calls per 1,000
     items, the router's share, and the labels created by the window's end; with the
     router's current estimated error."""
-    rows = clf.store.conn.execute("SELECT source, created_at FROM items ORDER BY id").fetchall()
-    created = sorted(t for (t,) in clf.store.conn.execute("SELECT created_at FROM labels"))
+    rows = clf.store.query("SELECT source, created_at FROM items ORDER BY id")
+    created = sorted(t for (t,) in clf.store.query("SELECT created_at FROM labels"))
     out = {
         "window": window,
         "end": [],

@@ -23,7 +23,7 @@ from canonlabel.index import ExactIndex
 from canonlabel.labelspace import LabelSpace, consolidate
 from canonlabel.llm import Labeler
 from canonlabel.router import Router
-from canonlabel.store import SqliteStore, StoredItem
+from canonlabel.store import Store, StoredItem
 from canonlabel.types import LabelRequest, Result, Usage
 
 
@@ -69,7 +69,7 @@ class Memory:
 
     def __init__(
         self,
-        store: SqliteStore,
+        store: Store,
         embedder: Embedder,
         labeler: Labeler,
         settings: Settings | None = None,
@@ -111,7 +111,7 @@ class Memory:
         self.consolidated_at = len(self.space.aliases)  # raw labels at the last consolidation
         self.router = Router(self.settings, self.space) if self.settings.router else None
         self.categories: dict[int, str] = dict(
-            self.store.conn.execute("SELECT label_id, category FROM label_categories")
+            self.store.query("SELECT label_id, category FROM label_categories")
         )
 
     def close(self) -> None:

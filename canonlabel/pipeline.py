@@ -13,7 +13,7 @@ from canonlabel.engine import Engine
 from canonlabel.errors import ConfigError
 from canonlabel.llm import Labeler, make_labeler
 from canonlabel.memory import Memory
-from canonlabel.store import SqliteStore
+from canonlabel.store import open_store
 from canonlabel.types import Label, Result
 
 _MISS_BATCH = 256  # items normalised, looked up and embedded together
@@ -62,12 +62,13 @@ class Classifier(Memory):
         waits ``settings.lock_wait`` seconds); ``read_only`` ones only read."""
         settings = settings or Settings()
         if db is not None:
-            overrides["db"] = Path(db)
+            overrides["db"] = str(db)
         if overrides:
             settings = settings.model_copy(update=overrides)
         embedder = embedder or make_embedder(settings.embedder, settings)
         labeler = labeler or make_labeler(settings.llm, settings)
-        return cls(SqliteStore(settings.db), embedder, labeler, settings, read_only=read_only)
+        store = open_store(settings.db, pool_size=settings.pool_size)
+        return cls(store, embedder, labeler, settings, read_only=read_only)
 
     def __enter__(self) -> Classifier:
         return self
@@ -152,13 +153,11 @@ class Classifier(Memory):
         root = self.space.resolve(label_id)
         ids = [i for i in self.space.names if self.space.resolve(i) == root]
         marks = ",".join("?" * len(ids))
-        conn = self.store.conn
-        count = conn.execute(
-            f"SELECT count(*) FROM items WHERE label_id IN ({marks})", ids
-        ).fetchone()[0]
+        query = self.store.query
+        count = self.store.count(f"SELECT count(*) FROM items WHERE label_id IN ({marks})", *ids)
         members = [
             r[0]
-            for r in conn.execute(
+            for r in query(
                 f"SELECT text FROM items WHERE label_id IN ({marks}) AND source = 'llm' "
                 f"ORDER BY id LIMIT ?",
                 [*ids, sample],
@@ -166,7 +165,7 @@ class Classifier(Memory):
         ]
         history = [
             dict(zip(("kind", "raw_label", "from", "into", "similarity", "undone", "at"), r))
-            for r in conn.execute(
+            for r in query(
                 f"SELECT kind, raw_label, from_label, into_label, similarity, undone, created_at "
                 f"FROM merges WHERE into_label IN ({marks}) OR from_label IN ({marks}) ORDER BY id",
                 [*ids, *ids],
@@ -187,7 +186,7 @@ class Classifier(Memory):
     def stats(self) -> dict[str, object]:
         """Totals over the whole store."""
         s = self.store
-        by_source = dict(s.conn.execute("SELECT source, count(*) FROM items GROUP BY source"))
+        by_source = dict(s.query("SELECT source, count(*) FROM items GROUP BY source"))
         items = sum(by_source.values())
         hits = by_source.get("exact", 0) + by_source.get("cache", 0) + by_source.get("model", 0)
         return {

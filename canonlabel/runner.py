@@ -270,7 +270,7 @@ def run_categories(
     from canonlabel.embed import make_embedder
     from canonlabel.errors import CanonlabelError
     from canonlabel.llm import make_labeler
-    from canonlabel.store import SqliteStore
+    from canonlabel.store import open_store
 
     console = console or Console(stderr=True)
     check_output(output)
@@ -278,7 +278,7 @@ def run_categories(
     if limit:
         records = islice(records, limit)
     embedder = make_embedder(settings.embedder, settings)
-    store = SqliteStore(settings.db)
+    store = open_store(settings.db)
     store.lock_writer(settings.lock_wait)
     store.bind_embedder(embedder.id, embedder.dim)
     defined = cat.define(store, embedder, cat.load_categories(categories_file))

@@ -177,7 +177,7 @@ def from_store(clf, n_labels: int, examples: int = 3) -> list[Entry]:
 
     stats = typical_centroids(clf.space)
     ids, vectors, labels = clf.store.cached_items(clf.dim)
-    texts = dict(clf.store.conn.execute("SELECT id, text FROM items WHERE cached = 1"))
+    texts = dict(clf.store.query("SELECT id, text FROM items WHERE cached = 1"))
     out = []
     for lab in clf.labels()[:n_labels]:
         if lab.id not in stats:
@@ -259,10 +259,10 @@ def annotate(
     for text in texts:
         norm = normalize(text, max_chars)[0]
         key = text_key(norm)
-        row = store.conn.execute(
+        row = store.query_one(
             "SELECT labels FROM annotations WHERE text_key = ? AND taxonomy = ? AND max_labels = ?",
             (key, tax, max_labels),
-        ).fetchone()
+        )
         if row is not None:
             out.append((json.loads(row[0]), None, True))
             continue
@@ -273,7 +273,8 @@ def annotate(
             continue
         with store.write() as c:
             c.execute(
-                "INSERT OR REPLACE INTO annotations VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO annotations VALUES (?, ?, ?, ?, ?) ON CONFLICT "
+                "(text_key, taxonomy, max_labels) DO UPDATE SET labels = excluded.labels",
                 (key, tax, max_labels, json.dumps(labels), time.time()),
             )
         out.append((labels, None, False))

@@ -67,7 +67,8 @@ def ask(
             answers[key] = word[0] == "same"
             with store.write() as c:
                 c.execute(
-                    "INSERT OR REPLACE INTO adjudications VALUES (?, ?, ?)",
+                    "INSERT INTO adjudications VALUES (?, ?, ?) ON CONFLICT (pair) DO UPDATE SET "
+                    "same = excluded.same, created_at = excluded.created_at",
                     (key, int(answers[key]), time.time()),
                 )
     return answers, asked

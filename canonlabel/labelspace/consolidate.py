@@ -322,7 +322,7 @@ def _apply(space: LabelSpace, ev: Evidence, result: Plan) -> int:
     """Write a plan in one transaction and log it; returns the log entry id."""
     store = space.store
     detail: dict = {"moves": [], "merges": [], "renames": [], "created": [], "vectors": {}}
-    with store.write() as c:
+    with space.rewrite() as c:
         for raw, vector in ev.new_vectors.items():
             c.execute("UPDATE aliases SET vector = ? WHERE raw_label = ?", (to_blob(vector), raw))
         reps = _representatives(ev, result)
@@ -343,12 +343,12 @@ def _apply(space: LabelSpace, ev: Evidence, result: Plan) -> int:
         for old, g in result.merges:
             c.execute("UPDATE labels SET merged_into = ? WHERE id = ?", (ids[g], old))
             detail["merges"].append([old, ids[g]])
-        cur = c.execute(
+        entry = c.execute(
             "INSERT INTO merges (kind, into_label, created_at, detail) "
-            "VALUES ('consolidate', 0, ?, ?)",
+            "VALUES ('consolidate', 0, ?, ?) RETURNING id",
             (time.time(), json.dumps(detail)),
-        )
-    return int(cur.lastrowid)
+        ).fetchone()[0]
+    return int(entry)
 
 
 def _representatives(ev: Evidence, result: Plan) -> list[np.ndarray]:
@@ -385,7 +385,7 @@ def _move(space: LabelSpace, c, raw: str, old_root: int, new_label: int) -> None
 def revert(space: LabelSpace, entry: int, detail: dict) -> dict:
     """Undo consolidation ``entry``: merges, moves, renames and representatives go back;
     labels it created are removed once nothing refers to them."""
-    with space.store.write() as c:
+    with space.rewrite() as c:
         for old, _ in detail["merges"]:
             c.execute("UPDATE labels SET merged_into = NULL WHERE id = ?", (old,))
         for raw, stored, moved_to in reversed(detail["moves"]):

@@ -42,7 +42,7 @@ def merge(space: LabelSpace, source: int, into: int, *, pin: bool = True) -> dic
         raise CurationError("cannot merge a label into itself")
     sim = float(space.representative(source) @ space.representative(into))
     detail = json.dumps({"pinned_before": into in space.pinned})
-    with space.store.write() as c:
+    with space.rewrite() as c:
         c.execute("UPDATE labels SET merged_into = ? WHERE id = ?", (into, source))
         if pin:
             c.execute("UPDATE labels SET pinned = 1 WHERE id = ?", (into,))
@@ -57,10 +57,10 @@ def merge(space: LabelSpace, source: int, into: int, *, pin: bool = True) -> dic
 
 def undo(space: LabelSpace) -> dict:
     """Revert the most recent merge or consolidation that is not undone yet."""
-    row = space.store.conn.execute(
+    row = space.store.query_one(
         "SELECT id, from_label, into_label, kind, detail FROM merges "
         "WHERE kind IN ('merge', 'consolidate') AND undone = 0 ORDER BY id DESC LIMIT 1"
-    ).fetchone()
+    )
     if row is None:
         raise CurationError("nothing to undo: no merge or consolidation is left")
     entry, source, into, kind, detail = row
@@ -69,7 +69,7 @@ def undo(space: LabelSpace) -> dict:
 
         return revert(space, entry, json.loads(detail))
     pinned_before = json.loads(detail or "{}").get("pinned_before", True)
-    with space.store.write() as c:
+    with space.rewrite() as c:
         c.execute("UPDATE labels SET merged_into = NULL WHERE id = ?", (source,))
         c.execute("UPDATE labels SET pinned = ? WHERE id = ?", (int(pinned_before), into))
         c.execute("UPDATE merges SET undone = 1 WHERE id = ?", (entry,))
@@ -95,7 +95,7 @@ def rename(space: LabelSpace, label_id: int, name: str) -> dict:
         raise CurationError(f"another label is named {name!r}")
     old = space.names[label_id]
     vector = space.embedder.embed([label_text(name)])[0]
-    with space.store.write() as c:
+    with space.rewrite() as c:
         c.execute(
             "UPDATE labels SET name = ?, vector = ?, pinned = 1 WHERE id = ?",
             (name, to_blob(vector), label_id),
@@ -155,11 +155,11 @@ def split(
 def _members(space: LabelSpace, label_id: int) -> list[dict]:
     ids = [i for i in space.names if space.resolve(i) == label_id]
     marks = ",".join("?" * len(ids))
-    rows = space.store.conn.execute(
+    rows = space.store.query(
         f"SELECT id, raw_label, vector FROM items WHERE cached = 1 AND source IN ('llm', 'cluster') "
         f"AND label_id IN ({marks}) ORDER BY id",
         ids,
-    ).fetchall()
+    )
     return [{"id": r[0], "raw_label": r[1], "vector": r[2]} for r in rows]
 
 
@@ -177,7 +177,7 @@ def _kmeans_groups(space: LabelSpace, members: list[dict], k: int | None) -> lis
 def _apply_split(space, label_id, members, moved_sets, name, aliases) -> list[dict]:
     by_id = {m["id"]: m for m in members}
     created = []
-    with space.store.write() as c:
+    with space.rewrite() as c:
         for n, moved in enumerate(moved_sets):
             raws = Counter(by_id[i]["raw_label"] for i in moved)
             base = name if (name and n == 0) else raws.most_common(1)[0][0]

@@ -55,10 +55,10 @@ def gather(space: LabelSpace) -> Evidence:
     labelled with it that still follow its alias (items moved by hand are left alone), and
     its core name's embedding."""
     store = space.store
-    rows = store.conn.execute(
+    rows = store.query(
         "SELECT raw_label, label_id, vector FROM items WHERE cached = 1 AND vector IS NOT NULL "
         "AND source IN ('llm', 'cluster') AND raw_label IS NOT NULL"
-    ).fetchall()
+    )
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = defaultdict(int)
     vectors = from_blobs([r[2] for r in rows], space.dim)

@@ -9,13 +9,16 @@ it from all of the label's raw labels, so it stops depending on which came first
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from canonlabel.canon import Decision
+from canonlabel.errors import StoreError
 from canonlabel.index import ExactIndex
-from canonlabel.store import SqliteStore, from_blobs
+from canonlabel.store import Store, Tx, from_blobs
 
 if TYPE_CHECKING:
     from canonlabel.embed import Embedder
@@ -30,11 +33,14 @@ class LabelSpace:
     Rebuilt from the store on :meth:`load` (and after every curation or consolidation);
     updated in place only after the store committed. ``item_label`` maps each item of the
     semantic cache to the label it was stored with (resolve it for the current one).
+
+    On a shared store other processes add labels too: :meth:`refresh` reads what they
+    committed (labels and aliases appended since, or everything after a rewrite).
     """
 
     def __init__(self, dim: int) -> None:
         self.dim = dim
-        self.store: SqliteStore | None = None
+        self.store: Store | None = None
         self.embedder: Embedder | None = None
         self.names: dict[int, str] = {}
         self.parent: dict[int, int] = {}
@@ -47,11 +53,14 @@ class LabelSpace:
         self._centroid_sums = np.zeros((0, dim), dtype=np.float32)
         self._centroid_ids: list[int] = []
         self._phrases: dict[str, np.ndarray] = {}  # embeddings of core names (consolidation)
+        self.epoch = 0  # the store's rewrite count this space was loaded at
+        self._label_mark = 0  # highest label id read
+        self._alias_mark = 0  # highest alias sequence number read
 
     @classmethod
     def load(
         cls,
-        store: SqliteStore,
+        store: Store,
         dim: int,
         embedder: Embedder | None = None,
         cached: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
@@ -60,6 +69,7 @@ class LabelSpace:
         ``store.cached_items(dim)`` when the caller already has it)."""
         space = cls(dim)
         space.store, space.embedder = store, embedder
+        space.epoch = store.epoch()
         rows = store.label_rows()
         vectors = from_blobs([r[2] for r in rows], dim)
         for (label_id, name, _, merged_into), vector in zip(rows, vectors, strict=False):
@@ -67,8 +77,9 @@ class LabelSpace:
             space._rep_rows[label_id] = vector
             if merged_into is not None:
                 space.parent[label_id] = merged_into
+        space._label_mark = max(space.names, default=0)
         space._rebuild_reps()
-        space.aliases = dict(store.alias_rows())
+        space._read_aliases()
         space.pinned = store.pinned_labels()
         item_ids, item_vectors, label_ids = cached or store.cached_items(dim)
         space.add_members(item_ids, label_ids, item_vectors)
@@ -79,6 +90,44 @@ class LabelSpace:
         fresh = LabelSpace.load(self.store, self.dim, self.embedder)
         fresh._phrases = self._phrases  # embeddings of phrases do not change with the store
         self.__dict__.update(fresh.__dict__)
+
+    def refresh(self) -> bool:
+        """Read what other processes committed to a shared store: the labels and aliases
+        appended since the last read, or everything (True) if one rewrote the label space.
+        A no-op on a single-writer store."""
+        if not self.store.shared:
+            return False
+        if self.store.epoch() != self.epoch:
+            self.reload()
+            return True
+        rows = self.store.label_rows(after=self._label_mark)
+        for (label_id, name, _, _), vector in zip(
+            rows, from_blobs([r[2] for r in rows], self.dim), strict=False
+        ):
+            self.add_label(label_id, name, vector)
+        self._label_mark = max(self._label_mark, *(r[0] for r in rows), 0)
+        self._read_aliases()
+        return False
+
+    def _read_aliases(self) -> None:
+        rows = self.store.alias_rows(after=self._alias_mark)
+        self.aliases.update((raw, label_id) for raw, label_id, _ in rows)
+        if rows:
+            self._alias_mark = max(self._alias_mark, rows[-1][2])
+
+    @contextmanager
+    def rewrite(self) -> Iterator[Tx]:
+        """A transaction that changes existing labels (curation, consolidation): it holds
+        the label-space lock, refuses to act on a stale view, and makes other processes
+        reload. Call :meth:`reload` after it."""
+        with self.store.write(label_space=True) as c:
+            if self.store.shared and self.store.epoch() != self.epoch:
+                raise StoreError(
+                    "another process changed the label space while this one was working; "
+                    "nothing was written, run the command again"
+                )
+            yield c
+            self.store.bump_epoch(c)
 
     # -- reads ------------------------------------------------------------------------
     def resolve(self, label_id: int) -> int:
@@ -203,6 +252,7 @@ class LabelSpace:
 
     # -- updates after a commit ----------------------------------------------------------
     def add_label(self, label_id: int, name: str, vector: np.ndarray) -> None:
+        self._label_mark = max(self._label_mark, label_id)
         self.names[label_id] = name
         self._rep_rows[label_id] = vector
         self._reps.add(np.array([label_id]), vector[None, :])
