@@ -58,3 +58,47 @@ def with_app(app, fn):
                 return await fn(client)
 
     return asyncio.run(go())
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory):
+    """A real PostgreSQL 16 with pgvector (``pgserver`` from PyPI), or the server named by
+    ``CANONLABEL_TEST_PG`` (a URL whose database may be replaced). Skips without either."""
+    import os
+
+    url = os.environ.get("CANONLABEL_TEST_PG")
+    if url:
+        yield url
+        return
+    pgserver = pytest.importorskip("pgserver")
+    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+    yield server.get_uri()
+    server.cleanup()
+
+
+@pytest.fixture
+def pg_url(pg_server):
+    """A fresh, empty database on the test server."""
+    import uuid
+
+    import psycopg
+
+    name = "t_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    yield _with_database(pg_server, name)
+
+
+def _with_database(url: str, name: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request, tmp_path):
+    """A new store location on each backend."""
+    if request.param == "sqlite":
+        return str(tmp_path / "contract.db")
+    return request.getfixturevalue("pg_url")
