@@ -7,6 +7,13 @@ either a hit, a *follower* of a near-duplicate miss already waiting for the LLM,
 queue and run at most ``concurrency`` at a time; candidates are computed when a leader is
 dispatched, so they include every label committed before it. The engine is used by one
 thread at a time (``classify_many`` or the service's worker); only LLM calls run in threads.
+
+On a shared store (PostgreSQL) several engines in several processes write one label space:
+a leader first *claims* its text key, so a text another process is already asking about
+is *parked* until that answer is committed (then it is an exact hit), never paid twice;
+canonicalisation runs under the store's label-space lock after reading the labels other
+processes committed; and each engine takes in their labels and hits every
+``sync_seconds``.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ if TYPE_CHECKING:
     from canonlabel.memory import Asked, Memory
 
 Callback = Callable[[Hashable, Result, "Exception | None"], None]
+_PARK_POLL = 0.05  # seconds between looks for another process's answer to a parked text
 
 
 @dataclass(eq=False)
@@ -81,11 +89,13 @@ class Engine:
         self._callback: dict[Item, Callback] = {}
         self.pool: ThreadPoolExecutor | None = None
         self._rng = random.Random(0)  # audit sampling: reproducible runs
+        self.parked: list[Item] = []  # leaders whose text another process is asking about
+        self._unparked = 0.0
 
     @property
     def busy(self) -> int:
-        """Leaders waiting or in flight (their followers resolve with them)."""
-        return len(self.waiting) + len(self.futures)
+        """Leaders waiting, in flight or parked (their followers resolve with them)."""
+        return len(self.waiting) + len(self.futures) + len(self.parked)
 
     def close(self) -> None:
         if self.pool is not None:
@@ -99,6 +109,7 @@ class Engine:
         """Take a batch: hits are committed and delivered before this returns; misses
         are queued for the LLM and delivered by :meth:`poll`."""
         hits: list[tuple[Item, Result, dict]] = []
+        self.clf.sync()
         items = self._normalise(texts, ids, tokens, on_done)
         pending = self._lookup(items, hits)
         if pending:
@@ -109,8 +120,12 @@ class Engine:
 
     def poll(self, timeout: float | None = None) -> None:
         """Finish completed LLM calls (waiting up to ``timeout``; None blocks for one)."""
+        self.clf.sync()
+        self._unpark()
         self._dispatch()
         if not self.futures:
+            if self.parked:  # another process is answering them: look again shortly
+                time.sleep(_PARK_POLL if timeout is None else min(timeout, _PARK_POLL))
             return
         done, _ = wait(list(self.futures), timeout=timeout, return_when=FIRST_COMPLETED)
         for future in done:
@@ -287,6 +302,8 @@ class Engine:
             if cap is not None and self.clf.counters["llm_calls"] + len(self.futures) >= cap:
                 self._over_budget(it, cap)
                 continue
+            if self.clf.store.shared and not self._claim(it):
+                continue
             candidates = self.clf.candidates(it.text, it.vector)
             if it.guess is not None:  # the router's guess is the likeliest existing label
                 guess = self.clf.space.name(it.guess[0])
@@ -298,12 +315,65 @@ class Engine:
                 )
             self.futures[self.pool.submit(self.clf.ask, it.text, candidates, it.vector)] = it
 
+    # -- claims (shared stores) ----------------------------------------------------------
+    def _claim(self, it: Item) -> bool:
+        """Claim ``it``'s text key before paying for it; park it if another process holds
+        the claim, and settle it if that process already committed an answer."""
+        if not self.clf.store.claim(it.key):
+            self.parked.append(it)
+            return False
+        if self._settle_elsewhere([it]):  # answered between our lookup and the claim
+            self.clf.store.release(it.key)
+            return False
+        return True
+
+    def _unpark(self) -> None:
+        if not self.parked or time.monotonic() - self._unparked < _PARK_POLL:
+            return
+        self._unparked = time.monotonic()
+        parked, self.parked = self.parked, []
+        settled = set(self._settle_elsewhere(parked))
+        # the rest try their claim again: its holder may have failed or died
+        self.waiting.extendleft(reversed([it for it in parked if it not in settled]))
+
+    def _settle_elsewhere(self, items: list[Item]) -> list[Item]:
+        """Resolve items another process answered (an exact hit) or failed for good."""
+        store, clf = self.clf.store, self.clf
+        rows = store.items_by_text_key([it.key for it in items])
+        failed = (
+            {}
+            if self.settings.retry_failed
+            else store.paid_failures([it.key for it in items if it.key not in rows])
+        )
+        if any(row.label_id not in clf.space.names for row in rows.values()):
+            clf.sync(force=True)
+        hits, settled = [], []
+        for it in items:
+            if (row := rows.get(it.key)) is not None:
+                self._unlead(it)
+                hits.append(self._hit(it, row.label_id, row.raw_label, "exact", 1.0, row.id))
+                hits += [
+                    self._hit(f, row.label_id, row.raw_label, how, sim, row.id)
+                    for f, sim, how in _followers(it)
+                ]
+                settled.append(it)
+            elif it.key in failed:
+                kind, message = failed[it.key]
+                error = (RejectedTextError if kind == "rejected" else LabelError)(message, [])
+                self._fail_with_followers(it, error)
+                settled.append(it)
+        self._commit_hits(hits)
+        return settled
+
     def _over_budget(self, it: Item, cap: int) -> None:
-        self._unlead(it)
         error = BudgetError(
             f"the LLM call budget ({cap}, --max-llm-calls) is spent; the item is not "
             "stored, so a later run with a larger budget labels it"
         )
+        self._fail_with_followers(it, error)
+
+    def _fail_with_followers(self, it: Item, error: Exception) -> None:
+        self._unlead(it)
         self._fail(it, error)
         for follower, _, _ in _followers(it):
             self._fail(follower, error)
@@ -332,6 +402,7 @@ class Engine:
                     error=str(asked.error),
                     outputs=asked.outputs,
                 )
+            store.release(it.key)
             self._fail(it, asked.error)
             for follower, _, how in it.followers:
                 if how == "exact":
@@ -341,35 +412,24 @@ class Engine:
             return
         raw = asked.raw_label
         start = time.perf_counter()
-        vector = None
-        if raw not in clf.space.aliases:
-            vector = asked.label_vector
-            if vector is None:
-                vector = clf.embedder.embed([label_text(raw)])[0]
-            c["embed_seconds"] += time.perf_counter() - start + asked.embed_seconds
+        vector = self._raw_vector(raw, asked)
         it.timings["canonicalise"] = time.perf_counter() - start
         start = time.perf_counter()
-        with store.write() as conn:
+        with store.write(label_space=True) as conn:
+            if clf.space.refresh():  # another process rewrote the label space
+                clf.sync(force=True)
+            if vector is None and raw not in clf.space.aliases:
+                vector = self._raw_vector(raw, asked, force=True)
             label_id, decision = clf.space.write_raw_label(
                 conn, raw, vector, self.settings.label_similarity
             )
-            row = self._row(it, label_id, raw, "llm", None, None)
-            row.update(
-                vector=it.vector,
-                cached=True,
-                prompt_tokens=asked.usage.prompt_tokens,
-                completion_tokens=asked.usage.completion_tokens,
-            )
-            item_id = store.insert_items(conn, [row])[0]
             name = raw if decision.label_id is None else clf.space.names[label_id]
-            followers = [
-                self._hit(f, label_id, raw, how, sim, item_id, name)
-                for f, sim, how in _followers(it)
-            ]
-            self._insert_hit_rows(conn, followers)
+            item_id, followers = self._insert_answer(conn, it, asked, label_id, name)
         it.timings["store"] = time.perf_counter() - start
+        store.release(it.key)
         clf.space.commit_raw_label(label_id, decision, vector)
         self._add_to_cache([item_id], [label_id], [it.vector])
+        self._cache_hit_rows(followers)
         if it.guess is not None and clf.router is not None:
             clf.router.audit(it.guess[0], it.guess[1], label_id)
         result = Result(
@@ -386,6 +446,37 @@ class Engine:
         self._resolve(it, result, "llm_items")
         for f, result, _ in followers:
             self._resolve(f, result, f"{result.source}_hits")
+
+    def _raw_vector(self, raw: str, asked: Asked, force: bool = False) -> np.ndarray | None:
+        """The embedding of a raw label this process does not know (None for a known one)."""
+        if raw in self.clf.space.aliases and not force:
+            return None
+        start = time.perf_counter()
+        vector = asked.label_vector
+        if vector is None:
+            vector = self.clf.embedder.embed([label_text(raw)])[0]
+        self.clf.counters["embed_seconds"] += time.perf_counter() - start + asked.embed_seconds
+        return vector
+
+    def _insert_answer(self, conn, it: Item, asked: Asked, label_id: int, name: str):
+        """The leader's row and its followers' hits, in one statement batch."""
+        row = self._row(it, label_id, asked.raw_label, "llm", None, None)
+        row.update(
+            vector=it.vector,
+            cached=True,
+            prompt_tokens=asked.usage.prompt_tokens,
+            completion_tokens=asked.usage.completion_tokens,
+        )
+        # followers point at the leader's item id, known only after its insert
+        item_id = self.clf.store.insert_items(conn, [row])[0]
+        followers = [
+            self._hit(f, label_id, asked.raw_label, how, sim, item_id, name)
+            for f, sim, how in _followers(it)
+        ]
+        if followers:
+            ids = self.clf.store.insert_items(conn, [r for _, _, r in followers])
+            followers = [(f, res, {**r, "id": i}) for (f, res, r), i in zip(followers, ids)]
+        return item_id, followers
 
     # -- hits -------------------------------------------------------------------------
     def _hit(
@@ -426,31 +517,31 @@ class Engine:
         if not hits:
             return
         with self.clf.store.write() as conn:
-            self._insert_hit_rows(conn, hits)
+            hits = self._insert_hit_rows(conn, hits)
+        self._cache_hit_rows(hits)
         for it, result, _ in hits:
             self._resolve(it, result, f"{result.source}_hits")
 
-    def _insert_hit_rows(self, conn, hits) -> None:
+    def _insert_hit_rows(self, conn, hits) -> list:
+        """Insert hit rows; returns the hits with their item ids (``row["id"]``)."""
         if not hits:
-            return
+            return []
         ids = self.clf.store.insert_items(conn, [row for _, _, row in hits])
-        # a repeated (id, text) gets the first row's id: add each item to the cache once
-        known, seen, cached = self.clf.space.item_label, set(), []
-        for i, (_, _, row) in zip(ids, hits):
-            if row.get("cached") and i not in known and i not in seen:
-                seen.add(i)
-                cached.append((i, row))
+        return [(it, result, {**row, "id": i}) for (it, result, row), i in zip(hits, ids)]
+
+    def _cache_hit_rows(self, hits) -> None:
+        """After commit: cached hits join the semantic cache (a repeated (id, text) got
+        the first row's id, and an item joins once)."""
+        cached = [row for _, _, row in hits if row.get("cached")]
         if cached:
             self._add_to_cache(
-                [i for i, _ in cached],
-                [r["label_id"] for _, r in cached],
-                [r["vector"] for _, r in cached],
+                [r["id"] for r in cached],
+                [r["label_id"] for r in cached],
+                [r["vector"] for r in cached],
             )
 
     def _add_to_cache(self, item_ids, label_ids, vectors) -> None:
-        vectors = np.stack(vectors)
-        self.clf.cache.add(np.array(item_ids), vectors)
-        self.clf.space.add_members(item_ids, label_ids, vectors)
+        self.clf.add_cached(item_ids, label_ids, vectors)
 
     # -- bookkeeping --------------------------------------------------------------------
     @staticmethod

@@ -9,7 +9,8 @@ Every error derives from :class:`CanonlabelError`; its message says what to do n
     │   └── EmptyTextError       text is empty after normalisation
     ├── StoreError               the SQLite store cannot be used
     │   ├── IncompatibleStoreError  store built with another embedder
-    │   └── StoreBusyError       another process is writing the store
+    │   ├── StoreBusyError       another process is writing the store
+    │   └── StaleLabelSpaceError another process changed the label space meanwhile
     ├── BackendError             an embedder or LLM failed (``retryable`` says if trying again may help)
     ├── BudgetError              the --max-llm-calls budget is spent
     └── LabelError               the LLM gave no valid label after re-asking (carries outputs)
@@ -61,6 +62,11 @@ class IncompatibleStoreError(StoreError):
 
 class StoreBusyError(StoreError):
     """Another process holds the store's writer lock."""
+
+
+class StaleLabelSpaceError(StoreError):
+    """Another process rewrote the label space after this one read it; nothing was
+    written, and doing it again (on the fresh label space) is safe."""
 
 
 class BackendError(CanonlabelError):

@@ -18,7 +18,13 @@ from canonlabel import guard
 from canonlabel.canon import InvalidLabel, clean_label, label_text
 from canonlabel.config import Settings
 from canonlabel.embed import Embedder
-from canonlabel.errors import BackendError, CanonlabelError, LabelError, RejectedTextError
+from canonlabel.errors import (
+    BackendError,
+    CanonlabelError,
+    LabelError,
+    RejectedTextError,
+    StaleLabelSpaceError,
+)
 from canonlabel.index import ExactIndex
 from canonlabel.labelspace import LabelSpace, consolidate
 from canonlabel.llm import Labeler
@@ -47,6 +53,9 @@ def _malloc_trim():
         return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
     except (OSError, AttributeError):
         return None
+
+
+_SYNC_LOOKBACK = 10_000  # item ids re-read at each sync (transactions commit out of order)
 
 
 @dataclass
@@ -106,13 +115,55 @@ class Memory:
         """Rebuild the in-memory label space and cache from the store."""
         cached = self.store.cached_items(self.dim)
         self.space = LabelSpace.load(self.store, self.dim, self.embedder, cached)
-        self.cache = ExactIndex(self.dim)
-        self.cache.add(cached[0], cached[1])
+        self._load_cache(cached)
         self.consolidated_at = len(self.space.aliases)  # raw labels at the last consolidation
         self.router = Router(self.settings, self.space) if self.settings.router else None
         self.categories: dict[int, str] = dict(
             self.store.query("SELECT label_id, category FROM label_categories")
         )
+        self._synced = time.monotonic()
+
+    def _load_cache(self, cached) -> None:
+        self.cache = ExactIndex(self.dim)
+        self.cache.add(cached[0], cached[1])
+        self._cached_ids = set(cached[0].tolist())
+        self._cache_mark = int(cached[0].max()) if len(cached[0]) else 0
+
+    def add_cached(self, item_ids, label_ids, vectors) -> None:
+        """Committed items join the semantic cache (each item once)."""
+        keep = [n for n, i in enumerate(item_ids) if int(i) not in self._cached_ids]
+        if not keep:
+            return
+        ids = np.array([int(item_ids[n]) for n in keep], dtype=np.int64)
+        labels = np.array([int(label_ids[n]) for n in keep], dtype=np.int64)
+        vectors = np.stack([vectors[n] for n in keep])
+        self._cached_ids.update(ids.tolist())
+        self._cache_mark = max(self._cache_mark, int(ids.max()))
+        self.cache.add(ids, vectors)
+        self.space.add_members(ids, labels, vectors)
+
+    def sync(self, *, force: bool = False) -> None:
+        """On a shared store, take in what other processes committed: new labels, aliases
+        and cached items (every ``sync_seconds``), or everything after a rewrite."""
+        if not self.store.shared:
+            return
+        now = time.monotonic()
+        if not force and now - self._synced < self.settings.sync_seconds:
+            return
+        self._synced = now
+        epoch = self.space.epoch
+        if self.space.refresh() or self.space.epoch != epoch:
+            self._load_cache(self.store.cached_items(self.dim))
+            self.consolidated_at = len(self.space.aliases)
+            if self.router is not None:
+                self.router.refresh()
+            return
+        # ids come from a sequence, not commit order: look back over a window of ids
+        # that may have been committed late by a slower transaction
+        after = max(0, self._cache_mark - _SYNC_LOOKBACK)
+        ids, vectors, labels = self.store.cached_items(self.dim, after=after)
+        if len(ids):
+            self.add_cached(ids, labels, vectors)
 
     def close(self) -> None:
         self.store.close()
@@ -120,6 +171,20 @@ class Memory:
     def consolidate(self, *, dry_run: bool = False) -> dict:
         """Regroup every raw label, order-invariantly (see labelspace.consolidate); counts
         its adjudication questions as LLM calls."""
+        if not dry_run and not self.store.try_exclusive("consolidate"):
+            self.consolidated_at = len(self.space.aliases)  # its result arrives by sync
+            return {"skipped": "another process is consolidating", "adjudication_calls": 0}
+        try:
+            self.sync(force=True)  # plan over every raw label committed so far
+            return self._consolidate(dry_run)
+        except StaleLabelSpaceError as exc:  # a curation landed meanwhile: next time
+            self.sync(force=True)
+            return {"skipped": str(exc), "adjudication_calls": 0}
+        finally:
+            if not dry_run:
+                self.store.end_exclusive("consolidate")
+
+    def _consolidate(self, dry_run: bool) -> dict:
         s = self.settings
         known = len(self.space.aliases)
         report = consolidate(

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from canonlabel.canon import Decision
-from canonlabel.errors import StoreError
+from canonlabel.errors import StaleLabelSpaceError
 from canonlabel.index import ExactIndex
 from canonlabel.store import Store, Tx, from_blobs
 
@@ -122,7 +122,7 @@ class LabelSpace:
         reload. Call :meth:`reload` after it."""
         with self.store.write(label_space=True) as c:
             if self.store.shared and self.store.epoch() != self.epoch:
-                raise StoreError(
+                raise StaleLabelSpaceError(
                     "another process changed the label space while this one was working; "
                     "nothing was written, run the command again"
                 )
