@@ -183,6 +183,7 @@ class Engine:
         )
         by_key = store.items_by_text_key([it.key for it in items])
         paid = {} if self.settings.retry_failed else store.paid_failures([i.key for i in items])
+        clf.know([r.label_id for r in (*by_id.values(), *by_key.values())])
         elapsed = (time.perf_counter() - start) / max(1, len(items))
         pending: list[Item] = []
         batch_first: dict[str, Item] = {}
@@ -345,8 +346,7 @@ class Engine:
             if self.settings.retry_failed
             else store.paid_failures([it.key for it in items if it.key not in rows])
         )
-        if any(row.label_id not in clf.space.names for row in rows.values()):
-            clf.sync(force=True)
+        clf.know([row.label_id for row in rows.values()])
         hits, settled = [], []
         for it in items:
             if (row := rows.get(it.key)) is not None:

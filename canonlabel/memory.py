@@ -151,19 +151,25 @@ class Memory:
         if not force and now - self._synced < self.settings.sync_seconds:
             return
         self._synced = now
-        epoch = self.space.epoch
-        if self.space.refresh() or self.space.epoch != epoch:
+        # Items first, labels second: an item's label was committed before the item, so
+        # every label the items name is read. Ids come from a sequence, not in commit
+        # order, so a window of recent ids is read again for late commits.
+        after = max(0, self._cache_mark - _SYNC_LOOKBACK)
+        ids, vectors, labels = self.store.cached_items(self.dim, after=after)
+        if self.space.refresh():
             self._load_cache(self.store.cached_items(self.dim))
             self.consolidated_at = len(self.space.aliases)
             if self.router is not None:
                 self.router.refresh()
             return
-        # ids come from a sequence, not commit order: look back over a window of ids
-        # that may have been committed late by a slower transaction
-        after = max(0, self._cache_mark - _SYNC_LOOKBACK)
-        ids, vectors, labels = self.store.cached_items(self.dim, after=after)
         if len(ids):
             self.add_cached(ids, labels, vectors)
+
+    def know(self, label_ids) -> None:
+        """Make sure the label space holds these ids (read from the store just now,
+        perhaps written by another process)."""
+        if any(int(i) not in self.space.names for i in label_ids):
+            self.sync(force=True)
 
     def close(self) -> None:
         self.store.close()
