@@ -157,6 +157,18 @@ def classify(
     router_threshold: Annotated[
         float, typer.Option(help="with --router: top probability needed to skip the pipeline")
     ] = 0.7,
+    ray: Annotated[
+        bool, typer.Option("--ray", help="run as a Ray Data pipeline (pip install canonlabel[ray])")
+    ] = False,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="with --ray: a cluster (auto, ray://head:10001); default: local"),
+    ] = None,
+    ray_embedders: Annotated[int, typer.Option(help="with --ray: embedding actors", min=1)] = 1,
+    ray_labelers: Annotated[
+        int | None,
+        typer.Option(help="with --ray: labelling actors [2 on PostgreSQL, 1 on SQLite]", min=1),
+    ] = None,
 ) -> None:
     """Label every text of INPUT with a canonical snake_case label (resumable)."""
     from canonlabel.runner import run_categories, run_classify
@@ -194,6 +206,21 @@ def classify(
                 top_k=top_k,
                 multi_threshold=multi_threshold,
                 margin=llm_margin,
+                console=err,
+            )
+        elif ray:
+            from canonlabel.batch import run_classify_ray
+
+            summary = run_classify_ray(
+                input,
+                output,
+                settings,
+                address=ray_address,
+                embedders=ray_embedders,
+                labelers=ray_labelers,
+                text_field=text_field,
+                id_field=id_field,
+                limit=limit,
                 console=err,
             )
         else:

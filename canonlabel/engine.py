@@ -104,13 +104,19 @@ class Engine:
 
     # -- submit -----------------------------------------------------------------------------
     def submit(
-        self, texts: Sequence, ids: Sequence, tokens: Sequence[Hashable], on_done: Callback
+        self,
+        texts: Sequence,
+        ids: Sequence,
+        tokens: Sequence[Hashable],
+        on_done: Callback,
+        vectors: Sequence | None = None,
     ) -> None:
         """Take a batch: hits are committed and delivered before this returns; misses
-        are queued for the LLM and delivered by :meth:`poll`."""
+        are queued for the LLM and delivered by :meth:`poll`. ``vectors``, if given, are
+        the normalised texts' embeddings (None where not computed)."""
         hits: list[tuple[Item, Result, dict]] = []
         self.clf.sync()
-        items = self._normalise(texts, ids, tokens, on_done)
+        items = self._normalise(texts, ids, tokens, on_done, vectors)
         pending = self._lookup(items, hits)
         if pending:
             self._embed(pending)
@@ -151,9 +157,10 @@ class Engine:
         due = max(s.consolidate_every, int(s.consolidate_growth * last))
         return s.consolidate_every > 0 and len(self.clf.space.aliases) - last >= due
 
-    def _normalise(self, texts, ids, tokens, on_done) -> list[Item]:
+    def _normalise(self, texts, ids, tokens, on_done, vectors=None) -> list[Item]:
         items = []
-        for text, ext_id, token in zip(texts, ids, tokens):
+        vectors = [None] * len(texts) if vectors is None else vectors
+        for text, ext_id, token, vector in zip(texts, ids, tokens, vectors):
             start = time.perf_counter()
             ext_id = None if ext_id is None else str(ext_id)
             try:
@@ -170,6 +177,8 @@ class Engine:
                 text_key(norm),
                 {"normalise": time.perf_counter() - start},
             )
+            if vector is not None:
+                item.vector = np.asarray(vector, dtype=np.float32)
             self._callback[item] = on_done
             items.append(item)
         return items
@@ -210,13 +219,16 @@ class Engine:
         return pending
 
     def _embed(self, pending: list[Item]) -> None:
+        todo = [it for it in pending if it.vector is None]
+        if not todo:
+            return
         start = time.perf_counter()
-        vectors = self.clf.embedder.embed([it.text for it in pending])
+        vectors = self.clf.embedder.embed([it.text for it in todo])
         elapsed = time.perf_counter() - start
         self.clf.counters["embed_seconds"] += elapsed
-        for it, vector in zip(pending, vectors):
+        for it, vector in zip(todo, vectors):
             it.vector = vector
-            it.timings["embed"] = elapsed / len(pending)
+            it.timings["embed"] = elapsed / len(todo)
 
     def _route(self, pending: list[Item], hits) -> list[Item]:
         """Items the router answers become ``model`` hits (but an ``audit_rate`` share of

@@ -6,6 +6,8 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from canonlabel import labelspace
 from canonlabel.config import Settings
 from canonlabel.embed import Embedder, make_embedder
@@ -91,19 +93,26 @@ class Classifier(Memory):
         *,
         concurrency: int | None = None,
         progress: Callable[[int], None] | None = None,
+        vectors: Sequence[np.ndarray | None] | None = None,
     ) -> list[Result]:
         """Classify texts in order; failures come back as results with ``error`` set.
 
         Up to ``concurrency`` LLM calls run at once; a miss that is a near-duplicate
-        of a text already waiting for the LLM shares that call.
+        of a text already waiting for the LLM shares that call. ``vectors`` are the
+        texts' embeddings when they were computed elsewhere (a batch job's embedding
+        stage); they must come from this classifier's embedder, of the normalised text.
         """
         ids = list(ids) if ids is not None else [None] * len(texts)
-        if len(ids) != len(texts):
-            raise ConfigError("ids and texts differ in length")
-        results, _ = self._run(texts, ids, concurrency or self.settings.concurrency, progress)
+        if len(ids) != len(texts) or (vectors is not None and len(vectors) != len(texts)):
+            raise ConfigError("ids, vectors and texts differ in length")
+        results, _ = self._run(
+            texts, ids, concurrency or self.settings.concurrency, progress, vectors
+        )
         return results
 
-    def _run(self, texts, ids, concurrency: int, progress) -> tuple[list[Result], dict]:
+    def _run(
+        self, texts, ids, concurrency: int, progress, vectors=None
+    ) -> tuple[list[Result], dict]:
         """Results in input order, and the exception behind each failed position."""
         results: list[Result | None] = [None] * len(texts)
         errors: dict[int, Exception] = {}
@@ -120,7 +129,11 @@ class Classifier(Memory):
             for start in range(0, len(texts), _MISS_BATCH):
                 stop = start + _MISS_BATCH
                 engine.submit(
-                    texts[start:stop], ids[start:stop], range(start, min(stop, len(texts))), done
+                    texts[start:stop],
+                    ids[start:stop],
+                    range(start, min(stop, len(texts))),
+                    done,
+                    None if vectors is None else vectors[start:stop],
                 )
                 while engine.busy > 4 * engine.concurrency:
                     engine.poll()
