@@ -111,6 +111,10 @@ class Settings(BaseSettings):
         1.0, ge=0, description="how often a process reads other processes' labels and hits"
     )
     pool_size: int = Field(4, ge=1, description="PostgreSQL connections per process")
+    index: Literal["memory", "pgvector"] = Field(
+        "memory", description="semantic cache search: in memory, or pgvector HNSW in PostgreSQL"
+    )
+    hnsw_ef_search: int = Field(64, ge=1, description="pgvector HNSW candidates per query")
 
     @field_validator("db", mode="before")
     @classmethod

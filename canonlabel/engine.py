@@ -280,8 +280,9 @@ class Engine:
             else:
                 self._lead(it)
         raws = clf.store.raw_labels([item_id for _, item_id, _ in cache_hits])
+        stored = clf.item_labels([item_id for _, item_id, _ in cache_hits])
         for it, item_id, sim in cache_hits:
-            label_id = clf.space.item_label[item_id]
+            label_id = stored[item_id]
             hits.append(self._hit(it, label_id, raws[item_id], "cache", sim, item_id))
             # exact duplicates later in the batch follow this item, not an LLM call
             hits += [

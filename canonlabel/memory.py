@@ -21,6 +21,7 @@ from canonlabel.embed import Embedder
 from canonlabel.errors import (
     BackendError,
     CanonlabelError,
+    ConfigError,
     LabelError,
     RejectedTextError,
     StaleLabelSpaceError,
@@ -124,8 +125,17 @@ class Memory:
         self._synced = time.monotonic()
 
     def _load_cache(self, cached) -> None:
-        self.cache = ExactIndex(self.dim)
-        self.cache.add(cached[0], cached[1])
+        if self.settings.index == "pgvector":
+            if not self.store.shared:
+                raise ConfigError(
+                    "index pgvector needs a postgresql:// store; use index memory with SQLite"
+                )
+            from canonlabel.index import PgVectorIndex
+
+            self.cache = PgVectorIndex(self.store, self.dim, self.settings.hnsw_ef_search)
+        else:
+            self.cache = ExactIndex(self.dim)
+            self.cache.add(cached[0], cached[1])
         self._cached_ids = set(cached[0].tolist())
         self._cache_mark = int(cached[0].max()) if len(cached[0]) else 0
 
@@ -164,6 +174,19 @@ class Memory:
             return
         if len(ids):
             self.add_cached(ids, labels, vectors)
+
+    def item_labels(self, item_ids) -> dict[int, int]:
+        """The stored label of each cached item (reading items another process just
+        committed, which an index searched in the database can return before a sync)."""
+        missing = [int(i) for i in item_ids if int(i) not in self.space.item_label]
+        if missing:
+            marks = ",".join("?" * len(missing))
+            rows = self.store.query(
+                f"SELECT id, label_id FROM items WHERE id IN ({marks})", missing
+            )
+            self.space.item_label.update(rows)
+            self.know([label for _, label in rows])
+        return {int(i): self.space.item_label[int(i)] for i in item_ids}
 
     def know(self, label_ids) -> None:
         """Make sure the label space holds these ids (read from the store just now,

@@ -3,4 +3,12 @@
 from canonlabel.index.base import VectorIndex
 from canonlabel.index.exact import ExactIndex
 
-__all__ = ["ExactIndex", "VectorIndex"]
+__all__ = ["ExactIndex", "PgVectorIndex", "VectorIndex"]
+
+
+def __getattr__(name: str):
+    if name == "PgVectorIndex":
+        from canonlabel.index.pgvector import PgVectorIndex
+
+        return PgVectorIndex
+    raise AttributeError(name)

@@ -11,9 +11,9 @@ Same tables and semantics as the SQLite store, with three additions that let sev
   *session* advisory lock on its own connection. A second process with the same text
   waits for the first's committed answer instead of paying again; if the first dies
   (even by SIGKILL) PostgreSQL drops its connection and the claim with it.
-* **pgvector.** Cached items carry an ``embedding vector(dim)`` column with an HNSW index
-  (cosine), used by :class:`canonlabel.index.PgVectorIndex` when the cache should not be
-  held in each process's memory.
+* **pgvector.** Cached items carry an ``embedding vector(dim)`` column; an HNSW index
+  (cosine) over it is built when :class:`canonlabel.index.PgVectorIndex` is used
+  (``CANONLABEL_INDEX=pgvector``), for a cache too large to hold in each process.
 """
 
 from __future__ import annotations
@@ -265,10 +265,18 @@ class PostgresStore(Store):
     # -- backend specifics ----------------------------------------------------------------
     def _on_bind(self, c: _Tx, dim: int) -> None:
         c.execute(f"ALTER TABLE items ALTER COLUMN embedding TYPE vector({int(dim)})")
-        c.execute(
-            "CREATE INDEX IF NOT EXISTS items_embedding ON items "
-            "USING hnsw (embedding vector_cosine_ops) WHERE cached = 1"
-        )
+
+    def ensure_vector_index(self) -> None:
+        """Build the HNSW index over cached items' embeddings, if it is not there yet.
+
+        Built on demand (by :class:`~canonlabel.index.PgVectorIndex`): a bulk build is
+        far cheaper than keeping it up to date row by row, and processes that search in
+        memory do not need it."""
+        with self.write(label_space=True) as c:
+            c.execute(
+                "CREATE INDEX IF NOT EXISTS items_embedding ON items "
+                "USING hnsw (embedding vector_cosine_ops) WHERE cached = 1"
+            )
 
     _INSERT_ITEM = (
         "INSERT INTO items (ext_id, text, text_key, truncated, label_id, raw_label, "
@@ -319,7 +327,7 @@ class PostgresStore(Store):
 
     def nearest_cached(self, queries: np.ndarray, k: int, ef_search: int = 64):
         """``(similarities, item_ids)`` of the ``k`` nearest cached items per query (HNSW)."""
-        sims = np.full((len(queries), k), -1.0, dtype=np.float32)
+        sims = np.full((len(queries), k), -np.inf, dtype=np.float32)
         ids = np.full((len(queries), k), -1, dtype=np.int64)
         with self.pool.connection() as conn, conn.transaction():
             conn.execute(f"SET LOCAL hnsw.ef_search = {int(ef_search)}")

@@ -1,0 +1,277 @@
+"""Beyond one machine, measured on this one: service workers on PostgreSQL vs SQLite, a Ray
+batch vs the plain CLI, and pgvector HNSW vs exact search.
+
+    .venv/bin/python benchmarks/scaling.py [--part service|ray|hnsw|all] [--out FILE.json]
+
+1. service: 1 `canonlabel serve` on SQLite, 1 and 2 on one PostgreSQL database (requests
+   spread round-robin, as a load balancer would), MiniLM, fake LLM with 500 ms latency:
+   mixed traffic (half repeats, open loop) and all-hit traffic (closed loop, 16 clients);
+   requests/s and p50/p95. Two SQLite writers are refused by design (one writer lock).
+2. ray: 10,000 shuffled Banking77 texts through the plain CLI and ``classify --ray``
+   (SQLite, one labeller; PostgreSQL, two labellers), fake LLM with 50 ms latency:
+   seconds, labels agreeing with the plain job, LLM calls.
+3. hnsw: recall@1 and latency of the HNSW index against exact search over cached items.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from load import closed_loop, free_port, mixed_texts, summary  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77.jsonl"
+
+
+def _postgres(tmp: Path):
+    import pgserver
+    import psycopg
+
+    server = pgserver.get_server(tmp / "pg", cleanup_mode="stop")
+    base = server.get_uri()
+
+    def database(name: str) -> str:
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name}")
+            conn.execute(f"CREATE DATABASE {name}")
+        return base.replace("/postgres?", f"/{name}?")
+
+    return server, database
+
+
+def _serve(db: str, port: int) -> subprocess.Popen:
+    import httpx
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "canonlabel.cli", "serve", "--db", db, "--port", str(port),
+         "--llm", "fake:latency=0.5", "--embedder", "minilm", "--concurrency", "16"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("server did not start")
+
+
+async def _open_loop_spread(urls, texts, rate, seconds) -> dict:
+    """Open loop at ``rate`` requests/s, request i to ``urls[i % len(urls)]``."""
+    import httpx
+
+    latencies, errors = [], 0
+    limits = httpx.Limits(max_connections=400, max_keepalive_connections=400)
+    clients = [httpx.AsyncClient(base_url=u, timeout=30, limits=limits) for u in urls]
+
+    async def one(i, text):
+        nonlocal errors
+        t = time.perf_counter()
+        try:
+            r = await clients[i % len(clients)].post("/v1/classify", json={"text": text})
+            if r.status_code == 200:
+                latencies.append(time.perf_counter() - t)
+            else:
+                errors += 1
+        except httpx.HTTPError:
+            errors += 1
+
+    tasks, start = [], time.perf_counter()
+    for i in range(int(rate * seconds)):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i, texts[i % len(texts)])))
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for c in clients:
+        await c.aclose()
+    return summary(latencies, errors, time.perf_counter() - start)
+
+
+async def _closed_spread(urls, texts, seconds) -> dict:
+    parts = await asyncio.gather(*(closed_loop(u, texts, 16 // len(urls), seconds) for u in urls))
+    ok = sum(p["ok"] for p in parts)
+    return {
+        "ok": ok,
+        "errors": sum(p["errors"] for p in parts),
+        "rps": round(sum(p["rps"] for p in parts), 1),
+        "p50_ms": max(p["p50_ms"] for p in parts),
+        "p95_ms": max(p["p95_ms"] for p in parts),
+    }
+
+
+def part_service(tmp: Path, rate: float, seconds: float) -> dict:
+    rows = [json.loads(x) for x in DATA.open(encoding="utf-8")]
+    pool = [r["text"] for r in rows if r["split"] == "test"]
+    texts = mixed_texts(pool, int(rate * seconds))
+    server, database = _postgres(tmp)
+    out = {}
+    try:
+        for name, db, workers in (
+            ("sqlite_1", str(tmp / "s.db"), 1),
+            ("postgres_1", database("svc1"), 1),
+            ("postgres_2", database("svc2"), 2),
+        ):
+            ports = [free_port() for _ in range(workers)]
+            procs = [_serve(db, p) for p in ports]
+            urls = [f"http://127.0.0.1:{p}" for p in ports]
+            try:
+                mixed = asyncio.run(_open_loop_spread(urls, texts, rate, seconds))
+                hits = asyncio.run(_closed_spread(urls, list(dict.fromkeys(texts)), 10))
+            finally:
+                for p in procs:
+                    p.terminate()
+                    p.wait(60)
+            out[name] = {"workers": workers, "mixed": mixed, "all_hits": hits}
+            print(name, json.dumps(out[name]), flush=True)
+    finally:
+        server.cleanup()
+    return out
+
+
+def _classify(args: list[str], env=None) -> tuple[float, dict]:
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "canonlabel.cli", "classify", *args],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr[-3000:])
+    return time.perf_counter() - start, {}
+
+
+def part_ray(tmp: Path, n: int) -> dict:
+    rows = [json.loads(x) for x in DATA.open(encoding="utf-8")]
+    random.Random(0).shuffle(rows)
+    src = tmp / "in.jsonl"
+    src.write_text("".join(json.dumps({"id": f"b{i}", "text": r["text"]}) + "\n"
+                           for i, r in enumerate(rows[:n])), encoding="utf-8")  # fmt: skip
+    server, database = _postgres(tmp)
+    common = ["--llm", "fake:latency=0.05", "--embedder", "minilm", "--concurrency", "4"]
+    runs = {}
+    try:
+        for name, db, extra in (
+            ("plain_sqlite", str(tmp / "plain.db"), []),
+            ("ray_sqlite_1", str(tmp / "ray.db"), ["--ray"]),
+            ("ray_postgres_2", database("ray2"), ["--ray", "--ray-labelers", "2"]),
+        ):
+            out, summ = tmp / f"{name}.jsonl", tmp / f"{name}.summary.json"
+            seconds, _ = _classify(
+                [str(src), "-o", str(out), "--db", db, "--summary-json", str(summ), *common, *extra]
+            )
+            s = json.loads(summ.read_text())
+            labels = {}
+            for line in out.read_text(encoding="utf-8").splitlines():
+                r = json.loads(line)
+                labels[r["id"]] = r.get("label")
+            runs[name] = {
+                "seconds": round(seconds, 1),
+                "llm_calls": s["llm_calls"],
+                "labels": s["labels"],
+                "failed": s["failed"],
+                "_labels": labels,
+            }
+            print(name, {k: v for k, v in runs[name].items() if k != "_labels"}, flush=True)
+    finally:
+        server.cleanup()
+    base = runs["plain_sqlite"]["_labels"]
+    for run in runs.values():
+        mine = run.pop("_labels")
+        run["same_label_as_plain"] = round(sum(mine[k] == v for k, v in base.items()) / n, 4)
+    return {"items": n, "llm": "fake, 50 ms", "concurrency": 4, **runs}
+
+
+def part_hnsw(tmp: Path, sizes=(10_000, 100_000), queries: int = 500) -> dict:
+    """Recall@1 and latency of pgvector HNSW (ef_search 40/100) vs exact search."""
+    from canonlabel.store import open_store
+
+    rng = np.random.default_rng(0)
+    server, database = _postgres(tmp)
+    out = {}
+    try:
+        for n in sizes:
+            store = open_store(database(f"h{n}"))
+            store.bind_embedder("synthetic", 384)
+            # clustered unit vectors, like text embeddings: 500 topics plus noise
+            centres = rng.normal(size=(500, 384)).astype(np.float32)
+            vecs = centres[rng.integers(0, 500, n)] + 0.6 * rng.normal(size=(n, 384))
+            vecs = (vecs / np.linalg.norm(vecs, axis=1, keepdims=True)).astype(np.float32)
+            start = time.perf_counter()
+            with store.write() as c:
+                label = store.insert_label(c, "x", vecs[0])
+                store.insert_items(
+                    c,
+                    [{"ext_id": str(i), "text": f"t{i}", "text_key": f"t{i}", "label_id": label,
+                      "source": "llm", "vector": v, "cached": True} for i, v in enumerate(vecs)],
+                )  # fmt: skip
+            load = time.perf_counter() - start
+            start = time.perf_counter()
+            store.ensure_vector_index()
+            build = time.perf_counter() - start
+            q = centres[rng.integers(0, 500, queries)] + 0.6 * rng.normal(size=(queries, 384))
+            q = (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+            by_ext = dict(store.query("SELECT ext_id, id FROM items"))
+            ids = np.array([by_ext[str(i)] for i in range(n)])
+            exact_best = ids[(q @ vecs.T).argmax(axis=1)]
+            row = {"items": n, "insert_seconds": round(load, 1), "build_seconds": round(build, 1)}
+            start = time.perf_counter()
+            _ = q @ vecs.T
+            row["exact_ms_per_query"] = round((time.perf_counter() - start) * 1000 / queries, 3)
+            for ef in (40, 100):
+                start = time.perf_counter()
+                _, found = store.nearest_cached(q, 1, ef_search=ef)
+                ms = (time.perf_counter() - start) * 1000 / queries
+                row[f"hnsw_ef{ef}_ms_per_query"] = round(ms, 3)
+                row[f"hnsw_ef{ef}_recall_at_1"] = round(
+                    float((found[:, 0] == exact_best).mean()), 4
+                )
+            size = store.query_one("SELECT pg_relation_size('items_embedding')")[0]
+            row["hnsw_index_mb"] = round(size / 2**20, 1)
+            out[str(n)] = row
+            print(row, flush=True)
+            store.close()
+    finally:
+        server.cleanup()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--part", default="all", choices=["service", "ray", "hnsw", "all"])
+    ap.add_argument("--rate", type=float, default=40)
+    ap.add_argument("--seconds", type=float, default=20)
+    ap.add_argument("--items", type=int, default=10_000)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    report: dict = {"cpus": os.cpu_count()}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if args.part in ("hnsw", "all"):
+            report["hnsw"] = part_hnsw(tmp)
+        if args.part in ("service", "all"):
+            report["service"] = part_service(tmp, args.rate, args.seconds)
+        if args.part in ("ray", "all"):
+            report["ray"] = part_ray(tmp, args.items)
+    text = json.dumps(report, indent=1)
+    print(text)
+    if args.out:
+        old = json.loads(args.out.read_text()) if args.out.exists() else {}
+        args.out.write_text(json.dumps(old | report, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""What only a shared store has: several classifiers (as several processes would) on one
+PostgreSQL database, each with its own in-memory view."""
+
+from __future__ import annotations
+
+import pytest
+
+from canonlabel import Classifier, Settings
+from canonlabel.errors import ConfigError, StaleLabelSpaceError
+from canonlabel.store import open_store
+from canonlabel.testing import FakeLabeler, HashEmbedder
+
+pytest.importorskip("psycopg")
+
+
+@pytest.fixture
+def open_clf(pg_url):
+    opened = []
+
+    def make(labeler=None, **settings):
+        settings.setdefault("consolidate_every", 0)
+        clf = Classifier(
+            open_store(pg_url), HashEmbedder(), labeler or FakeLabeler(),
+            Settings(db=pg_url, **settings),
+        )  # fmt: skip
+        opened.append(clf)
+        return clf
+
+    yield make
+    for clf in opened:
+        clf.close()
+
+
+def test_one_raw_label_from_two_stale_processes_is_one_label(open_clf):
+    a, b = open_clf(sync_seconds=3600), open_clf(sync_seconds=3600)  # neither syncs
+    first = a.classify("parcel lost somewhere")
+    b.labeler.enqueue(first.raw_label)  # b's LLM names another text the same way
+    second = b.classify("the courier never came")
+    assert second.source == "llm" and second.label_id == first.label_id
+    assert a.store.count("SELECT count(*) FROM labels") == 1
+
+
+def test_labels_and_hits_of_another_process_arrive_by_sync(open_clf):
+    a, b = open_clf(), open_clf(sync_seconds=0)
+    a.classify_many(["card never arrived", "refund my money"])
+    b.classify("reset my pin")  # a submit syncs
+    assert {lab.name for lab in b.labels()} >= {lab.name for lab in a.labels()}
+    labeler = b.labeler
+    hit = b.classify("card never arrived at all")  # near-duplicate of a's item
+    assert hit.source == "cache" and labeler.calls == 1
+
+
+def test_pgvector_index_sees_other_processes_at_once(open_clf):
+    a = open_clf(index="pgvector", sync_seconds=3600)
+    b = open_clf(index="pgvector", sync_seconds=3600)
+    first = a.classify("card never arrived")
+    hit = b.classify("card never arrived at all")
+    assert hit.source == "cache" and hit.label_id == first.label_id
+    assert b.labeler.calls == 0 and len(b.cache) == 1  # hits join the cache with --store-hits
+
+
+def test_pgvector_index_needs_postgres(tmp_path):
+    with pytest.raises(ConfigError, match="postgresql"):
+        Classifier(
+            open_store(tmp_path / "s.db"), HashEmbedder(), FakeLabeler(),
+            Settings(db=str(tmp_path / "s.db"), index="pgvector"),
+        )  # fmt: skip
+
+
+def test_curation_on_a_stale_view_is_refused(open_clf):
+    a = open_clf(sync_seconds=3600)
+    a.classify_many(["card never arrived", "refund my money", "reset my pin"])
+    b = open_clf(sync_seconds=3600)
+    ids = [lab.id for lab in b.labels()]
+    b.merge(ids[0], ids[1])
+    with pytest.raises(StaleLabelSpaceError, match="run the command again"):
+        a.merge(ids[1], ids[2])
+    a.sync(force=True)
+    assert len(a.labels()) == 2
+    a.merge(ids[1], ids[2])
+    assert len(a.labels()) == 1
+
+
+def test_one_consolidator_at_a_time(open_clf):
+    a, b = open_clf(), open_clf()
+    a.classify_many(["card never arrived", "card did not arrive", "refund my money"])
+    assert a.store.try_exclusive("consolidate")
+    assert "skipped" in b.consolidate()
+    a.store.end_exclusive("consolidate")
+    assert "skipped" not in b.consolidate()
