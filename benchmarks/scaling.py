@@ -28,8 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from load import closed_loop, free_port, mixed_texts, summary  # noqa: E402
+from load import closed_loop, free_port, mixed_texts, summary  # benchmarks/ is on the path
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77.jsonl"
 
