@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from load import closed_loop, free_port, mixed_texts, summary  # benchmarks/ is on the path
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77.jsonl"
