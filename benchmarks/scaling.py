@@ -11,6 +11,7 @@ batch vs the plain CLI, and pgvector HNSW vs exact search.
    (SQLite, one labeller; PostgreSQL, two labellers), fake LLM with 50 ms latency:
    seconds, labels agreeing with the plain job, LLM calls.
 3. hnsw: recall@1 and latency of the HNSW index against exact search over cached items.
+4. lock: how long each LLM answer's canonicalisation holds the label-space lock.
 """
 
 from __future__ import annotations
@@ -246,9 +247,41 @@ def part_hnsw(tmp: Path, sizes=(10_000, 100_000), queries: int = 500) -> dict:
     return out
 
 
+def part_lock(tmp: Path, n: int = 3000) -> dict:
+    """How long canonicalisation holds the label-space lock: the store time of each LLM
+    answer's transaction (MiniLM, fake LLM without latency), SQLite vs PostgreSQL."""
+    from canonlabel import Classifier, Settings
+    from canonlabel.embed import make_embedder
+    from canonlabel.store import open_store
+    from canonlabel.testing import FakeLabeler
+
+    rows = [json.loads(x) for x in DATA.open(encoding="utf-8")]
+    random.Random(1).shuffle(rows)
+    texts = [r["text"] for r in rows[:n]]
+    server, database = _postgres(tmp)
+    embedder = make_embedder("minilm", Settings())
+    out = {}
+    try:
+        for name, db in (("sqlite", str(tmp / "lock.db")), ("postgres", database("lock"))):
+            s = Settings(db=db, consolidate_every=0, router=False)
+            with Classifier(open_store(db), embedder, FakeLabeler(), s) as clf:
+                results = clf.classify_many(texts)
+            hold = np.array([r.timings["store"] for r in results if r.source == "llm"]) * 1000
+            out[name] = {
+                "llm_items": len(hold),
+                "lock_hold_p50_ms": round(float(np.percentile(hold, 50)), 2),
+                "lock_hold_p95_ms": round(float(np.percentile(hold, 95)), 2),
+                "canonicalisations_per_s_bound": round(1000 / float(np.mean(hold)), 1),
+            }
+            print(name, out[name], flush=True)
+    finally:
+        server.cleanup()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--part", default="all", choices=["service", "ray", "hnsw", "all"])
+    ap.add_argument("--part", default="all", choices=["service", "ray", "hnsw", "lock", "all"])
     ap.add_argument("--rate", type=float, default=40)
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--items", type=int, default=10_000)
@@ -260,6 +293,8 @@ def main() -> None:
         tmp = Path(tmp)
         if args.part in ("hnsw", "all"):
             report["hnsw"] = part_hnsw(tmp)
+        if args.part in ("lock", "all"):
+            report["lock"] = part_lock(tmp)
         if args.part in ("service", "all"):
             report["service"] = part_service(tmp, args.rate, args.seconds)
         if args.part in ("ray", "all"):

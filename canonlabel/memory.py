@@ -165,7 +165,8 @@ class Memory:
         # every label the items name is read. Ids come from a sequence, not in commit
         # order, so a window of recent ids is read again for late commits.
         after = max(0, self._cache_mark - _SYNC_LOOKBACK)
-        ids, vectors, labels = self.store.cached_items(self.dim, after=after)
+        new = [i for i in self.store.cached_ids(after) if i not in self._cached_ids]
+        ids, vectors, labels = self.store.cached_items_by_id(new, self.dim)
         if self.space.refresh():
             self._load_cache(self.store.cached_items(self.dim))
             self.consolidated_at = len(self.space.aliases)

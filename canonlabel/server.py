@@ -19,6 +19,7 @@ from canonlabel.errors import (
     EmptyTextError,
     InputError,
     RejectedTextError,
+    StaleLabelSpaceError,
 )
 from canonlabel.service import Service, ServiceClosed
 
@@ -151,6 +152,8 @@ def create_app(settings: Settings | None = None, *, classifier=None) -> FastAPI:
             raise HTTPException(503, str(exc)) from None
         except CurationError as exc:
             raise HTTPException(409 if "already" in str(exc) else 422, str(exc)) from None
+        except StaleLabelSpaceError as exc:  # another replica changed labels meanwhile
+            raise HTTPException(409, str(exc)) from None
         except CanonlabelError as exc:
             raise HTTPException(422, str(exc)) from None
 

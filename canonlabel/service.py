@@ -108,6 +108,8 @@ class Service:
         while exclusive and self.engine.busy:  # curation rebuilds in-memory state
             self.engine.poll()
         try:
+            if exclusive:  # act on what other replicas of a shared store committed too
+                self.clf.sync(force=True)
             future.set_result(fn(self.clf))
         except Exception as exc:
             future.set_exception(exc)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -103,6 +105,9 @@ def test_items_are_idempotent_by_id_and_text(store):
     np.testing.assert_allclose(vectors[1], _vec(5), rtol=1e-6)
     assert store.cached_items(DIM, after=int(ids[0]))[0].tolist() == [ids[1]]
     assert labels.tolist() == [a, b]
+    assert store.cached_ids() == ids.tolist() and store.cached_ids(after=int(ids[1])) == []
+    some = store.cached_items_by_id([int(ids[1]), 999], DIM)
+    assert some[0].tolist() == [ids[1]] and some[2].tolist() == [b]
 
 
 def test_a_failed_transaction_leaves_nothing(store):
@@ -185,7 +190,11 @@ def test_claims_are_exclusive_across_processes_only_where_shared(store, store_ur
             assert other.claim("k")
     finally:
         other.close()
-    assert store.claim("k")  # a closed process's claims are gone
+    # a closed process's claims are gone (the server ends its session a moment later)
+    deadline = time.monotonic() + 5
+    while not store.claim("k") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert store.claim("k")
 
 
 def test_classifier_end_to_end(store_url):

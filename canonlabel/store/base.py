@@ -196,6 +196,25 @@ class Store(ABC):
         labels = np.array([r[2] for r in rows], dtype=np.int64)
         return ids, from_blobs([bytes(r[1]) for r in rows], dim), labels
 
+    def cached_ids(self, after: int = 0) -> list[int]:
+        """Ids of the semantic cache's items with id > after (no vectors: cheap)."""
+        return [r[0] for r in self.query(
+            "SELECT id FROM items WHERE cached = 1 AND id > ? ORDER BY id", (after,)
+        )]  # fmt: skip
+
+    def cached_items_by_id(self, item_ids: Sequence[int], dim: int):
+        """``(item_ids, vectors, label_ids)`` of these cached items."""
+        rows: list = []
+        for chunk in _chunks(list(item_ids)):
+            rows += self.query(
+                f"SELECT id, vector, label_id FROM items WHERE cached = 1 AND id IN "
+                f"({_marks(len(chunk))}) ORDER BY id",
+                chunk,
+            )
+        ids = np.array([r[0] for r in rows], dtype=np.int64)
+        labels = np.array([r[2] for r in rows], dtype=np.int64)
+        return ids, from_blobs([bytes(r[1]) for r in rows], dim), labels
+
     def label_rows(self, after: int = 0) -> list[tuple[int, str, bytes, int | None]]:
         return [
             (r[0], r[1], bytes(r[2]), r[3])
