@@ -685,6 +685,36 @@ def cluster(
     err.print(json.dumps(summary))
 
 
+postgres_app = typer.Typer(
+    help="A local PostgreSQL + pgvector server for a shared store (pgserver, no root).",
+    no_args_is_help=True,
+)
+app.add_typer(postgres_app, name="postgres")
+PgDataArg = Annotated[str, typer.Argument(help="data directory (created if missing)")]
+
+
+@postgres_app.command("start")
+def postgres_start(pgdata: PgDataArg = "pgdata") -> None:
+    """Start a server in PGDATA (it keeps running) and print its URL for --db."""
+    from canonlabel.store.postgres import start_local
+
+    try:
+        print(start_local(pgdata))
+    except (CanonlabelError, OSError) as exc:
+        raise _fail(exc) from None
+
+
+@postgres_app.command("stop")
+def postgres_stop(pgdata: PgDataArg = "pgdata") -> None:
+    """Stop the server running in PGDATA."""
+    from canonlabel.store.postgres import stop_local
+
+    try:
+        stop_local(pgdata)
+    except (CanonlabelError, OSError) as exc:
+        raise _fail(exc) from None
+
+
 categories_app = typer.Typer(
     help="Fixed categories and the category layer over labels.", no_args_is_help=True
 )

@@ -9,6 +9,7 @@ from canonlabel import Classifier, Settings
 from canonlabel.errors import ConfigError, StaleLabelSpaceError
 from canonlabel.store import open_store
 from canonlabel.testing import FakeLabeler, HashEmbedder
+from tests.conftest import run_cli
 
 pytest.importorskip("psycopg")
 
@@ -88,3 +89,17 @@ def test_one_consolidator_at_a_time(open_clf):
     assert "skipped" in b.consolidate()
     a.store.end_exclusive("consolidate")
     assert "skipped" not in b.consolidate()
+
+
+def test_postgres_start_prints_a_url_the_store_opens(tmp_path):
+    pytest.importorskip("pgserver")
+    pgdata = tmp_path / "pgdata"
+    started = run_cli("postgres", "start", str(pgdata), timeout=120)
+    assert started.returncode == 0, started.stderr
+    url = started.stdout.strip().splitlines()[-1]
+    try:
+        store = open_store(url)
+        store.bind_embedder("hash:256", 256)
+        store.close()
+    finally:
+        assert run_cli("postgres", "stop", str(pgdata), timeout=120).returncode == 0

@@ -342,6 +342,28 @@ class PostgresStore(Store):
         return sims, ids
 
 
+def start_local(pgdata: str) -> str:
+    """Start (or find running) a local PostgreSQL 16 with pgvector in ``pgdata`` through
+    ``pgserver`` (PyPI, no root); it keeps running after this process. Returns its URL."""
+    server = _pgserver().get_server(pgdata, cleanup_mode=None)
+    return server.get_uri()
+
+
+def stop_local(pgdata: str) -> None:
+    """Stop the local server :func:`start_local` started in ``pgdata``."""
+    _pgserver().get_server(pgdata, cleanup_mode="stop").cleanup()
+
+
+def _pgserver():
+    try:
+        import pgserver
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"a local PostgreSQL needs pgserver ({exc}); pip install 'canonlabel[postgres]'"
+        ) from exc
+    return pgserver
+
+
 def _redact(url: str) -> str:
     """The URL without its password, for messages."""
     head, sep, tail = url.partition("@")
