@@ -158,7 +158,7 @@ def run_classify_ray(
     tally = ray.remote(_Tally).remote()
     # small inputs: at least two batches per labelling actor, so that each gets work
     size = BATCH if labelers == 1 else max(1, min(BATCH, len(rows) // (2 * labelers)))
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // size)))
+    ds = _dataset(ray, rows, size)
     ds = ds.map_batches(
         _Embed, fn_constructor_kwargs={"settings": settings}, batch_size=size,
         concurrency=embedders, num_cpus=1, batch_format="numpy",
@@ -178,6 +178,15 @@ def run_classify_ray(
     summary = _finish(output, settings, counts, time.perf_counter() - start, labelers, console)
     _print_summary(console, summary)
     return summary
+
+
+def _dataset(ray, rows: list[dict], size: int):
+    """One block per ``size`` rows, so every batch holds the rows the plain job would
+    submit together (batch boundaries decide which near-duplicates share an LLM call)."""
+    import pandas as pd
+
+    frames = [pd.DataFrame(rows[i : i + size]) for i in range(0, len(rows), size)]
+    return ray.data.from_pandas(frames or [pd.DataFrame(columns=["pos", "text", "id"])])
 
 
 def _read(input: str, text_field: str, id_field: str, limit: int | None) -> list[dict]:
