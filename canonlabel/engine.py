@@ -428,16 +428,9 @@ class Engine:
         vector = self._raw_vector(raw, asked)
         it.timings["canonicalise"] = time.perf_counter() - start
         start = time.perf_counter()
-        with store.write(label_space=True) as conn:
-            if clf.space.refresh():  # another process rewrote the label space
-                clf.sync(force=True)
-            if vector is None and raw not in clf.space.aliases:
-                vector = self._raw_vector(raw, asked, force=True)
-            label_id, decision = clf.space.write_raw_label(
-                conn, raw, vector, self.settings.label_similarity
-            )
-            name = raw if decision.label_id is None else clf.space.names[label_id]
-            item_id, followers = self._insert_answer(conn, it, asked, label_id, name)
+        label_id, decision, vector, item_id, followers = store.transaction(
+            lambda conn: self._canonicalise(conn, it, asked, vector), label_space=True
+        )
         it.timings["store"] = time.perf_counter() - start
         store.release(it.key)
         clf.space.commit_raw_label(label_id, decision, vector)
@@ -459,6 +452,21 @@ class Engine:
         self._resolve(it, result, "llm_items")
         for f, result, _ in followers:
             self._resolve(f, result, f"{result.source}_hits")
+
+    def _canonicalise(self, conn, it: Item, asked: Asked, vector):
+        """Inside the label-space transaction: read what other processes committed,
+        decide where the raw label goes, insert the answer and its followers' hits."""
+        clf, raw = self.clf, asked.raw_label
+        if clf.space.refresh():  # another process rewrote the label space
+            clf.sync(force=True)
+        if vector is None and raw not in clf.space.aliases:
+            vector = self._raw_vector(raw, asked, force=True)
+        label_id, decision = clf.space.write_raw_label(
+            conn, raw, vector, self.settings.label_similarity
+        )
+        name = raw if decision.label_id is None else clf.space.names[label_id]
+        item_id, followers = self._insert_answer(conn, it, asked, label_id, name)
+        return label_id, decision, vector, item_id, followers
 
     def _raw_vector(self, raw: str, asked: Asked, force: bool = False) -> np.ndarray | None:
         """The embedding of a raw label this process does not know (None for a known one)."""
@@ -529,8 +537,7 @@ class Engine:
     def _commit_hits(self, hits) -> None:
         if not hits:
             return
-        with self.clf.store.write() as conn:
-            hits = self._insert_hit_rows(conn, hits)
+        hits = self.clf.store.transaction(lambda conn: self._insert_hit_rows(conn, hits))
         self._cache_hit_rows(hits)
         for it, result, _ in hits:
             self._resolve(it, result, f"{result.source}_hits")

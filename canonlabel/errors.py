@@ -10,7 +10,8 @@ Every error derives from :class:`CanonlabelError`; its message says what to do n
     ├── StoreError               the SQLite store cannot be used
     │   ├── IncompatibleStoreError  store built with another embedder
     │   ├── StoreBusyError       another process is writing the store
-    │   └── StaleLabelSpaceError another process changed the label space meanwhile
+    │   ├── StaleLabelSpaceError another process changed the label space meanwhile
+    │   └── TransientStoreError  a shared store's transaction was rolled back; retry it
     ├── BackendError             an embedder or LLM failed (``retryable`` says if trying again may help)
     ├── BudgetError              the --max-llm-calls budget is spent
     └── LabelError               the LLM gave no valid label after re-asking (carries outputs)
@@ -67,6 +68,11 @@ class StoreBusyError(StoreError):
 class StaleLabelSpaceError(StoreError):
     """Another process rewrote the label space after this one read it; nothing was
     written, and doing it again (on the fresh label space) is safe."""
+
+
+class TransientStoreError(StoreError):
+    """A shared store rolled a transaction back (deadlock, serialisation failure, lost
+    connection); nothing of it was written and running it again may succeed."""
 
 
 class BackendError(CanonlabelError):

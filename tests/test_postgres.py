@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from canonlabel import Classifier, Settings
-from canonlabel.errors import ConfigError, StaleLabelSpaceError
+from canonlabel.errors import ConfigError, StaleLabelSpaceError, TransientStoreError
 from canonlabel.store import open_store
 from canonlabel.testing import FakeLabeler, HashEmbedder
 from tests.conftest import run_cli
@@ -103,3 +103,13 @@ def test_postgres_start_prints_a_url_the_store_opens(tmp_path):
         store.close()
     finally:
         assert run_cli("postgres", "stop", str(pgdata), timeout=120).returncode == 0
+
+
+def test_a_lost_connection_is_a_transient_error(pg_url):
+    store = open_store(pg_url)
+    try:
+        with pytest.raises(TransientStoreError, match="try again"), store.write() as c:
+            c.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+        assert store.count("SELECT 1") == 1  # the pool replaces the connection
+    finally:
+        store.close()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
 
 from canonlabel import Classifier, Settings
-from canonlabel.errors import IncompatibleStoreError
+from canonlabel.errors import IncompatibleStoreError, TransientStoreError
 from canonlabel.store import open_store
 from canonlabel.testing import FakeLabeler, HashEmbedder
 
@@ -216,3 +217,38 @@ def test_classifier_end_to_end(store_url):
         assert [r.label for r in again] == [r.label for r in first]
         assert labeler.calls == 0
         assert clf.stats()["items"] == 4
+
+
+def test_a_transient_rollback_is_retried(store):
+    a, _ = _seed(store)
+    tries = []
+
+    def insert(c):
+        store.insert_items(c, [_item("1", "Card late", a)])
+        tries.append(1)
+        if len(tries) == 1:  # as a deadlock or a lost connection would
+            raise TransientStoreError("simulated rollback")
+        return "done"
+
+    assert store.transaction(insert) == "done"
+    assert len(tries) == 2 and store.count("SELECT count(*) FROM items") == 1
+
+
+def test_an_engine_answer_survives_a_transient_rollback(store_url):
+    settings = Settings(db=store_url, consolidate_every=0)
+    with Classifier(open_store(store_url), HashEmbedder(), FakeLabeler(), settings) as clf:
+        real, failed = clf.store.write, []
+
+        @contextmanager
+        def flaky(**kw):
+            with real(**kw) as c:
+                yield c
+                if kw.get("label_space") and not failed:
+                    failed.append(1)
+                    raise TransientStoreError("simulated deadlock at commit")
+
+        clf.store.write = flaky
+        result = clf.classify("card not arrived", id="1")
+        assert failed and result.source == "llm" and clf.labeler.calls == 1
+        assert clf.store.count("SELECT count(*) FROM items") == 1
+        assert clf.store.count("SELECT count(*) FROM labels") == 1

@@ -16,16 +16,17 @@ from __future__ import annotations
 import json
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from canonlabel.errors import IncompatibleStoreError
+from canonlabel.errors import IncompatibleStoreError, TransientStoreError
 
 SCHEMA_VERSION = 7
+T = TypeVar("T")
 EPOCH_KEY = "label_space_epoch"  # bumped by every change that rewrites existing labels
 
 
@@ -126,6 +127,22 @@ class Store(ABC):
 
     def end_exclusive(self, name: str) -> None:  # noqa: B027 (optional hook)
         """Release a lock from :meth:`try_exclusive`."""
+
+    def transaction(
+        self, fn: Callable[[Tx], T], *, label_space: bool = False, attempts: int = 3
+    ) -> T:
+        """``fn(c)`` in one write transaction, run again (up to ``attempts`` times in all)
+        when the store rolled it back for a transient reason. ``fn`` must not change
+        anything outside the transaction before it commits."""
+        for attempt in range(attempts):
+            try:
+                with self.write(label_space=label_space) as c:
+                    return fn(c)
+            except TransientStoreError:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.05 * 2**attempt)
+        raise AssertionError("unreachable")
 
     # -- small helpers ------------------------------------------------------------------
     def query_one(self, sql: str, params: Sequence[Any] = ()) -> tuple | None:

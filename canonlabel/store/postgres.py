@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from canonlabel.errors import MissingDependencyError, StoreError
+from canonlabel.errors import MissingDependencyError, StoreError, TransientStoreError
 from canonlabel.store.base import SCHEMA_VERSION, Store
 
 _LOCKS = 0x636C  # advisory lock class ids: 0x636C0000 + kind
@@ -227,10 +227,21 @@ class PostgresStore(Store):
 
     @contextmanager
     def write(self, *, label_space: bool = False) -> Iterator[_Tx]:
-        with self.pool.connection() as conn, conn.transaction():
-            if label_space:
-                conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_LOCKS, _LABEL_SPACE))
-            yield _Tx(conn)
+        errors = self._psycopg.errors
+        try:
+            with self.pool.connection() as conn, conn.transaction():
+                if label_space:
+                    conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_LOCKS, _LABEL_SPACE))
+                yield _Tx(conn)
+        except (
+            errors.DeadlockDetected,
+            errors.SerializationFailure,
+            self._psycopg.OperationalError,
+        ) as exc:
+            raise TransientStoreError(
+                f"store {self.location} rolled a transaction back ({exc.__class__.__name__}: "
+                f"{str(exc).strip()[:200]}); nothing of it was written, try again"
+            ) from exc
 
     # -- claims and exclusive locks (session locks on one connection) ---------------------
     def _try_lock(self, kind: int, key: int) -> bool:
