@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from load import closed_loop, free_port, mixed_texts, summary  # benchmarks/ is on the path
+from load import closed_loop, free_port, mixed_texts, start, summary  # benchmarks/ is on the path
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77.jsonl"
 
@@ -47,25 +47,6 @@ def _postgres(tmp: Path):
         return base.replace("/postgres?", f"/{name}?")
 
     return server, database
-
-
-def _serve(db: str, port: int) -> subprocess.Popen:
-    import httpx
-
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "canonlabel.cli", "serve", "--db", db, "--port", str(port),
-         "--llm", "fake:latency=0.5", "--embedder", "minilm", "--concurrency", "16"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("server did not start")
 
 
 async def _open_loop_spread(urls, texts, rate, seconds) -> dict:
@@ -125,7 +106,7 @@ def part_service(tmp: Path, rate: float, seconds: float) -> dict:
             ("postgres_2", database("svc2"), 2),
         ):
             ports = [free_port() for _ in range(workers)]
-            procs = [_serve(db, p) for p in ports]
+            procs = [start(db, p, "minilm") for p in ports]  # a URL works as --db too
             urls = [f"http://127.0.0.1:{p}" for p in ports]
             try:
                 mixed = asyncio.run(_open_loop_spread(urls, texts, rate, seconds))
