@@ -21,14 +21,14 @@ from __future__ import annotations
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Hashable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from canonlabel.canon import label_text
+from canonlabel.delivery import Callback, Delivery, Item, failure, followers_of
 from canonlabel.errors import BudgetError, CanonlabelError, LabelError, RejectedTextError
 from canonlabel.normalize import normalize, text_key
 from canonlabel.types import Result
@@ -36,45 +36,10 @@ from canonlabel.types import Result
 if TYPE_CHECKING:
     from canonlabel.memory import Asked, Memory
 
-Callback = Callable[[Hashable, Result, "Exception | None"], None]
 _PARK_POLL = 0.05  # seconds between looks for another process's answer to a parked text
 
 
-@dataclass(eq=False)
-class Item:
-    token: Hashable
-    text: str
-    ext_id: str | None
-    truncated: bool
-    key: str
-    timings: dict[str, float] = field(default_factory=dict)
-    vector: np.ndarray | None = None
-    followers: list[tuple[Item, float, str]] = field(default_factory=list)
-    guess: tuple[int, float] | None = None  # the router's (label, confidence): audited later
-
-
-def failure(text: str, ext_id: str | None, error: Exception, timings=None) -> Result:
-    return Result(
-        text=text,
-        label=None,
-        label_id=None,
-        raw_label=None,
-        source=None,
-        id=ext_id,
-        error=str(error),
-        timings=timings or {},
-    )
-
-
-def _followers(it: Item):
-    """Items waiting on ``it``: its followers and, recursively, theirs (an exact
-    duplicate of a text that itself follows a near-duplicate)."""
-    for f, sim, how in it.followers:
-        yield f, sim, how
-        yield from _followers(f)
-
-
-class Engine:
+class Engine(Delivery):
     """Long-lived pipeline state: leaders waiting or in flight, and their followers."""
 
     def __init__(self, clf: Memory, concurrency: int = 1) -> None:
@@ -287,7 +252,7 @@ class Engine:
             # exact duplicates later in the batch follow this item, not an LLM call
             hits += [
                 self._hit(f, label_id, raws[item_id], how, f_sim, item_id)
-                for f, f_sim, how in _followers(it)
+                for f, f_sim, how in followers_of(it)
             ]
 
     # -- leaders ------------------------------------------------------------------------
@@ -367,13 +332,13 @@ class Engine:
                 hits.append(self._hit(it, row.label_id, row.raw_label, "exact", 1.0, row.id))
                 hits += [
                     self._hit(f, row.label_id, row.raw_label, how, sim, row.id)
-                    for f, sim, how in _followers(it)
+                    for f, sim, how in followers_of(it)
                 ]
                 settled.append(it)
             elif it.key in failed:
                 kind, message = failed[it.key]
                 error = (RejectedTextError if kind == "rejected" else LabelError)(message, [])
-                self._fail_with_followers(it, error)
+                self._fail_withfollowers_of(it, error)
                 settled.append(it)
         self._commit_hits(hits)
         return settled
@@ -383,12 +348,12 @@ class Engine:
             f"the LLM call budget ({cap}, --max-llm-calls) is spent; the item is not "
             "stored, so a later run with a larger budget labels it"
         )
-        self._fail_with_followers(it, error)
+        self._fail_withfollowers_of(it, error)
 
-    def _fail_with_followers(self, it: Item, error: Exception) -> None:
+    def _fail_withfollowers_of(self, it: Item, error: Exception) -> None:
         self._unlead(it)
         self._fail(it, error)
-        for follower, _, _ in _followers(it):
+        for follower, _, _ in followers_of(it):
             self._fail(follower, error)
 
     def _finish(self, it: Item, asked: Asked) -> None:
@@ -492,105 +457,9 @@ class Engine:
         item_id = self.clf.store.insert_items(conn, [row])[0]
         followers = [
             self._hit(f, label_id, asked.raw_label, how, sim, item_id, name)
-            for f, sim, how in _followers(it)
+            for f, sim, how in followers_of(it)
         ]
         if followers:
             ids = self.clf.store.insert_items(conn, [r for _, _, r in followers])
             followers = [(f, res, {**r, "id": i}) for (f, res, r), i in zip(followers, ids)]
         return item_id, followers
-
-    # -- hits -------------------------------------------------------------------------
-    def _hit(
-        self,
-        it: Item,
-        label_id: int,
-        raw,
-        source: str,
-        sim: float,
-        matched: int,
-        name: str | None = None,
-    ):
-        """``name`` is given for a label created in the transaction being written.
-
-        The row keeps the matched item's own (unresolved) label id, so the hit follows
-        that label through later merges and their undo."""
-        stored = label_id
-        if name is None:
-            label_id = self.clf.space.resolve(label_id)
-            name = self.clf.space.names[label_id]
-        result = Result(
-            text=it.text,
-            label=name,
-            label_id=label_id,
-            raw_label=raw,
-            source=source,
-            similarity=sim,
-            truncated=it.truncated,
-            id=it.ext_id,
-            timings=it.timings,
-        )
-        row = self._row(it, stored, raw, source, sim, matched)
-        if self.settings.store_hits and source == "cache":
-            row.update(vector=it.vector, cached=True)
-        return it, result, row
-
-    def _commit_hits(self, hits) -> None:
-        if not hits:
-            return
-        hits = self.clf.store.transaction(lambda conn: self._insert_hit_rows(conn, hits))
-        self._cache_hit_rows(hits)
-        for it, result, _ in hits:
-            self._resolve(it, result, f"{result.source}_hits")
-
-    def _insert_hit_rows(self, conn, hits) -> list:
-        """Insert hit rows; returns the hits with their item ids (``row["id"]``)."""
-        if not hits:
-            return []
-        ids = self.clf.store.insert_items(conn, [row for _, _, row in hits])
-        return [(it, result, {**row, "id": i}) for (it, result, row), i in zip(hits, ids)]
-
-    def _cache_hit_rows(self, hits) -> None:
-        """After commit: cached hits join the semantic cache (a repeated (id, text) got
-        the first row's id, and an item joins once)."""
-        cached = [row for _, _, row in hits if row.get("cached")]
-        if cached:
-            self._add_to_cache(
-                [r["id"] for r in cached],
-                [r["label_id"] for r in cached],
-                [r["vector"] for r in cached],
-            )
-
-    def _add_to_cache(self, item_ids, label_ids, vectors) -> None:
-        self.clf.add_cached(item_ids, label_ids, vectors)
-
-    # -- bookkeeping --------------------------------------------------------------------
-    @staticmethod
-    def _row(it: Item, label_id, raw, source, sim, matched) -> dict:
-        return {
-            "ext_id": it.ext_id,
-            "text": it.text,
-            "text_key": it.key,
-            "truncated": it.truncated,
-            "label_id": label_id,
-            "raw_label": raw,
-            "source": source,
-            "similarity": sim,
-            "matched_item": matched,
-        }
-
-    def _resolve(self, it: Item, result: Result, counter: str) -> None:
-        self._deliver(self._callback.pop(it), it.token, result, None, counter)
-
-    def _fail(self, it: Item, error: Exception) -> None:
-        self._deliver(
-            self._callback.pop(it),
-            it.token,
-            failure(it.text, it.ext_id, error, it.timings),
-            error,
-            "failed",
-        )
-
-    def _deliver(self, on_done, token, result, error, counter) -> None:
-        self.clf.counters["items"] += 1
-        self.clf.counters[counter] += 1
-        on_done(token, result, error)
