@@ -171,7 +171,8 @@ class Store(ABC):
 
     def epoch(self) -> int:
         """How many times existing labels were rewritten (merge, split, consolidation...)."""
-        return int(json.loads(self.meta().get(EPOCH_KEY, "0")))
+        row = self.query_one("SELECT value FROM meta WHERE key = ?", (EPOCH_KEY,))
+        return int(json.loads(row[0])) if row else 0
 
     def bump_epoch(self, c: Tx) -> None:
         """Tell other processes' label spaces to reload (call in the changing transaction)."""
