@@ -171,6 +171,7 @@ def classify(
     ] = None,
 ) -> None:
     """Label every text of INPUT with a canonical snake_case label (resumable)."""
+    from canonlabel.errors import ConfigError
     from canonlabel.runner import run_categories, run_classify
 
     try:
@@ -193,6 +194,10 @@ def classify(
             audit_rate=audit_rate,
             max_llm_calls=max_llm_calls,
         )
+        if ray and (categories is not None or router is not None):
+            raise ConfigError(
+                "--ray runs the open-set pipeline; drop --categories/--router, or --ray"
+            )
         if categories is not None:
             summary = run_categories(
                 input,

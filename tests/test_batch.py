@@ -71,3 +71,11 @@ def test_ray_job_with_two_labellers_on_postgres(tmp_path, pg_url):
         store.close()
     asked = Counter(ledger.read_text(encoding="utf-8").splitlines())
     assert max(asked.values()) == 1 and sum(asked.values()) == llm_items == summary["llm_calls"]
+
+
+def test_ray_refuses_options_of_other_pipelines(tmp_path):
+    from tests.conftest import run_cli
+
+    done = run_cli("classify", str(DATA), "--ray", "--router", str(tmp_path), "--llm", "fake",
+                   "--embedder", "hash", "--db", str(tmp_path / "x.db"))  # fmt: skip
+    assert done.returncode == 2 and "--ray runs the open-set pipeline" in done.stderr
