@@ -252,3 +252,18 @@ def test_an_engine_answer_survives_a_transient_rollback(store_url):
         assert failed and result.source == "llm" and clf.labeler.calls == 1
         assert clf.store.count("SELECT count(*) FROM items") == 1
         assert clf.store.count("SELECT count(*) FROM labels") == 1
+
+
+def test_a_raw_label_equal_to_a_label_name_joins_that_label(store_url):
+    # consolidation names a label after its members' core name, which need not be any
+    # raw label; a later answer with exactly that name must join it, not repeat the name
+    settings = Settings(db=store_url, consolidate_every=0, label_similarity=0.999)
+    with Classifier(open_store(store_url), HashEmbedder(), FakeLabeler(), settings) as clf:
+        first = clf.classify("card not arrived")
+        with clf.store.write() as c:  # as consolidation's renaming does
+            c.execute("UPDATE labels SET name = 'parcel_late' WHERE id = ?", (first.label_id,))
+        clf.space.reload()
+        clf.labeler.enqueue("parcel_late")
+        second = clf.classify("the courier never came")
+        assert second.label_id == first.label_id and second.label == "parcel_late"
+        assert clf.store.count("SELECT count(*) FROM labels") == 1

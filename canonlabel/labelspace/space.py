@@ -234,6 +234,10 @@ class LabelSpace:
         """Record where ``raw_label`` goes (a new label, a new alias, or nothing for a
         known one) in ``conn``'s transaction; call :meth:`commit_raw_label` after commit."""
         decision = self.decide(raw_label, vector, threshold)
+        if decision.label_id is None and (named := self._label_named(conn, raw_label)):
+            # a raw label that is literally a label's name (one consolidation or a user
+            # gave it) belongs to that label; founding another would repeat the name
+            decision = Decision(raw_label, named, 1.0)
         label_id = decision.label_id
         if label_id is None:
             label_id = self.store.insert_label(conn, raw_label, vector)
@@ -241,6 +245,10 @@ class LabelSpace:
         elif not decision.known:
             self.store.insert_alias(conn, raw_label, label_id, decision.similarity, vector)
         return label_id, decision
+
+    def _label_named(self, conn, name: str) -> int | None:
+        row = conn.execute("SELECT id FROM labels WHERE name = ?", (name,)).fetchone()
+        return None if row is None else self.resolve(int(row[0]))
 
     def commit_raw_label(
         self, label_id: int, decision: Decision, vector: np.ndarray | None
