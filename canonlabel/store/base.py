@@ -14,6 +14,7 @@ one writer), which canonicalisation, consolidation and curation need.
 from __future__ import annotations
 
 import json
+import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -64,6 +65,14 @@ def _chunks(values: Sequence, size: int = 500) -> Iterator[list]:
     values = list(values)
     for start in range(0, len(values), size):
         yield values[start : start + size]
+
+
+_SEARCH_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def search_words(text: str, limit: int = 32) -> list[str]:
+    """The distinct lowercased words of ``text`` a full-text label search looks for."""
+    return list(dict.fromkeys(w.lower() for w in _SEARCH_WORD.findall(text)))[:limit]
 
 
 def _marks(n: int) -> str:

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from canonlabel.errors import MissingDependencyError, StoreError, TransientStoreError
-from canonlabel.store.base import SCHEMA_VERSION, Store
+from canonlabel.store.base import SCHEMA_VERSION, Store, search_words
 
 _LOCKS = 0x636C  # advisory lock class ids: 0x636C0000 + kind
 _LABEL_SPACE, _SCHEMA_LOCK, _CLAIM, _EXCLUSIVE = range(4)
@@ -316,9 +316,7 @@ class PostgresStore(Store):
         return out
 
     def fulltext_labels(self, text: str, k: int) -> list[int]:
-        from canonlabel.store.sqlite import _FTS_WORD
-
-        words = list(dict.fromkeys(w.lower() for w in _FTS_WORD.findall(text)))[:32]
+        words = search_words(text)
         if not words:
             return []
         rows = self.query(

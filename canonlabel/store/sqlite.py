@@ -7,7 +7,6 @@ SIGKILL, so a resumed job never pays for it again. Writes use ``BEGIN IMMEDIATE`
 from __future__ import annotations
 
 import os
-import re
 import sqlite3
 import sys
 import threading
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from canonlabel.errors import StoreBusyError, StoreError
-from canonlabel.store.base import SCHEMA_VERSION, Store
+from canonlabel.store.base import SCHEMA_VERSION, Store, search_words
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -137,7 +136,6 @@ CREATE TABLE router_versions (
 CREATE TABLE projection (item_id INTEGER PRIMARY KEY, x REAL NOT NULL, y REAL NOT NULL);
 """,
 ]
-_FTS_WORD = re.compile(r"\w+", re.UNICODE)
 
 
 class SqliteStore(Store):
@@ -247,7 +245,7 @@ class SqliteStore(Store):
 
     def fulltext_labels(self, text: str, k: int) -> list[int]:
         """Label ids ranked by BM25 over label names, aliases and member texts."""
-        words = list(dict.fromkeys(w.lower() for w in _FTS_WORD.findall(text)))[:32]
+        words = search_words(text)
         if not words:
             return []
         query = " OR ".join('"' + w.replace('"', "") + '"' for w in words)
