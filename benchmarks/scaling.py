@@ -122,7 +122,7 @@ def part_service(tmp: Path, rate: float, seconds: float) -> dict:
     return out
 
 
-def _classify(args: list[str]) -> tuple[float, dict]:
+def _classify(args: list[str]) -> float:
     # router off and one LLM call at a time: then the job is deterministic (otherwise the
     # order in which concurrent answers land changes the candidates later texts are shown)
     env = dict(os.environ, CANONLABEL_ROUTER="0")
@@ -133,7 +133,7 @@ def _classify(args: list[str]) -> tuple[float, dict]:
     )  # fmt: skip
     if done.returncode != 0:
         raise RuntimeError(done.stderr[-3000:])
-    return time.perf_counter() - start, {}
+    return time.perf_counter() - start
 
 
 def part_ray(tmp: Path, n: int) -> dict:
@@ -152,7 +152,7 @@ def part_ray(tmp: Path, n: int) -> dict:
             ("ray_postgres_2", database("ray2"), ["--ray", "--ray-labelers", "2"]),
         ):
             out, summ = tmp / f"{name}.jsonl", tmp / f"{name}.summary.json"
-            seconds, _ = _classify(
+            seconds = _classify(
                 [str(src), "-o", str(out), "--db", db, "--summary-json", str(summ), *common, *extra]
             )
             s = json.loads(summ.read_text())

@@ -69,7 +69,7 @@ class _Label:
         self._sent: Counter = Counter()
 
     def __call__(self, batch: dict) -> dict:
-        from canonlabel.runner import _row
+        from canonlabel.runner import _row, failed_record_row
 
         clf, out = self.clf, [None] * len(batch["text"])
         good = [n for n, e in enumerate(batch["error"]) if not e]
@@ -83,7 +83,8 @@ class _Label:
             out[n] = json.dumps(_row(clf, result), ensure_ascii=False)
         for n, error in enumerate(batch["error"]):
             if error:
-                out[n] = _failed_row(batch["text"][n], batch["id"][n], batch["line"][n], error)
+                row = failed_record_row(batch["text"][n], batch["id"][n], batch["line"][n], error)
+                out[n] = json.dumps(row, ensure_ascii=False)
                 clf.counters["items"] += 1
                 clf.counters["failed"] += 1
         delta = Counter(clf.counters)
@@ -91,21 +92,6 @@ class _Label:
         self._sent = Counter(clf.counters)
         self.tally.add.remote(dict(+delta))
         return {"pos": batch["pos"], "row": np.array(out, dtype=object)}
-
-
-def _failed_row(text, ext_id, line, error) -> str:
-    from canonlabel.types import Result
-
-    result = Result(
-        text=text or "",
-        label=None,
-        label_id=None,
-        raw_label=None,
-        source=None,
-        id=ext_id or f"line:{line}",
-        error=error,
-    )
-    return json.dumps(result.output_row(), ensure_ascii=False)
 
 
 class _Tally:

@@ -157,18 +157,21 @@ def _classify_chunk(clf, chunk, model=None, threshold: float = 0.7) -> list[dict
         else:
             clf.counters["items"] += 1
             clf.counters["failed"] += 1
-            out.append(
-                Result(
-                    text=record.text or "",
-                    label=None,
-                    label_id=None,
-                    raw_label=None,
-                    source=None,
-                    id=record.id or f"line:{record.line}",
-                    error=record.error,
-                ).output_row()
-            )
+            out.append(failed_record_row(record.text, record.id, record.line, record.error))
     return out
+
+
+def failed_record_row(text: str | None, ext_id: str | None, line: int, error: str) -> dict:
+    """The output row of an input record that could not be read (no label)."""
+    return Result(
+        text=text or "",
+        label=None,
+        label_id=None,
+        raw_label=None,
+        source=None,
+        id=ext_id or f"line:{line}",
+        error=error,
+    ).output_row()
 
 
 def relabel_output(path: Path, clf) -> int:
