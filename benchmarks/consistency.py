@@ -12,7 +12,9 @@ orders: order ARI (mean pairwise ARI of the final labelings) and the stable shar
 name quality (mean cosine, bundled embedder, between a label's name and the gold name of
 its majority intent; share of names starting with ``no_``). The simulated LLM
 (:class:`canonlabel.testing.SimulatedLLM`) is accurate but inconsistent in naming, with
-``--error-rates`` of its answers naming a wrong intent.
+``--error-rates`` of its answers naming a wrong intent. The ``ceiling`` strategy is
+canonlabel with a perfectly consistent simulated LLM: grouping is then perfect, and what
+it loses is the semantic cache copying a neighbour's label (add it to ``--strategies``).
 """
 
 from __future__ import annotations
@@ -88,7 +90,30 @@ def run_kmeans(data: EvalData, order, labeler, settings, seed: int = 0):
     return labels, 0
 
 
-RUNNERS = {"canonlabel": run_canonlabel, "seed": run_seed, "kmeans-k": run_kmeans}
+def run_ceiling(data: EvalData, order, labeler, settings: Settings) -> tuple[list[str], int]:
+    """canonlabel with a perfectly consistent LLM: every answer is the exact intent the
+    simulated LLM understood (same wrong-answer share), so grouping is perfect and what is
+    left is the semantic cache copying a neighbour's label. The ceiling of the others."""
+    from canonlabel.testing import SimulatedLLM
+
+    if not isinstance(labeler, SimulatedLLM):
+        raise SystemExit("the ceiling needs the simulated LLM")
+    consistent = SimulatedLLM(
+        {t: labeler.gold[labeler._key(t)] for t in data.texts},
+        inconsistency=0.0,
+        error_rate=labeler.error_rate,
+        reuse=1.0,
+        seed=labeler.seed,
+    )
+    return run_canonlabel(data, order, consistent, settings)
+
+
+RUNNERS = {
+    "canonlabel": run_canonlabel,
+    "seed": run_seed,
+    "kmeans-k": run_kmeans,
+    "ceiling": run_ceiling,
+}
 
 
 def name_quality(labels: list[str], gold: list[str], embedder) -> dict:

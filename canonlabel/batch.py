@@ -203,7 +203,7 @@ def _finish(output, settings: Settings, counts: Counter, seconds: float, labeler
         clf.counters.update(counts)
         if settings.consolidate_every > 0:
             with console.status("consolidating labels..."):
-                clf.consolidate()
+                clf.consolidate(adjudication_budget=None if clf.counters["llm_items"] else 0)
             if output and clf.counters["consolidations"]:
                 relabel_output(output, clf)
         return _summary(clf, seconds) | {"ray_labelers": labelers}

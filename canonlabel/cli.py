@@ -580,7 +580,8 @@ def consolidate(
         str | None, typer.Option(help="labeler for --adjudicate (default: CANONLABEL_LLM)")
     ] = None,
     adjudicate: Annotated[
-        int, typer.Option(help="LLM questions on borderline groups (0: none)")
+        int,
+        typer.Option(help="LLM calls on borderline groups, each judging several pairs (0: none)"),
     ] = 0,
     threshold: Annotated[
         float | None, typer.Option(help="combined similarity at which raw labels group")
@@ -592,10 +593,9 @@ def consolidate(
     _curate(
         db,
         embedder,
-        lambda clf: clf.consolidate(dry_run=dry_run),
+        lambda clf: clf.consolidate(dry_run=dry_run, adjudication_budget=adjudicate),
         llm=llm,
         need_llm=adjudicate > 0,  # otherwise no model is loaded
-        adjudication_budget=adjudicate,
         consolidate_threshold=threshold,
     )
 

@@ -57,10 +57,25 @@ class Settings(BaseSettings):
         0.25, ge=0, description="...or after this share of the raw labels, if more"
     )
     consolidate_threshold: float = Field(
-        0.5, ge=0, le=1, description="combined similarity at which raw labels are grouped"
+        0.85,
+        ge=0,
+        le=1,
+        description="combined similarity at which raw labels are grouped without asking",
     )
     adjudication_budget: int = Field(
-        0, ge=0, description="LLM questions on borderline groups per consolidation (0: none)"
+        20, ge=0, description="most LLM calls on borderline groups per consolidation (0: none)"
+    )
+    adjudication_share: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="adjudication calls in all, as a share of the LLM labelling calls so far",
+    )
+    adjudication_floor: float = Field(
+        0.4, ge=0, le=1, description="lowest combined similarity a pair is put to the LLM at"
+    )
+    adjudication_batch: int = Field(
+        16, ge=1, le=50, description="borderline pairs judged in one LLM call"
     )
     consolidate_name_weight: float = Field(
         0.6, ge=0, le=1, description="weight of name similarity against member similarity"

@@ -18,6 +18,7 @@ processes committed; and each engine takes in their labels and hits every
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections import deque
@@ -36,14 +37,16 @@ from canonlabel.types import Result
 if TYPE_CHECKING:
     from canonlabel.memory import Asked, Memory
 
+log = logging.getLogger(__name__)
 _PARK_POLL = 0.05  # seconds between looks for another process's answer to a parked text
 
 
 class Engine(Delivery):
     """Long-lived pipeline state: leaders waiting or in flight, and their followers."""
 
-    def __init__(self, clf: Memory, concurrency: int = 1) -> None:
+    def __init__(self, clf: Memory, concurrency: int = 1, background: bool = False) -> None:
         self.clf = clf
+        self.background = background  # consolidation's LLM questions off the engine thread
         self.settings = clf.settings
         self.concurrency = max(1, concurrency)
         self.waiting: deque[Item] = deque()
@@ -56,6 +59,13 @@ class Engine(Delivery):
         self._rng = random.Random(0)  # audit sampling: reproducible runs
         self.parked: list[Item] = []  # leaders whose text another process is asking about
         self._unparked = 0.0
+        self._side: ThreadPoolExecutor | None = None  # adjudication questions
+        self._adjudicating: Future | None = None
+
+    @property
+    def adjudicating(self) -> bool:
+        """Whether a consolidation's LLM questions are out (poll settles them when done)."""
+        return self._adjudicating is not None
 
     @property
     def busy(self) -> int:
@@ -63,6 +73,12 @@ class Engine(Delivery):
         return len(self.waiting) + len(self.futures) + len(self.parked)
 
     def close(self) -> None:
+        if self._adjudicating is not None:
+            wait([self._adjudicating])
+            self._settle_adjudication()
+        if self._side is not None:
+            self._side.shutdown(wait=True)
+            self._side = None
         if self.pool is not None:
             self.pool.shutdown(wait=True)
             self.pool = None
@@ -95,14 +111,14 @@ class Engine(Delivery):
         self._unpark()
         self._dispatch()
         if not self.futures:
+            self._consolidate_when_due()  # settles adjudication that finished meanwhile
             if self.parked:  # another process is answering them: look again shortly
                 time.sleep(_PARK_POLL if timeout is None else min(timeout, _PARK_POLL))
             return
         done, _ = wait(list(self.futures), timeout=timeout, return_when=FIRST_COMPLETED)
         for future in done:
             self._finish(self.futures.pop(future), future.result())
-        if self.consolidation_due:  # on the engine's thread: the single writer
-            self.clf.consolidate()
+        self._consolidate_when_due()
         self._maybe_train()
         self._dispatch()
 
@@ -113,6 +129,40 @@ class Engine(Delivery):
             router.train(keys, vectors, self.clf.store)
 
     # -- consolidation --------------------------------------------------------------------
+    def _consolidate_when_due(self) -> None:
+        """Consolidate on the engine's thread (the single writer). In a job it happens at
+        the item that makes it due, LLM questions included, so a rerun gives the same
+        labels. In the service (``background``) the questions run on a side thread and
+        requests keep flowing; the consolidation that applies their answers takes a
+        fraction of a second."""
+        job = self._adjudicating
+        if job is not None:
+            if job.done():
+                self._settle_adjudication()
+            return
+        if not self.consolidation_due:
+            return
+        if not self.background:
+            self.clf.consolidate()
+            return
+        questions = self.clf.adjudication_job()
+        if questions is None:
+            self.clf.consolidate(adjudication_budget=0)
+            return
+        if self._side is None:
+            self._side = ThreadPoolExecutor(1, thread_name_prefix="canonlabel-adjudicate")
+        self._adjudicating = self._side.submit(questions)
+
+    def _settle_adjudication(self) -> None:
+        job, self._adjudicating = self._adjudicating, None
+        try:
+            calls = job.result()
+        except Exception:  # a bug there must not stop the stream: consolidate without it
+            log.exception("adjudication failed")
+            calls = 0
+        self.clf.record_adjudication(calls)
+        self.clf.consolidate(adjudication_budget=0)
+
     @property
     def consolidation_due(self) -> bool:
         """After ``consolidate_every`` new raw labels, or ``consolidate_growth`` times the

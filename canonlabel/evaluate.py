@@ -62,6 +62,7 @@ class Run:
     sources: list[str]
     matches: list[tuple[int, int]] = field(default_factory=list)
     llm_calls: int = 0
+    adjudication_calls: int = 0  # of llm_calls: consolidation's questions
     tokens: int = 0
     seconds: float = 0.0
     latency: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
@@ -152,6 +153,7 @@ def run_canonlabel(data: EvalData, order, labeler: Labeler, settings: Settings) 
         )
         run.matches = [(int(a), int(b)) for a, b in rows]
         run.llm_calls = clf.counters["llm_calls"]  # adjudication questions included
+        run.adjudication_calls = clf.counters["adjudication_calls"]
         run.tokens = clf.counters["prompt_tokens"] + clf.counters["completion_tokens"]
         clf.close()
     return run
@@ -214,6 +216,7 @@ def summarize(data: EvalData, run: Run) -> dict:
         "items": n,
         "failed": n - len(keep),
         "llm_calls": run.llm_calls,
+        "adjudication_calls": run.adjudication_calls,
         "tokens": run.tokens,
         "hit_rate": round(hits / n, 4) if n else 0.0,
         "hit_precision": hit_precision(run.matches, data.gold),

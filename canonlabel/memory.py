@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -198,15 +199,16 @@ class Memory:
     def close(self) -> None:
         self.store.close()
 
-    def consolidate(self, *, dry_run: bool = False) -> dict:
+    def consolidate(self, *, dry_run: bool = False, adjudication_budget: int | None = None) -> dict:
         """Regroup every raw label, order-invariantly (see labelspace.consolidate); counts
-        its adjudication questions as LLM calls."""
+        its adjudication calls as LLM calls. Without an explicit ``adjudication_budget``
+        the calls stay within ``adjudication_share`` of the labelling calls so far."""
         if not dry_run and not self.store.try_exclusive("consolidate"):
             self.consolidated_at = len(self.space.aliases)  # its result arrives by sync
             return {"skipped": "another process is consolidating", "adjudication_calls": 0}
         try:
             self.sync(force=True)  # plan over every raw label committed so far
-            return self._consolidate(dry_run)
+            return self._consolidate(dry_run, adjudication_budget)
         except StaleLabelSpaceError as exc:  # a curation landed meanwhile: next time
             self.sync(force=True)
             return {"skipped": str(exc), "adjudication_calls": 0}
@@ -214,15 +216,27 @@ class Memory:
             if not dry_run:
                 self.store.end_exclusive("consolidate")
 
-    def _consolidate(self, dry_run: bool) -> dict:
+    def _adjudication_allowance(self) -> tuple[int, int]:
+        """(calls this consolidation may make, calls made so far): the per-consolidation
+        cap, within ``adjudication_share`` of the LLM labelling calls paid so far."""
+        s = self.settings
+        spent = int(float(self.store.meta().get("adjudication_calls", 0)))
+        paid = self.store.count("SELECT count(*) FROM items WHERE source = 'llm'")
+        return max(0, min(s.adjudication_budget, int(s.adjudication_share * paid) - spent)), spent
+
+    def _consolidate(self, dry_run: bool, budget: int | None = None) -> dict:
         s = self.settings
         known = len(self.space.aliases)
+        allowance, _ = self._adjudication_allowance()
         report = consolidate(
             self.space,
             name_weight=s.consolidate_name_weight,
             threshold=s.consolidate_threshold,
             labeler=self.labeler,
-            adjudication_budget=s.adjudication_budget,
+            adjudication_budget=allowance if budget is None else budget,
+            adjudication_floor=s.adjudication_floor,
+            adjudication_batch=self._pairs_per_call(),
+            adjudication_parallel=s.concurrency,
             dry_run=dry_run,
         )
         if not dry_run:
@@ -231,9 +245,48 @@ class Memory:
             if self.router is not None:
                 self.router.refresh()
         _release_memory()
-        self.counters["llm_calls"] += report["adjudication_calls"]
-        self.counters["adjudication_calls"] += report["adjudication_calls"]
+        self.record_adjudication(report["adjudication_calls"])
         return report
+
+    def adjudication_job(self) -> Callable[[], int] | None:
+        """The LLM questions a consolidation due now would ask, as a function another
+        thread may run while this one keeps serving (it touches only the store); returns
+        its calls. None when there is nothing to ask."""
+        from canonlabel.labelspace.adjudicate import Adjudication
+        from canonlabel.labelspace.consolidate import group
+        from canonlabel.labelspace.evidence import gather
+
+        s = self.settings
+        allowance, _ = self._adjudication_allowance()
+        if allowance == 0:
+            return None
+        self.sync(force=True)
+        ev = gather(self.space)
+        assigned = group(
+            ev,
+            self.space.pinned,
+            name_weight=s.consolidate_name_weight,
+            threshold=s.consolidate_threshold,
+        )
+        floor = min(s.adjudication_floor, s.consolidate_threshold)
+        adj = Adjudication(self.space, ev, assigned, s.consolidate_name_weight, floor)
+        if not adj.pair_of:
+            return None
+        return functools.partial(
+            adj.ask, self.labeler, allowance, self._pairs_per_call(), s.concurrency
+        )
+
+    def record_adjudication(self, calls: int) -> None:
+        """Count adjudication calls as LLM calls, here and in the store's running total
+        (which the share-of-calls allowance reads)."""
+        if calls:
+            spent = int(float(self.store.meta().get("adjudication_calls", 0)))
+            self.store.set_meta({"adjudication_calls": spent + calls})
+            self.counters["llm_calls"] += calls
+            self.counters["adjudication_calls"] += calls
+
+    def _pairs_per_call(self) -> int:
+        return min(self.settings.adjudication_batch, getattr(self.labeler, "max_pairs", 50))
 
     def result_from_stored(
         self,

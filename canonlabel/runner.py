@@ -89,7 +89,8 @@ def run_classify(
                 )
             if clf.settings.consolidate_every > 0:
                 with console.status("consolidating labels..."):
-                    clf.consolidate()
+                    # a job that labelled nothing new (a resumed, finished one) pays nothing
+                    clf.consolidate(adjudication_budget=None if clf.counters["llm_items"] else 0)
             if output and clf.counters["consolidations"]:
                 sink.close()
                 relabel_output(output, clf)

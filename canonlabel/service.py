@@ -32,7 +32,7 @@ class Service:
         self, clf: Classifier, concurrency: int | None = None, max_batch: int = 256
     ) -> None:
         self.clf = clf
-        self.engine = Engine(clf, concurrency or clf.settings.concurrency)
+        self.engine = Engine(clf, concurrency or clf.settings.concurrency, background=True)
         self.max_batch = max_batch
         self._queue: queue.Queue = queue.Queue()
         self._accepting = True
@@ -88,7 +88,7 @@ class Service:
                 self._submit(batch)
             for _, fn, exclusive, future in calls:
                 self._run_call(fn, exclusive, future)
-            if self.engine.busy:
+            if self.engine.busy or self.engine.adjudicating:
                 self.engine.poll(timeout=0.002)
 
     def _submit(self, batch) -> None:

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import json
 import random
+import threading
+import time
 
 import pytest
 
 from canonlabel import Classifier, Settings
-from canonlabel.errors import CurationError
+from canonlabel.errors import BackendError, CurationError
+from canonlabel.labelspace import adjudicate
+from canonlabel.service import Service
 from canonlabel.testing import FakeLabeler, HashEmbedder, SimulatedLLM
-from canonlabel.types import LabelRequest
+from canonlabel.types import LabelRequest, LabelResponse, Usage
 from tests.conftest import run_cli
 
 INTENTS = {
@@ -58,11 +62,11 @@ def _close_classifiers():
         _OPENED.pop().close()
 
 
-def build(tmp_path, name: str, order: list[str], gold, **overrides) -> Classifier:
+def build(tmp_path, name: str, order: list[str], gold, labeler=None, **overrides) -> Classifier:
     settings = Settings(db=tmp_path / f"{name}.db").model_copy(
         update={"min_similarity": 0.99, "candidates": 0, "consolidate_every": 0} | overrides
     )
-    llm = SimulatedLLM(gold, inconsistency=0.7)
+    llm = labeler or SimulatedLLM(gold, inconsistency=0.7)
     clf = Classifier.open(settings=settings, embedder=HashEmbedder(), labeler=llm)
     _OPENED.append(clf)
     for text in order:
@@ -171,15 +175,57 @@ def test_adjudication_is_budgeted_counted_and_cached(tmp_path):
     gold = corpus()
     clf = build(tmp_path, "j", sorted(gold), gold, consolidate_threshold=0.95)
     calls = clf.labeler.calls
-    first = clf.consolidate()  # a strict threshold leaves many borderline pairs
-    s = clf.settings.model_copy(update={"adjudication_budget": 3})
-    clf.settings = s
-    report = clf.consolidate()
+    first = clf.consolidate(adjudication_budget=0)  # a strict threshold: many borderline
+    report = clf.consolidate(adjudication_budget=3)
     assert 0 < report["adjudication_calls"] <= 3
     assert clf.labeler.calls == calls + report["adjudication_calls"]
     assert first["adjudication_calls"] == 0
     stored = clf.store.count("SELECT count(*) FROM adjudications")
-    assert stored == report["adjudication_calls"]
+    # several pairs share one call, and every answered pair is kept
+    per_call = clf.settings.adjudication_batch
+    assert report["adjudication_calls"] < stored <= per_call * report["adjudication_calls"]
+    again = clf.consolidate(adjudication_budget=3)  # stored pairs are never asked again
+    added = clf.store.count("SELECT count(*) FROM adjudications") - stored
+    assert again["adjudication_calls"] <= 3
+    assert added >= again["adjudication_calls"]
+
+
+def test_batched_answers_are_parsed_leniently_and_hostile_lines_ignored():
+    assert adjudicate.parse("1: same\n2: different\n", 2) == {0: True, 1: False}
+    assert adjudicate.parse("**1.** Same\n2) different\n9: same\n1: different", 2) == {
+        0: True,
+        1: False,
+    }
+    assert adjudicate.parse("I think they are the same", 3) == {}
+    grammar = adjudicate.batch_grammar(3)
+    assert grammar.count('answer "\\n"') == 3 and 'answer ::= "same" | "different"' in grammar
+
+
+def test_adjudication_without_free_completion_asks_one_closed_question_per_pair(tmp_path):
+    class ClosedOnly(SimulatedLLM):
+        def complete(self, prompt, *, grammar=None, max_tokens=256):
+            raise NotImplementedError
+
+    gold = corpus()
+    llm = ClosedOnly(gold, inconsistency=0.7)
+    clf = build(tmp_path, "k", sorted(gold), gold, consolidate_threshold=0.95, labeler=llm)
+    calls = llm.calls
+    report = clf.consolidate(adjudication_budget=2)
+    assert report["adjudication_calls"] == 2 == llm.calls - calls
+    assert clf.store.count("SELECT count(*) FROM adjudications") <= 2
+
+
+def test_a_failed_adjudication_call_is_counted_and_decides_nothing(tmp_path):
+    class Down(SimulatedLLM):
+        def complete(self, prompt, *, grammar=None, max_tokens=256):
+            raise BackendError("endpoint down", retryable=True)
+
+    gold = corpus()
+    llm = Down(gold, inconsistency=0.7)
+    clf = build(tmp_path, "d", sorted(gold), gold, consolidate_threshold=0.95, labeler=llm)
+    report = clf.consolidate(adjudication_budget=2)
+    assert report["adjudication_calls"] == 2
+    assert clf.store.count("SELECT count(*) FROM adjudications") == 0
 
 
 def test_consolidate_cli_dry_run_then_undo(tmp_path):
@@ -206,7 +252,9 @@ def test_undoing_a_consolidation_after_a_split_took_a_freed_name(tmp_path):
     """Found by the property test: a split after a consolidation names its new label with
     a name the consolidation had freed; undoing the consolidation gives that name back,
     and the split's label keeps its items under a free name instead of crashing."""
-    s = Settings(db=tmp_path / "u.db", min_similarity=0.9, consolidate_every=0)
+    s = Settings(
+        db=tmp_path / "u.db", min_similarity=0.9, consolidate_every=0, consolidate_threshold=0.5
+    )
     with Classifier.open(settings=s, embedder=HashEmbedder(), labeler=FakeLabeler()) as clf:
         clf.classify_many(["card refund", "card", "pin", "card declined"])
         clf.consolidate()
@@ -222,3 +270,90 @@ def test_undoing_a_consolidation_after_a_split_took_a_freed_name(tmp_path):
         assert clf.store.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         items = clf.store.conn.execute("SELECT label_id FROM items").fetchall()
         assert all(clf.space.resolve(lab) in clf.space.names for (lab,) in items)
+
+
+def test_the_stream_keeps_serving_while_adjudication_questions_are_out(tmp_path):
+    """Periodic consolidation asks its LLM questions on a side thread: hits and new texts
+    are answered meanwhile, and the answers apply once they are in."""
+    gate, started = threading.Event(), threading.Event()
+
+    class Slow(SimulatedLLM):
+        def complete(self, prompt, *, grammar=None, max_tokens=256):
+            started.set()
+            gate.wait(20)
+            return super().complete(prompt, grammar=grammar, max_tokens=max_tokens)
+
+    gold = corpus()
+    texts = sorted(gold)
+    s = Settings(db=tmp_path / "s.db").model_copy(
+        update={
+            "min_similarity": 0.99,
+            "candidates": 0,
+            "consolidate_every": 5,
+            "consolidate_growth": 0.0,
+            "consolidate_threshold": 0.95,
+            "adjudication_share": 1.0,
+        }
+    )
+    clf = Classifier.open(settings=s, embedder=HashEmbedder(), labeler=Slow(gold))
+    service = Service(clf)
+    try:
+        for text in texts[:30]:
+            assert service.classify(text).result(timeout=20)[1] is None
+        assert started.wait(20) and service.engine.adjudicating
+        start = time.perf_counter()
+        hit, error = service.classify(texts[0]).result(timeout=5)
+        assert error is None and hit.source == "exact"
+        fresh, error = service.classify(texts[40]).result(timeout=5)
+        assert error is None and fresh.source == "llm"
+        assert time.perf_counter() - start < 5
+        gate.set()
+        deadline = time.monotonic() + 20
+        while service.engine.adjudicating and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not service.engine.adjudicating
+        assert clf.store.count("SELECT count(*) FROM adjudications") > 0
+        assert int(clf.store.meta()["adjudication_calls"]) >= 1
+    finally:
+        gate.set()
+        service.close()
+
+
+def test_an_adjudicator_that_fails_the_controls_joins_nothing(tmp_path):
+    """A model that answers `same` to everything (or at random) would join whole regions;
+    the known-answer pairs in each call catch it, and its answers are dropped."""
+
+    class YesMan(SimulatedLLM):
+        def complete(self, prompt, *, grammar=None, max_tokens=256):
+            self.calls += 1
+            n = prompt.count("\nPair ")
+            return LabelResponse("".join(f"{k}: same\n" for k in range(1, n + 1)), Usage(1, 1))
+
+    gold = corpus()
+    llm = YesMan(gold, inconsistency=0.7)
+    clf = build(tmp_path, "y", sorted(gold), gold, consolidate_threshold=0.95, labeler=llm)
+    before = len(clf.space)
+    report = clf.consolidate(adjudication_budget=3)
+    assert report["adjudication_calls"] == 3
+    assert clf.store.count("SELECT count(*) FROM adjudications") == 0
+    assert report["labels_after"] == before or report["merged_labels"] == 0
+    honest = SimulatedLLM(gold, inconsistency=0.7)
+    clf.labeler = honest
+    assert clf.consolidate(adjudication_budget=3)["adjudication_calls"] > 0
+    assert clf.store.count("SELECT count(*) FROM adjudications") > 0
+
+
+def test_controls_are_slotted_in_at_varying_positions():
+    shown = [((f"a{i}", ["x"]), (f"b{i}", ["y"])) for i in range(5)]
+    controls = [((("same", ["s"]), ("same", ["t"])), True), ((("far", ["d"]), ("x", ["e"])), False)]
+    positions = set()
+    for n in range(20):
+        keys = [f"k{n}_{i}" for i in range(5)]
+        mixed, where = adjudicate._mix(keys, shown, controls)
+        assert len(mixed) == 7 and sorted(
+            where["pairs"] + [p for p, _ in where["controls"]]
+        ) == list(range(7))
+        assert [mixed[p] for p in where["pairs"]] == shown
+        assert {mixed[p][0][0] for p, _ in where["controls"]} == {"same", "far"}
+        positions.add(tuple(p for p, _ in where["controls"]))
+    assert len(positions) > 3

@@ -69,7 +69,9 @@ def test_small_end_to_end_eval_with_fake_llm(tmp_path):
     )
     s = report["strategies"]
     assert s["llm-only"]["llm_calls"] == 200 and s["llm-only"]["hit_rate"] == 0
-    assert s["canonlabel"]["llm_calls"] < 200
+    # the cache saves labelling calls; adjudication (counted too) spends a bounded share
+    labelling = s["canonlabel"]["llm_calls"] - s["canonlabel"]["adjudication_calls"]
+    assert labelling < 200 and s["canonlabel"]["adjudication_calls"] <= 0.05 * labelling + 1
     assert s["canonlabel"]["hit_precision"] is not None
     for name in s:
         assert 0 <= s[name]["nmi"] <= 1 and "order_invariance_ari" in s[name]

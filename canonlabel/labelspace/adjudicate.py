@@ -1,16 +1,23 @@
 """LLM adjudication of borderline groups during consolidation.
 
 Names and member centroids settle most groupings; a pair of groups whose combined
-similarity falls just short of the threshold is the case they cannot settle. For such
-pairs (the closest first, at most ``budget`` new questions per consolidation) the LLM is
-shown both names with a few member texts and answers ``same`` or ``different`` — a closed
-question (grammar locally, JSON-schema enum remotely), so nothing else is accepted.
-Answers are kept in the store, so a pair is never paid for twice.
+similarity falls just short of the threshold is the case they cannot settle (synonyms
+such as ``refund`` / ``reimbursement``). For such pairs, the closest first, the LLM is
+shown both names with their most typical member texts and answers ``same`` or
+``different``. Up to :data:`PAIRS_PER_CALL` pairs share one call, as numbered lines
+(a GBNF grammar binds local models to exactly that shape; remote answers are parsed
+leniently and an unreadable line leaves its pair undecided), so a budget of a few calls
+per consolidation settles dozens of pairs (``CANONLABEL_ADJUDICATION_BATCH`` pairs per
+call; local models are held to what fits their context). Labelers that cannot do free completions are
+asked one closed question per pair. Answers are kept in the store, so a pair is never
+paid for twice.
 """
 
 from __future__ import annotations
 
+import re
 import time
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -18,57 +25,296 @@ from canonlabel.llm.base import Labeler
 from canonlabel.types import LabelRequest
 
 QUESTION = "Do these two labels name the same kind of message?"
+BATCH = "For each numbered pair below, do its two labels name the same kind of message?"
 ANSWERS = ("same", "different")
-_EXAMPLES = 3
+PAIRS_PER_CALL = 8
+PARTNERS = 3  # nearest groups each group is compared with
+EXAMPLES = 2
+_LINE = re.compile(r"(\d+)\s*[:.)\-]\s*\W*(same|different)\b", re.IGNORECASE)
+
+Shown = tuple[str, list[str]]  # a label's name and a few member texts
 
 
-def question(a: tuple[str, list[str]], b: tuple[str, list[str]]) -> str:
-    """The prompt: both labels, each followed by ``- text`` lines."""
+def _clip(text: str, chars: int = 160) -> str:
+    return " ".join(text.split())[:chars]
+
+
+def question(a: Shown, b: Shown) -> str:
+    """One pair as a closed question: both labels, each followed by ``- text`` lines."""
     parts = [f"{QUESTION} Answer same or different."]
     for tag, (name, texts) in zip("AB", (a, b)):
         parts.append(f"Label {tag}: {name}")
-        parts += [f"- {' '.join(t.split())[:300]}" for t in texts]
+        parts += [f"- {_clip(t)}" for t in texts]
     return "\n".join(parts)
+
+
+def batch_question(pairs: Sequence[tuple[Shown, Shown]]) -> str:
+    """Several pairs in one prompt, answered as ``N: same`` / ``N: different`` lines."""
+    parts = [BATCH, "Answer one line per pair, like `1: same` or `1: different`."]
+    for n, (a, b) in enumerate(pairs, 1):
+        parts.append(f"Pair {n}")
+        for tag, (name, texts) in zip("AB", (a, b)):
+            parts.append(f"{tag}: {name}")
+            parts += [f"- {_clip(t)}" for t in texts]
+    parts.append("Answers:")
+    return "\n".join(parts)
+
+
+def batch_grammar(n: int) -> str:
+    """GBNF for exactly ``n`` numbered answer lines."""
+    lines = " ".join(f'"{k}: " answer "\\n"' for k in range(1, n + 1))
+    return f'root ::= {lines}\nanswer ::= "same" | "different"\n'
+
+
+def parse(output: str, n: int) -> dict[int, bool]:
+    """Answers by pair number (0-based); numbers out of range or repeated are ignored."""
+    found: dict[int, bool] = {}
+    for number, word in _LINE.findall(output):
+        k = int(number) - 1
+        if 0 <= k < n and k not in found:
+            found[k] = word.lower() == "same"
+    return found
 
 
 def borderline_pairs(
     names: np.ndarray, content: np.ndarray, name_weight: float, low: float, high: float
 ) -> list[tuple[int, int, float]]:
     """Group pairs with combined similarity in ``[low, high)``, closest first, each group
-    paired with at most its two nearest partners."""
+    paired with at most its :data:`PARTNERS` nearest partners."""
     sim = name_weight * (names @ names.T) + (1 - name_weight) * (content @ content.T)
     np.fill_diagonal(sim, -1.0)
     pairs: dict[tuple[int, int], float] = {}
     for g in range(len(sim)):
-        for h in np.argsort(-sim[g], kind="stable")[:2]:
+        for h in np.argsort(-sim[g], kind="stable")[:PARTNERS]:
             if low <= sim[g, h] < high:
                 pairs[(min(g, int(h)), max(g, int(h)))] = float(sim[g, h])
     return sorted(((g, h, s) for (g, h), s in pairs.items()), key=lambda x: (-x[2], x[0], x[1]))
 
 
 def ask(
-    store, labeler: Labeler, questions: dict[str, str], budget: int
-) -> tuple[dict[str, bool], int]:
-    """Answers by pair key: stored ones first, then at most ``budget`` new LLM questions.
-    Returns ``(answers, questions_asked)``; a failed call just leaves the pair undecided."""
+    store,
+    labeler: Labeler,
+    pairs: Sequence[tuple[str, Callable[[], tuple[Shown, Shown]]]],
+    budget: int,
+    per_call: int = PAIRS_PER_CALL,
+    settled: Callable[[str], bool] = lambda key: False,
+    answered: Callable[[str, bool], None] = lambda key, same: None,
+    controls: Sequence[tuple[tuple[Shown, Shown], bool]] = (),
+    parallel: int = 1,
+) -> int:
+    """Put ``pairs`` (key, what to show), closest first, to the LLM in calls of
+    ``per_call``, at most ``budget`` calls, ``parallel`` at a time; a pair that is
+    ``settled`` by the time its call is filled (already joined through earlier answers)
+    is skipped. Each answer is
+    stored and passed to ``answered``. Returns the calls made; a failed call leaves its
+    pairs undecided.
+
+    ``controls`` are pairs whose answer is known (a label against itself, against a far
+    one), mixed into every batched call at positions that vary: a call that gets one
+    wrong is not trusted, so a model that answers at random or always the same way
+    costs its calls but never joins a label."""
+    calls, queue = 0, list(pairs)
+    while queue and calls < budget:
+        # a round of up to `parallel` calls at once; the next round skips what it joined
+        chunks = []
+        while queue and len(chunks) < min(parallel, budget - calls):
+            chunk: list[tuple[str, Callable]] = []
+            while queue and len(chunk) < max(1, per_call - len(controls)):
+                key, show = queue.pop(0)
+                if not settled(key):
+                    chunk.append((key, show))
+            if chunk:
+                chunks.append(([k for k, _ in chunk], [show() for _, show in chunk]))
+        if not chunks:
+            break
+        for keys, (got, paid) in zip(
+            [k for k, _ in chunks], _run_round(labeler, chunks, budget - calls, controls)
+        ):
+            calls += paid
+            new = {keys[i]: same for i, same in got.items()}
+            _store(store, new)
+            for key, same in new.items():
+                answered(key, same)
+    return calls
+
+
+def _run_round(labeler: Labeler, chunks: list, budget: int, controls) -> list:
+    """Answers per chunk, in chunk order (calls run in threads when there are several)."""
+    if len(chunks) == 1:
+        return [_ask_chunk(labeler, *chunks[0], budget, controls)]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(chunks), thread_name_prefix="canonlabel-adjudicate") as pool:
+        futures = [pool.submit(_ask_chunk, labeler, k, shown, 1, controls) for k, shown in chunks]
+        return [f.result() for f in futures]
+
+
+def _ask_chunk(
+    labeler: Labeler, keys: list[str], shown: list, budget: int, controls=()
+) -> tuple[dict[int, bool], int]:
+    """One batched call, or one closed question per pair where free completion is not
+    available; returns answers by position and the calls made."""
     from canonlabel.errors import BackendError
 
-    answers = store.adjudications(list(questions))
-    todo = [k for k in questions if k not in answers][:budget]
-    asked = 0
-    for key in todo:
+    mixed, where = _mix(keys, shown, controls)
+    try:
+        out = labeler.complete(
+            batch_question(mixed), grammar=batch_grammar(len(mixed)), max_tokens=8 * len(mixed)
+        ).output
+    except NotImplementedError:
+        return _ask_one_by_one(labeler, shown, budget)
+    except BackendError:
+        return {}, 1  # it may have been paid for
+    found = parse(out, len(mixed))
+    if any(found.get(pos) is not expected for pos, expected in where["controls"]):
+        return {}, 1  # a control came back wrong: nothing in this answer is trusted
+    return {i: found[pos] for i, pos in enumerate(where["pairs"]) if pos in found}, 1
+
+
+def _mix(keys: list[str], shown: list, controls) -> tuple[list, dict]:
+    """The pairs with the controls slotted in at positions drawn from the pairs' keys
+    (deterministic, but never the same place in every call)."""
+    import hashlib
+
+    mixed = list(shown)
+    seed = int.from_bytes(hashlib.blake2b("\x1f".join(keys).encode(), digest_size=4).digest())
+    places = []
+    for pair, expected in controls:
+        pos = seed % (len(mixed) + 1)
+        seed //= len(mixed) + 1
+        mixed.insert(pos, pair)
+        places = [(p + (p >= pos), e) for p, e in places] + [(pos, expected)]
+    taken = {p for p, _ in places}
+    return mixed, {"controls": places, "pairs": [p for p in range(len(mixed)) if p not in taken]}
+
+
+def _ask_one_by_one(labeler: Labeler, shown: list, budget: int) -> tuple[dict[int, bool], int]:
+    from canonlabel.errors import BackendError
+
+    got: dict[int, bool] = {}
+    for i, (a, b) in enumerate(shown[:budget]):
         try:
-            out = labeler.label(LabelRequest(questions[key], ANSWERS, closed=True)).output
+            out = labeler.label(LabelRequest(question(a, b), ANSWERS, closed=True)).output
         except BackendError:
             continue
-        asked += 1
         word = out.strip().strip("`'\".").lower().split()[:1]
         if word and word[0] in ANSWERS:
-            answers[key] = word[0] == "same"
-            with store.write() as c:
-                c.execute(
-                    "INSERT INTO adjudications VALUES (?, ?, ?) ON CONFLICT (pair) DO UPDATE SET "
-                    "same = excluded.same, created_at = excluded.created_at",
-                    (key, int(answers[key]), time.time()),
-                )
-    return answers, asked
+            got[i] = word[0] == "same"
+    return got, min(len(shown), budget)
+
+
+def _store(store, answers: dict[str, bool]) -> None:
+    if not answers:
+        return
+    with store.write() as c:
+        for key, same in answers.items():
+            c.execute(
+                "INSERT INTO adjudications VALUES (?, ?, ?) ON CONFLICT (pair) DO UPDATE SET "
+                "same = excluded.same, created_at = excluded.created_at",
+                (key, int(same), time.time()),
+            )
+
+
+class Adjudication:
+    """The borderline pairs of one grouping and what the LLM said about them.
+
+    Built from a snapshot (evidence and groups), it touches only the store afterwards, so
+    :meth:`ask` can run on another thread while the label space keeps serving. Stored
+    answers apply at once: a "same" pair joins whatever groups its raw labels are in now.
+    """
+
+    def __init__(self, space, ev, assigned: np.ndarray, name_weight: float, floor: float):
+        rows = [np.flatnonzero(assigned == g) for g in range(int(assigned.max(initial=-1)) + 1)]
+        self.assigned, self.rows = assigned, [r for r in rows if len(r)]
+        self.store, self.pair_of = space.store, {}
+        self.top = [ev.raw_labels[max(r, key=lambda i: (ev.uses[i], -i))] for r in self.rows]
+        self.links = _Links([any(ev.current[i] in space.pinned for i in r) for r in self.rows])
+        self.raws = [[ev.raw_labels[i] for i in r] for r in self.rows]
+        if len(self.rows) < 2:
+            return
+        group_of = {raw: g for g, raws in enumerate(self.raws) for raw in raws}
+        stored = self.store.adjudications()
+        for key, same in sorted(stored.items()):
+            a, _, b = key.partition("|")
+            if same and a in group_of and b in group_of:
+                self.links.join(group_of[a], group_of[b])
+        names = np.stack([_unit(ev.core[r].sum(0)) for r in self.rows])
+        self.content = np.stack([_unit(ev.member_sums[r].sum(0)) for r in self.rows])
+        for g, h, _ in borderline_pairs(names, self.content, name_weight, floor, 2.0):
+            key = "|".join(sorted((self.top[g], self.top[h])))
+            if key not in stored and not (self.links.pinned[g] and self.links.pinned[h]):
+                self.pair_of.setdefault(key, (g, h))
+        self._examples: dict[int, list[str]] = {}
+
+    def _shown(self, g: int) -> Shown:
+        if g not in self._examples:
+            texts = self.store.typical_member_texts(self.raws[g], self.content[g], EXAMPLES)
+            self._examples[g] = texts
+        return self.top[g], self._examples[g]
+
+    def controls(self) -> list[tuple[tuple[Shown, Shown], bool]]:
+        """Two pairs with a known answer: the largest group against itself (other member
+        texts) and against the group least like it."""
+        if len(self.rows) < 2:
+            return []
+        g = max(range(len(self.rows)), key=lambda i: (len(self.rows[i]), -i))
+        far = int(np.argmin(self.content @ self.content[g]))
+        texts = self.store.typical_member_texts(self.raws[g], self.content[g], 2 * EXAMPLES)
+        same = ((self.top[g], texts[:EXAMPLES]), (self.top[g], texts[EXAMPLES:] or texts))
+        return [(same, True), ((self._shown(g), self._shown(far)), False)]
+
+    def ask(
+        self, labeler: Labeler, budget: int, per_call: int = PAIRS_PER_CALL, parallel: int = 1
+    ) -> int:
+        """New questions, closest pairs first, skipping pairs already joined; returns the
+        LLM calls made (at most ``budget``, ``parallel`` at a time)."""
+        links, pair_of = self.links, self.pair_of
+        return ask(
+            self.store,
+            labeler,
+            [
+                (k, lambda g=g, h=h: (self._shown(g), self._shown(h)))
+                for k, (g, h) in pair_of.items()
+            ],
+            budget,
+            per_call,
+            settled=lambda k: links.joined(*pair_of[k]),
+            answered=lambda k, same: same and links.join(*pair_of[k]),
+            controls=self.controls() if per_call > 2 else (),
+            parallel=parallel,
+        )
+
+    def assignment(self) -> np.ndarray:
+        """Group per raw label after the joins."""
+        out = self.assigned.copy()
+        for g, r in enumerate(self.rows):
+            out[r] = self.links.find(g)
+        return out
+
+
+class _Links:
+    """Union-find over groups in which two groups curated by hand never meet."""
+
+    def __init__(self, pinned: list[bool]) -> None:
+        self.parent = list(range(len(pinned)))
+        self.pinned = pinned
+
+    def find(self, g: int) -> int:
+        while self.parent[g] != g:
+            self.parent[g] = self.parent[self.parent[g]]
+            g = self.parent[g]
+        return g
+
+    def joined(self, g: int, h: int) -> bool:
+        a, b = self.find(g), self.find(h)
+        return a == b or (self.pinned[a] and self.pinned[b])
+
+    def join(self, g: int, h: int) -> None:
+        a, b = self.find(g), self.find(h)
+        if a != b and not (self.pinned[a] and self.pinned[b]):
+            self.parent[max(a, b)] = min(a, b)
+            self.pinned[min(a, b)] = self.pinned[a] or self.pinned[b]
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / max(float(np.linalg.norm(v)), 1e-12)

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from canonlabel.labelspace.evidence import Evidence, gather, similarity
+from canonlabel.labelspace.adjudicate import PAIRS_PER_CALL, Adjudication
+from canonlabel.labelspace.evidence import Evidence, gather, profiles, similarity
 from canonlabel.labelspace.space import LabelSpace
 from canonlabel.store import to_blob
 
@@ -74,7 +75,8 @@ def group(
 
     names = np.stack([_unit(ev.core[b].sum(0)) for b in blocks])
     content = np.stack([_unit(ev.member_sums[b].sum(0)) for b in blocks])
-    sim = similarity(names, content, name_weight)
+    profile = profiles(ev.links, blocks) if ev.links is not None else None
+    sim = similarity(names, content, name_weight, profile=profile)
     dist = np.clip(1.0 - sim, 0.0, None)
     np.fill_diagonal(dist, 0.0)
     tree = linkage(squareform(dist, checks=False), method="average")
@@ -214,64 +216,6 @@ def _free(base: str, used: set[str]) -> str:
     return f"{base}_{n}"[:60]
 
 
-def adjudicate(
-    space: LabelSpace,
-    ev: Evidence,
-    assigned: np.ndarray,
-    labeler,
-    *,
-    budget: int,
-    name_weight: float = NAME_WEIGHT,
-    threshold: float = THRESHOLD,
-    margin: float = 0.15,
-) -> tuple[np.ndarray, int]:
-    """Join groups the LLM calls the same (see :mod:`~canonlabel.labelspace.adjudicate`);
-    returns the new assignment and the number of LLM questions paid for."""
-    from canonlabel.labelspace.adjudicate import ask, borderline_pairs, question
-
-    rows = [np.flatnonzero(assigned == g) for g in range(int(assigned.max(initial=-1)) + 1)]
-    rows = [r for r in rows if len(r)]
-    if len(rows) < 2:
-        return assigned, 0
-    names = np.stack([_unit(ev.core[r].sum(0)) for r in rows])
-    content = np.stack([_unit(ev.member_sums[r].sum(0)) for r in rows])
-    pairs = borderline_pairs(names, content, name_weight, threshold - margin, 2.0)
-    top = [ev.raw_labels[max(r, key=lambda i: (ev.uses[i], -i))] for r in rows]
-    pinned = [any(ev.current[i] in space.pinned for i in r) for r in rows]
-    pairs = [(g, h, s) for g, h, s in pairs if not (pinned[g] and pinned[h])][: 4 * budget]
-    examples: dict[int, list[str]] = {}
-
-    def shown(g: int) -> tuple[str, list[str]]:
-        if g not in examples:
-            examples[g] = space.store.member_texts([ev.raw_labels[i] for i in rows[g]], 3)
-        return top[g], examples[g]
-
-    keys = {(g, h): "|".join(sorted((top[g], top[h]))) for g, h, _ in pairs}
-    stored = space.store.adjudications(list(keys.values()))
-    questions = {
-        keys[(g, h)]: question(shown(g), shown(h)) if keys[(g, h)] not in stored else ""
-        for g, h, _ in pairs
-    }
-    answers, asked = ask(space.store, labeler, questions, budget)
-    parent = list(range(len(rows)))
-
-    def find(g: int) -> int:
-        while parent[g] != g:
-            parent[g] = parent[parent[g]]
-            g = parent[g]
-        return g
-
-    for g, h, _ in pairs:
-        a, b = find(g), find(h)
-        if answers.get(keys[(g, h)]) and a != b and not (pinned[a] and pinned[b]):
-            parent[max(a, b)] = min(a, b)
-            pinned[min(a, b)] = pinned[a] or pinned[b]
-    out = assigned.copy()
-    for g, r in enumerate(rows):
-        out[r] = find(g)
-    return out, asked
-
-
 def consolidate(
     space: LabelSpace,
     *,
@@ -279,25 +223,24 @@ def consolidate(
     threshold: float = THRESHOLD,
     labeler=None,
     adjudication_budget: int = 0,
+    adjudication_floor: float = 0.4,
+    adjudication_batch: int = PAIRS_PER_CALL,
+    adjudication_parallel: int = 1,
     dry_run: bool = False,
 ) -> dict:
     """Regroup every raw label (see the module docstring); returns a summary of changes.
-    With a ``labeler`` and ``adjudication_budget`` > 0, borderline groups are put to the
-    LLM. With ``dry_run`` nothing is written (stored adjudications excepted)."""
+    Stored adjudications always apply; with a ``labeler`` and ``adjudication_budget`` > 0,
+    borderline groups are also put to the LLM. With ``dry_run`` nothing is written (new
+    adjudications excepted)."""
     start = time.perf_counter()
     ev = gather(space)
     assigned = group(ev, space.pinned, name_weight=name_weight, threshold=threshold)
     asked = 0
-    if labeler is not None and adjudication_budget > 0 and len(ev.raw_labels):
-        assigned, asked = adjudicate(
-            space,
-            ev,
-            assigned,
-            labeler,
-            budget=adjudication_budget,
-            name_weight=name_weight,
-            threshold=threshold,
-        )
+    if len(ev.raw_labels):
+        adj = Adjudication(space, ev, assigned, name_weight, min(adjudication_floor, threshold))
+        if labeler is not None and adjudication_budget > 0:
+            asked = adj.ask(labeler, adjudication_budget, adjudication_batch, adjudication_parallel)
+        assigned = adj.assignment()  # stored answers apply even without new questions
     result = plan(space, ev, assigned)
     summary = {
         "raw_labels": len(ev.raw_labels),

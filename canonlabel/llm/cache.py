@@ -71,3 +71,26 @@ class CachingLabeler(Labeler):
                         ),
                     )
         return out  # type: ignore[return-value]
+
+    def complete(
+        self, prompt: str, *, grammar: str | None = None, max_tokens: int = 256
+    ) -> LabelResponse:
+        key = hashlib.sha256(
+            json.dumps([self.base.id, "complete", prompt, grammar, max_tokens]).encode()
+        ).hexdigest()
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT output, prompt_tokens, completion_tokens FROM answers WHERE key = ?",
+                (key,),
+            ).fetchone()
+        if row is not None:
+            self.hits += 1
+            return LabelResponse(row[0], Usage(row[1], row[2]))
+        answer = self.base.complete(prompt, grammar=grammar, max_tokens=max_tokens)
+        with self._lock:
+            self.misses += 1
+            self._conn.execute(
+                "INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?)",
+                (key, answer.output, answer.usage.prompt_tokens, answer.usage.completion_tokens),
+            )
+        return answer

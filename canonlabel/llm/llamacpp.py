@@ -103,6 +103,8 @@ class LlamaCppLabeler(Labeler):
                 f"GGUF model {self.model_path} not found; pass local:/path/model.gguf"
             )
         self.n_ctx, self.n_threads, self.max_tokens, self.seed = n_ctx, n_threads, max_tokens, seed
+        # adjudication pairs per call that fit the context (about 150 tokens a pair)
+        self.max_pairs = max(1, (n_ctx - 300) // 150)
         self._llm = None
         self._lock = threading.Lock()
         self._grammars: dict[tuple[str, ...], object] = {}

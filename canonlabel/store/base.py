@@ -262,8 +262,11 @@ class Store(ABC):
         rows = self.query("SELECT raw_label, vector FROM aliases WHERE vector IS NOT NULL")
         return dict(zip([r[0] for r in rows], from_blobs([bytes(r[1]) for r in rows], dim)))
 
-    def adjudications(self, pairs: Sequence[str]) -> dict[str, bool]:
-        """Stored LLM answers to "same kind of message?" by pair key."""
+    def adjudications(self, pairs: Sequence[str] | None = None) -> dict[str, bool]:
+        """Stored LLM answers to "same kind of message?" by pair key (all of them when
+        ``pairs`` is None)."""
+        if pairs is None:
+            return {k: bool(v) for k, v in self.query("SELECT pair, same FROM adjudications")}
         found: dict[str, bool] = {}
         for chunk in _chunks(pairs):
             rows = self.query(
@@ -281,6 +284,22 @@ class Store(ABC):
             [*raw_labels, limit],
         )
         return [r[0] for r in rows]
+
+    def typical_member_texts(
+        self, raw_labels: Sequence[str], centroid: np.ndarray, limit: int
+    ) -> list[str]:
+        """The texts the LLM gave these raw labels that lie nearest ``centroid`` (ties by
+        text), so the examples shown do not depend on arrival order."""
+        rows = self.query(
+            f"SELECT text, vector FROM items WHERE source = 'llm' AND vector IS NOT NULL "
+            f"AND raw_label IN ({_marks(len(raw_labels))})",
+            list(raw_labels),
+        )
+        if not rows:
+            return []
+        sims = from_blobs([r[1] for r in rows], len(centroid)) @ centroid
+        order = sorted(range(len(rows)), key=lambda i: (-round(float(sims[i]), 6), rows[i][0]))
+        return [rows[i][0] for i in order[:limit]]
 
     def pinned_labels(self) -> set[int]:
         return {r[0] for r in self.query("SELECT id FROM labels WHERE pinned = 1")}

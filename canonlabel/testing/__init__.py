@@ -174,9 +174,8 @@ class FakeLabeler(Labeler):
             queued = self._queue.popleft() if self._queue else None
         if isinstance(queued, Exception):
             raise queued
-        return LabelResponse(
-            queued if queued is not None else _complete_rule(prompt), Usage(len(prompt.split()), 20)
-        )
+        output = queued if queued is not None else _complete_rule(prompt)
+        return LabelResponse(output, Usage(len(prompt.split()), 20))
 
     def _one(self, request: LabelRequest) -> LabelResponse:
         with self._lock:
@@ -201,8 +200,19 @@ class FakeLabeler(Labeler):
 
 
 def _complete_rule(prompt: str) -> str:
-    """Fake taxonomy answer: one line per frequent content word of the prompt's texts."""
+    """Fake adjudication (two labels are the same when their names share a word), else a
+    fake taxonomy answer: one line per frequent content word of the prompt's texts."""
     from collections import Counter
+
+    from canonlabel.labelspace.adjudicate import BATCH
+
+    if prompt.startswith(BATCH):
+        lines = []
+        for n, block in enumerate(re.split(r"\nPair \d+\n", prompt)[1:], 1):
+            names = re.findall(r"^[AB]: (\S+)$", block, flags=re.MULTILINE)[:2]
+            shared = len(names) == 2 and set(names[0].split("_")) & set(names[1].split("_"))
+            lines.append(f"{n}: {'same' if shared else 'different'}")
+        return "\n".join(lines) + "\n"
 
     words = Counter(
         w

@@ -20,6 +20,7 @@ import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
+from canonlabel.labelspace.adjudicate import BATCH as ADJUDICATE_BATCH
 from canonlabel.labelspace.adjudicate import QUESTION as ADJUDICATE
 from canonlabel.llm.base import Labeler
 from canonlabel.normalize import normalize
@@ -92,10 +93,34 @@ def _stem(word: str) -> str:
     return word
 
 
+# Multi-word phrases (``top_up``, ``money_back``) are one unit of meaning: a model swaps,
+# drops or moves them whole, never half of one.
+PHRASES = sorted(
+    {p for k, alts in SYNONYMS.items() for p in (k, *alts) if "_" in p} | {"showing_up"},
+    key=len,
+    reverse=True,
+)
+_STOP = {"customer", "with", "about", "of", "the", "to", "my", "a", "by"}
+
+
+def units(label: str) -> list[str]:
+    """A label's units of meaning: its words, with known phrases and ``not_X`` kept whole."""
+    words = [w for w in label.lower().split("_") if w]
+    out: list[str] = []
+    i = 0
+    while i < len(words):
+        phrase = next((p for p in PHRASES if "_".join(words[i : i + p.count("_") + 1]) == p), None)
+        if phrase is None and words[i] == "not" and i + 1 < len(words):
+            rest = units("_".join(words[i + 1 :]))[0]  # "not" binds to the unit after it
+            phrase = f"not_{rest}"
+        out.append(phrase or words[i])
+        i += phrase.count("_") + 1 if phrase else 1
+    return out
+
+
 def content_words(label: str) -> set[str]:
-    """A label's meaning-bearing words with synonyms folded together (for candidate fit)."""
-    words = [w for w in label.split("_") if w and w not in FILLERS]
-    return {_stem(w) for w in words} - {"customer", "with", "about", "of", "the", "to"}
+    """A label's meaning-bearing units with synonyms folded together (for candidate fit)."""
+    return {_stem(u) for u in units(label) if u not in FILLERS} - _STOP
 
 
 class SimulatedLLM(Labeler):
@@ -129,6 +154,7 @@ class SimulatedLLM(Labeler):
             seed,
         )
         self.calls = 0
+        self._contents: dict[str, set[str]] | None = None
 
     def _key(self, text: str) -> str:
         try:
@@ -148,15 +174,22 @@ class SimulatedLLM(Labeler):
         return truth
 
     def name(self, intent: str, salt: str) -> str:
-        """One way of naming ``intent``; which one depends on ``salt`` (the text)."""
+        """One way of naming ``intent``; which one depends on ``salt`` (the text).
+
+        Moves act on units of meaning (``top_up``, ``not_received`` stay whole). The unit
+        dropped is the most common one among intents, and only when the rest still tells
+        ``intent`` apart from every other intent: an accurate model words a name loosely,
+        not ambiguously (``top_up`` for ``top_up_limits`` would name four intents)."""
         rng = _rng(self.seed, "name", intent, salt)
-        words = intent.split("_")
         p = self.inconsistency
         words = [
-            rng.choice(SYNONYMS[w]) if w in SYNONYMS and rng.random() < p else w for w in words
+            rng.choice(SYNONYMS[u]) if u in SYNONYMS and rng.random() < p else u
+            for u in units(intent)
         ]
         if len(words) >= 3 and rng.random() < p / 2:
-            words.pop(rng.randrange(len(words)))
+            k = self._droppable(intent, words)
+            if k is not None:
+                words.pop(k)
         if len(words) >= 2 and rng.random() < p / 2:
             words = (
                 [*words[1:], "of", words[0]]
@@ -168,6 +201,17 @@ class SimulatedLLM(Labeler):
         elif rng.random() < p / 3:
             words.insert(0, rng.choice(PREFIXES))
         return "_".join(words[:6])[:60].strip("_")
+
+    def _droppable(self, intent: str, words: list[str]) -> int | None:
+        """The unit a model would leave out: the most common one among intents, if the
+        rest still names ``intent`` and no other known intent."""
+        if self._contents is None:
+            self._contents = {i: content_words(i) for i in self.intents}
+        df = Counter(u for c in self._contents.values() for u in c)
+        k = max(range(len(words)), key=lambda j: (df[_stem(words[j])], -j))
+        have = content_words("_".join(words[:k] + words[k + 1 :]))
+        others = (c for i, c in self._contents.items() if i != intent)
+        return k if have and not any(have <= c for c in others) else None
 
     def label_batch(self, requests: Sequence[LabelRequest]) -> list[LabelResponse]:
         return [self._answer(r) for r in requests]
@@ -211,20 +255,36 @@ class SimulatedLLM(Labeler):
         blocks = prompt.split("\nLabel ")
         if len(blocks) != 3:
             return "different"
+        return "same" if self._same(blocks[1], blocks[2]) else "different"
+
+    def _same(self, a: str, b: str) -> bool:
+        """Whether two labels' example texts (``- text`` lines) are about one intent, as
+        the model understands them (names are not consulted: they are what is in doubt)."""
         groups = []
-        for block in blocks[1:]:
-            lines = [ln.strip(" -•") for ln in block.splitlines() if ln.strip().startswith("-")]
+        for block in (a, b):
+            lines = [ln.strip()[2:] for ln in block.splitlines() if ln.strip().startswith("- ")]
             intents = Counter(i for ln in lines if (i := self.intent(ln)) is not None)
             groups.append(intents.most_common(1)[0][0] if intents else None)
-        same = groups[0] is not None and groups[0] == groups[1]
-        return "same" if same else "different"
+        return groups[0] is not None and groups[0] == groups[1]
+
+    def _adjudicate_batch(self, prompt: str) -> str:
+        """One ``N: same|different`` line per ``Pair N`` block."""
+        lines = []
+        for n, block in enumerate(re.split(r"\nPair \d+\n", prompt)[1:], 1):
+            a, _, b = block.partition("\nB: ")
+            lines.append(f"{n}: {'same' if self._same(a, b) else 'different'}")
+        return "\n".join(lines) + "\n"
 
     def complete(
         self, prompt: str, *, grammar: str | None = None, max_tokens: int = 256
     ) -> LabelResponse:
-        """Taxonomy proposals: one ``name: description`` line per intent among the
-        prompt's texts, most frequent first."""
+        """Batched adjudication (see :mod:`canonlabel.labelspace.adjudicate`), else
+        taxonomy proposals: one ``name: description`` line per intent among the prompt's
+        texts, most frequent first."""
         self.calls += 1
+        if prompt.startswith(ADJUDICATE_BATCH):
+            out = self._adjudicate_batch(prompt)
+            return LabelResponse(out, Usage(len(prompt.split()), len(out.split())))
         lines = [ln.strip(" -•") for ln in prompt.splitlines()]
         intents = Counter(i for ln in lines if (i := self.intent(ln)) is not None)
         out = "".join(
