@@ -63,7 +63,7 @@ class Settings(BaseSettings):
         description="combined similarity at which raw labels are grouped without asking",
     )
     adjudication_budget: int = Field(
-        20, ge=0, description="most LLM calls on borderline groups per consolidation (0: none)"
+        200, ge=0, description="most LLM calls on borderline groups per consolidation (0: none)"
     )
     adjudication_share: float = Field(
         0.05,

@@ -357,3 +357,21 @@ def test_controls_are_slotted_in_at_varying_positions():
         assert {mixed[p][0][0] for p, _ in where["controls"]} == {"same", "far"}
         positions.add(tuple(p for p, _ in where["controls"]))
     assert len(positions) > 3
+
+
+def test_simulated_llm_names_by_units_and_never_ambiguously():
+    from canonlabel.testing.simulated import content_words, units
+
+    assert units("top_up_limits") == ["top_up", "limits"]
+    assert units("Refund_not_showing_up") == ["refund", "not_showing_up"]
+    assert content_words("money_back_request") == content_words("refund")
+    intents = ["top_up_limits", "top_up_failed", "pending_top_up", "top_up_reverted"]
+    gold = {f"text {i} {j}": intent for i, intent in enumerate(intents) for j in range(60)}
+    llm = SimulatedLLM(gold, inconsistency=0.9)
+    contents = {i: content_words(i) for i in intents}
+    for intent in intents:
+        for j in range(60):
+            name = llm.name(intent, f"salt{j}")
+            assert "up_top" not in name and not name.startswith("up_")  # "top_up" is whole
+            have = content_words(name)
+            assert have and not any(have <= c for i, c in contents.items() if i != intent), name

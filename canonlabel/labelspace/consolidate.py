@@ -7,7 +7,9 @@ the store), member centroids and shared nearest neighbours.
 
 Raw labels are sorted by name and clustered with average linkage on that similarity, cut
 at ``threshold`` (no random state, so the result depends only on the set of raw labels and
-their members). Hand curation is respected: the raw labels of a pinned label (renamed,
+their members). The cut is high on purpose: below it, name and member evidence cannot tell
+synonyms from close but distinct intents, so borderline pairs of groups are put to the LLM
+(:mod:`~canonlabel.labelspace.adjudicate`) and joined where it says they are the same. Hand curation is respected: the raw labels of a pinned label (renamed,
 merged or split by hand) form one block that is never broken up, two pinned blocks never
 end up in one group, and a pinned label keeps its name.
 
@@ -30,12 +32,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from canonlabel.labelspace.adjudicate import PAIRS_PER_CALL, Adjudication
-from canonlabel.labelspace.evidence import Evidence, gather, profiles, similarity
+from canonlabel.labelspace.evidence import Evidence, gather, similarity
 from canonlabel.labelspace.space import LabelSpace
 from canonlabel.store import to_blob
 
 NAME_WEIGHT = 0.6
-THRESHOLD = 0.5
+THRESHOLD = 0.85  # grouped without asking; below, down to a floor, the LLM adjudicates
 
 __all__ = ["Evidence", "consolidate", "gather", "group", "plan", "revert"]
 
@@ -75,8 +77,7 @@ def group(
 
     names = np.stack([_unit(ev.core[b].sum(0)) for b in blocks])
     content = np.stack([_unit(ev.member_sums[b].sum(0)) for b in blocks])
-    profile = profiles(ev.links, blocks) if ev.links is not None else None
-    sim = similarity(names, content, name_weight, profile=profile)
+    sim = similarity(names, content, name_weight)
     dist = np.clip(1.0 - sim, 0.0, None)
     np.fill_diagonal(dist, 0.0)
     tree = linkage(squareform(dist, checks=False), method="average")

@@ -33,8 +33,6 @@ WORD_FLOOR = 0.15  # informativeness below which a word is dropped from the core
 WORD_PRIOR = 3.0  # pseudo-members that pull a rarely used word towards the store's spread
 NEIGHBOURS = 3  # raw labels compared for shared neighbours
 NEIGHBOUR_WEIGHT = 0.2  # share of the similarity that shared neighbours decide
-MEMBER_K = 10  # nearest members each member links to (neighbour profiles)
-PROFILE_WEIGHT = 0.5  # share of the member evidence that neighbour profiles decide
 
 
 @dataclass
@@ -50,7 +48,6 @@ class Evidence:
     new_vectors: dict[str, np.ndarray] = field(default_factory=dict)  # to store
     cores: list[str] = field(default_factory=list)  # informative words of each raw label
     core: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # their embeddings
-    links: object = None  # sparse (raw x raw): member k-NN edges between raw labels
 
 
 def gather(space: LabelSpace) -> Evidence:
@@ -64,8 +61,7 @@ def gather(space: LabelSpace) -> Evidence:
     )
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = defaultdict(int)
-    # sorted by raw label and vector, so neighbour ties never depend on arrival order
-    rows = sorted(
+    rows = sorted(  # by raw label and vector: sums never depend on arrival order
         (
             r
             for r in rows
@@ -96,10 +92,6 @@ def gather(space: LabelSpace) -> Evidence:
         np.array([counts[r] for r in raws], dtype=np.float64),
         np.array([max(uses.get(r, 0), counts[r]) for r in raws], dtype=np.float64),
         new,
-    )
-    index = {r: i for i, r in enumerate(raws)}
-    ev.links = member_links(
-        vectors, np.array([index[r[0]] for r in rows], dtype=np.int64), len(raws)
     )
     ev.cores = core_names(raws, word_weights(raws, ev.member_sums, ev.members))
     ev.core = space.phrase_vectors(ev.cores) if raws else np.zeros((0, dim))
@@ -140,62 +132,16 @@ def core_names(raw_labels: list[str], weights: dict[str, float], floor: float = 
     return out
 
 
-def member_links(vectors: np.ndarray, owner: np.ndarray, n: int, k: int = MEMBER_K):
-    """Sparse ``n x n`` counts: edges from each raw label's members to the raw labels of
-    their ``k`` nearest other members (exact search, in blocks: O(items²) time,
-    O(block · items) memory)."""
-    from scipy import sparse
-
-    m = len(vectors)
-    if m < 2:
-        return sparse.csr_matrix((n, n), dtype=np.float32)
-    k = min(k, m - 1)
-    heads, tails = [], []
-    for start in range(0, m, 2048):
-        sim = vectors[start : start + 2048] @ vectors.T
-        rows = np.arange(len(sim))
-        sim[rows, rows + start] = -np.inf
-        nearest = np.argpartition(-sim, k - 1, axis=1)[:, :k]
-        heads.append(np.repeat(owner[start : start + len(sim)], k))
-        tails.append(owner[nearest.ravel()])
-    heads, tails = np.concatenate(heads), np.concatenate(tails)
-    data = np.ones(len(heads), dtype=np.float32)
-    return sparse.csr_matrix((data, (heads, tails)), shape=(n, n))
-
-
-def profiles(links, blocks: list[list[int]]) -> np.ndarray:
-    """Each unit's neighbour profile: where its members' nearest members belong (rows and
-    columns summed over the unit's raw labels), as unit vectors. Two fragments of one
-    intent are mixed among each other's members, so their profiles agree; two close but
-    distinct intents keep most neighbours to themselves."""
-    from scipy import sparse
-
-    n = links.shape[0]
-    rows = np.concatenate([np.full(len(b), u) for u, b in enumerate(blocks)])
-    cols = np.concatenate([np.asarray(b) for b in blocks])
-    member = sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(blocks), n))
-    prof = (member @ links @ member.T).toarray()
-    prof = prof + prof.T  # symmetric: a small fragment is seen from the big one too
-    norms = np.linalg.norm(prof, axis=1, keepdims=True)
-    return prof / np.maximum(norms, 1e-12)
-
-
 def similarity(
     names: np.ndarray,
     content: np.ndarray,
     name_weight: float,
     neighbours: int = NEIGHBOURS,
     neighbour_weight: float = NEIGHBOUR_WEIGHT,
-    profile: np.ndarray | None = None,
-    profile_weight: float = PROFILE_WEIGHT,
 ) -> np.ndarray:
-    """Combined similarity of units (raw labels or blocks of them): names and members
-    (centroids, and neighbour profiles when given), blended with the share of nearest
-    units they have in common."""
-    members = content @ content.T
-    if profile is not None:
-        members = (1 - profile_weight) * members + profile_weight * (profile @ profile.T)
-    sim = name_weight * (names @ names.T) + (1 - name_weight) * members
+    """Combined similarity of units (raw labels or blocks of them): names and members,
+    blended with the share of nearest neighbours they have in common."""
+    sim = name_weight * (names @ names.T) + (1 - name_weight) * (content @ content.T)
     sim = (sim + sim.T) / 2
     n = len(sim)
     if n <= neighbours + 1 or neighbour_weight == 0:
