@@ -23,6 +23,7 @@ class CachingLabeler(Labeler):
     def __init__(self, base: Labeler, path: str | Path) -> None:
         self.base = base
         self.id = base.id
+        self.max_pairs = getattr(base, "max_pairs", 50)  # what one adjudication call may hold
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
