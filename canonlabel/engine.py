@@ -74,8 +74,7 @@ class Engine(Delivery):
 
     def close(self) -> None:
         if self._adjudicating is not None:
-            wait([self._adjudicating])
-            self._settle_adjudication()
+            self._settle_adjudication()  # waits for the questions still out
         if self._side is not None:
             self._side.shutdown(wait=True)
             self._side = None

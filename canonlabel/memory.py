@@ -252,8 +252,7 @@ class Memory:
         """The LLM questions a consolidation due now would ask, as a function another
         thread may run while this one keeps serving (it touches only the store); returns
         its calls. None when there is nothing to ask."""
-        from canonlabel.labelspace.adjudicate import Adjudication
-        from canonlabel.labelspace.consolidate import group
+        from canonlabel.labelspace.consolidate import borderline
         from canonlabel.labelspace.evidence import gather
 
         s = self.settings
@@ -261,15 +260,13 @@ class Memory:
         if allowance == 0:
             return None
         self.sync(force=True)
-        ev = gather(self.space)
-        assigned = group(
-            ev,
-            self.space.pinned,
+        adj = borderline(
+            self.space,
+            gather(self.space),
             name_weight=s.consolidate_name_weight,
             threshold=s.consolidate_threshold,
+            floor=s.adjudication_floor,
         )
-        floor = min(s.adjudication_floor, s.consolidate_threshold)
-        adj = Adjudication(self.space, ev, assigned, s.consolidate_name_weight, floor)
         if not adj.pair_of:
             return None
         return functools.partial(

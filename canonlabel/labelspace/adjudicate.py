@@ -8,9 +8,9 @@ shown both names with their most typical member texts and answers ``same`` or
 (a GBNF grammar binds local models to exactly that shape; remote answers are parsed
 leniently and an unreadable line leaves its pair undecided), so a budget of a few calls
 per consolidation settles dozens of pairs (``CANONLABEL_ADJUDICATION_BATCH`` pairs per
-call; local models are held to what fits their context). Labelers that cannot do free completions are
-asked one closed question per pair. Answers are kept in the store, so a pair is never
-paid for twice.
+call; local models are held to what fits their context). Labelers that cannot do free
+completions are asked one closed question per pair. Answers are kept in the store, so a
+pair is never paid for twice.
 """
 
 from __future__ import annotations
@@ -21,13 +21,15 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from canonlabel.errors import BackendError
+from canonlabel.labelspace.evidence import pooled
 from canonlabel.llm.base import Labeler
 from canonlabel.types import LabelRequest
 
 QUESTION = "Do these two labels name the same kind of message?"
 BATCH = "For each numbered pair below, do its two labels name the same kind of message?"
 ANSWERS = ("same", "different")
-PAIRS_PER_CALL = 8
+PAIRS_PER_CALL = 16  # with the controls; CANONLABEL_ADJUDICATION_BATCH
 PARTNERS = 3  # nearest groups each group is compared with
 EXAMPLES = 2
 _LINE = re.compile(r"(\d+)\s*[:.)\-]\s*\W*(same|different)\b", re.IGNORECASE)
@@ -80,6 +82,15 @@ def parse(output: str, n: int) -> dict[int, bool]:
     return found
 
 
+def split_batch(prompt: str) -> list[tuple[str, str]]:
+    """The two label blocks (name line and ``- text`` lines) of each pair of a
+    :func:`batch_question` prompt, for test labelers that answer it."""
+    blocks = re.split(r"\nPair \d+\n", prompt.removesuffix("\nAnswers:"))[1:]
+    return [
+        (a.removeprefix("A: "), b) for a, _, b in (block.partition("\nB: ") for block in blocks)
+    ]
+
+
 def borderline_pairs(
     names: np.ndarray, content: np.ndarray, name_weight: float, low: float, high: float
 ) -> list[tuple[int, int, float]]:
@@ -109,14 +120,13 @@ def ask(
     """Put ``pairs`` (key, what to show), closest first, to the LLM in calls of
     ``per_call``, at most ``budget`` calls, ``parallel`` at a time; a pair that is
     ``settled`` by the time its call is filled (already joined through earlier answers)
-    is skipped. Each answer is
-    stored and passed to ``answered``. Returns the calls made; a failed call leaves its
-    pairs undecided.
+    is skipped. Each answer is stored and passed to ``answered``. Returns the calls made;
+    a failed call leaves its pairs undecided.
 
-    ``controls`` are pairs whose answer is known (a label against itself, against a far
-    one), mixed into every batched call at positions that vary: a call that gets one
-    wrong is not trusted, so a model that answers at random or always the same way
-    costs its calls but never joins a label."""
+    ``controls`` are pairs whose answer is known (a label against itself, against
+    placeholder text), mixed into every batched call at positions that vary: a call that
+    gets one wrong is not trusted, so a model that answers at random or always the same
+    way costs its calls but never joins a label."""
     calls, queue = 0, list(pairs)
     while queue and calls < budget:
         # a round of up to `parallel` calls at once; the next round skips what it joined
@@ -158,8 +168,6 @@ def _ask_chunk(
 ) -> tuple[dict[int, bool], int]:
     """One batched call, or one closed question per pair where free completion is not
     available; returns answers by position and the calls made."""
-    from canonlabel.errors import BackendError
-
     mixed, where = _mix(keys, shown, controls)
     try:
         out = labeler.complete(
@@ -193,8 +201,6 @@ def _mix(keys: list[str], shown: list, controls) -> tuple[list, dict]:
 
 
 def _ask_one_by_one(labeler: Labeler, shown: list, budget: int) -> tuple[dict[int, bool], int]:
-    from canonlabel.errors import BackendError
-
     got: dict[int, bool] = {}
     for i, (a, b) in enumerate(shown[:budget]):
         try:
@@ -234,6 +240,7 @@ class Adjudication:
         self.top = [ev.raw_labels[max(r, key=lambda i: (ev.uses[i], -i))] for r in self.rows]
         self.links = _Links([any(ev.current[i] in space.pinned for i in r) for r in self.rows])
         self.raws = [[ev.raw_labels[i] for i in r] for r in self.rows]
+        self._examples: dict[int, list[str]] = {}
         if len(self.rows) < 2:
             return
         group_of = {raw: g for g, raws in enumerate(self.raws) for raw in raws}
@@ -242,13 +249,11 @@ class Adjudication:
             a, _, b = key.partition("|")
             if same and a in group_of and b in group_of:
                 self.links.join(group_of[a], group_of[b])
-        names = np.stack([_unit(ev.core[r].sum(0)) for r in self.rows])
-        self.content = np.stack([_unit(ev.member_sums[r].sum(0)) for r in self.rows])
+        names, self.content = pooled(ev.core, self.rows), pooled(ev.member_sums, self.rows)
         for g, h, _ in borderline_pairs(names, self.content, name_weight, floor, 2.0):
             key = "|".join(sorted((self.top[g], self.top[h])))
             if key not in stored and not (self.links.pinned[g] and self.links.pinned[h]):
                 self.pair_of.setdefault(key, (g, h))
-        self._examples: dict[int, list[str]] = {}
 
     def _shown(self, g: int) -> Shown:
         if g not in self._examples:
@@ -260,7 +265,7 @@ class Adjudication:
         """Two pairs with a known answer: the largest group against itself (other member
         texts), and against placeholder text no data set is about (a least similar group
         would do in Banking77, but with four emotions it is often the same one)."""
-        if not self.rows:
+        if len(self.rows) < 2:
             return []
         g = max(range(len(self.rows)), key=lambda i: (len(self.rows[i]), -i))
         texts = self.store.typical_member_texts(self.raws[g], self.content[g], 2 * EXAMPLES)
@@ -318,7 +323,3 @@ class _Links:
         if a != b and not (self.pinned[a] and self.pinned[b]):
             self.parent[max(a, b)] = min(a, b)
             self.pinned[min(a, b)] = self.pinned[a] or self.pinned[b]
-
-
-def _unit(v: np.ndarray) -> np.ndarray:
-    return v / max(float(np.linalg.norm(v)), 1e-12)

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from canonlabel.labelspace.adjudicate import PAIRS_PER_CALL, Adjudication
-from canonlabel.labelspace.evidence import Evidence, gather, similarity
+from canonlabel.labelspace.evidence import Evidence, gather, pooled, similarity
 from canonlabel.labelspace.space import LabelSpace
 from canonlabel.store import to_blob
 
@@ -75,8 +75,7 @@ def group(
     from scipy.cluster.hierarchy import fcluster, linkage
     from scipy.spatial.distance import squareform
 
-    names = np.stack([_unit(ev.core[b].sum(0)) for b in blocks])
-    content = np.stack([_unit(ev.member_sums[b].sum(0)) for b in blocks])
+    names, content = pooled(ev.core, blocks), pooled(ev.member_sums, blocks)
     sim = similarity(names, content, name_weight)
     dist = np.clip(1.0 - sim, 0.0, None)
     np.fill_diagonal(dist, 0.0)
@@ -217,6 +216,15 @@ def _free(base: str, used: set[str]) -> str:
     return f"{base}_{n}"[:60]
 
 
+def borderline(
+    space: LabelSpace, ev: Evidence, *, name_weight: float, threshold: float, floor: float
+) -> Adjudication:
+    """The grouping at ``threshold``, stored adjudications applied, and the borderline
+    pairs (similarity at least ``floor``) still open for the LLM."""
+    assigned = group(ev, space.pinned, name_weight=name_weight, threshold=threshold)
+    return Adjudication(space, ev, assigned, name_weight, min(floor, threshold))
+
+
 def consolidate(
     space: LabelSpace,
     *,
@@ -235,14 +243,13 @@ def consolidate(
     adjudications excepted)."""
     start = time.perf_counter()
     ev = gather(space)
-    assigned = group(ev, space.pinned, name_weight=name_weight, threshold=threshold)
+    adj = borderline(
+        space, ev, name_weight=name_weight, threshold=threshold, floor=adjudication_floor
+    )
     asked = 0
-    if len(ev.raw_labels):
-        adj = Adjudication(space, ev, assigned, name_weight, min(adjudication_floor, threshold))
-        if labeler is not None and adjudication_budget > 0:
-            asked = adj.ask(labeler, adjudication_budget, adjudication_batch, adjudication_parallel)
-        assigned = adj.assignment()  # stored answers apply even without new questions
-    result = plan(space, ev, assigned)
+    if labeler is not None and adjudication_budget > 0:
+        asked = adj.ask(labeler, adjudication_budget, adjudication_batch, adjudication_parallel)
+    result = plan(space, ev, adj.assignment())  # stored answers apply without new questions
     summary = {
         "raw_labels": len(ev.raw_labels),
         "labels_before": len(space),

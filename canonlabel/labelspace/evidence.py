@@ -132,6 +132,12 @@ def core_names(raw_labels: list[str], weights: dict[str, float], floor: float = 
     return out
 
 
+def pooled(vectors: np.ndarray, groups: list) -> np.ndarray:
+    """One unit vector per group: the normalised sum of its rows of ``vectors``."""
+    sums = np.stack([vectors[g].sum(0) for g in groups])
+    return sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+
+
 def similarity(
     names: np.ndarray,
     content: np.ndarray,

@@ -204,14 +204,13 @@ def _complete_rule(prompt: str) -> str:
     fake taxonomy answer: one line per frequent content word of the prompt's texts."""
     from collections import Counter
 
-    from canonlabel.labelspace.adjudicate import BATCH
+    from canonlabel.labelspace.adjudicate import BATCH, split_batch
 
     if prompt.startswith(BATCH):
         lines = []
-        for n, block in enumerate(re.split(r"\nPair \d+\n", prompt)[1:], 1):
-            names = re.findall(r"^[AB]: (\S+)$", block, flags=re.MULTILINE)[:2]
-            shared = len(names) == 2 and set(names[0].split("_")) & set(names[1].split("_"))
-            lines.append(f"{n}: {'same' if shared else 'different'}")
+        for n, (a, b) in enumerate(split_batch(prompt), 1):
+            names = [block.splitlines()[0].split("_") for block in (a, b)]
+            lines.append(f"{n}: {'same' if set(names[0]) & set(names[1]) else 'different'}")
         return "\n".join(lines) + "\n"
 
     words = Counter(

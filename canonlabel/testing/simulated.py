@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 
 from canonlabel.labelspace.adjudicate import BATCH as ADJUDICATE_BATCH
 from canonlabel.labelspace.adjudicate import QUESTION as ADJUDICATE
+from canonlabel.labelspace.adjudicate import split_batch
 from canonlabel.llm.base import Labeler
 from canonlabel.normalize import normalize
 from canonlabel.types import LabelRequest, LabelResponse, Usage
@@ -269,10 +270,10 @@ class SimulatedLLM(Labeler):
 
     def _adjudicate_batch(self, prompt: str) -> str:
         """One ``N: same|different`` line per ``Pair N`` block."""
-        lines = []
-        for n, block in enumerate(re.split(r"\nPair \d+\n", prompt)[1:], 1):
-            a, _, b = block.partition("\nB: ")
-            lines.append(f"{n}: {'same' if self._same(a, b) else 'different'}")
+        lines = [
+            f"{n}: {'same' if self._same(a, b) else 'different'}"
+            for n, (a, b) in enumerate(split_batch(prompt), 1)
+        ]
         return "\n".join(lines) + "\n"
 
     def complete(
