@@ -153,14 +153,17 @@ class Engine(Delivery):
         self._adjudicating = self._side.submit(questions)
 
     def _settle_adjudication(self) -> None:
-        job, self._adjudicating = self._adjudicating, None
+        job = self._adjudicating
         try:
             calls = job.result()
         except Exception:  # a bug there must not stop the stream: consolidate without it
             log.exception("adjudication failed")
             calls = 0
-        self.clf.record_adjudication(calls)
-        self.clf.consolidate(adjudication_budget=0)
+        try:
+            self.clf.record_adjudication(calls)
+            self.clf.consolidate(adjudication_budget=0)
+        finally:  # `adjudicating` stays true until the answers are counted and applied
+            self._adjudicating = None
 
     @property
     def consolidation_due(self) -> bool:
