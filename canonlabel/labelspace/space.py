@@ -100,13 +100,16 @@ class LabelSpace:
         if self.store.epoch() != self.epoch:
             self.reload()
             return True
+        # aliases first: a label and its alias commit together, so every alias read here
+        # has its label in the label read that follows (the other way round, one committed
+        # in between left an alias pointing at a label this process had not read)
+        self._read_aliases()
         rows = self.store.label_rows(after=self._label_mark)
         for (label_id, name, _, _), vector in zip(
             rows, from_blobs([r[2] for r in rows], self.dim), strict=False
         ):
             self.add_label(label_id, name, vector)
         self._label_mark = max(self._label_mark, *(r[0] for r in rows), 0)
-        self._read_aliases()
         return False
 
     def _read_aliases(self) -> None:
