@@ -85,6 +85,11 @@ def _report(data, order, final, sources, calls_at, counters, router, seconds) ->
         top = majority[final[i]].most_common(1)
         wrong[src] += not top or top[0][0] != data.gold[i]
     non_llm = sum(answered.values())
+    curve, prev = [], 0  # LLM calls per 1,000 items (at the chunk ending nearest each 1,000)
+    for k in range(1000, n + 1, 1000):
+        at = calls_at[min(len(calls_at) - 1, round(k / CHUNK) - 1)]
+        curve.append(at - prev)
+        prev = at
     labels = [final.get(i, -1 - i) for i in range(n)]
     return {
         "items": n,
@@ -92,6 +97,7 @@ def _report(data, order, final, sources, calls_at, counters, router, seconds) ->
         "llm_share": round(counters.get("llm_calls", 0) / n, 4),
         "llm_share_last_2000": round(calls_last / max(1, items_last), 4),
         "audits": counters.get("audits", 0),
+        "calls_per_1000": curve,
         "answered": dict(answered),
         "disagreement_non_llm": round(sum(wrong.values()) / max(1, non_llm), 4),
         "disagreement_by_source": {k: round(wrong[k] / answered[k], 4) for k in answered},

@@ -84,9 +84,14 @@ class Settings(BaseSettings):
         True, description="a head trained online answers confident items without the LLM"
     )
     router_min_items: int = Field(
-        1000, ge=10, description="LLM-labelled items before the first head is trained"
+        500, ge=10, description="labelled items (LLM answers and hits) before the first head"
     )
-    router_retrain_every: int = Field(500, ge=10, description="refit after this many new items")
+    router_retrain_every: int = Field(
+        500, ge=10, description="refit after this many new labelled items (and 25% growth)"
+    )
+    router_max_items: int = Field(
+        20_000, ge=100, description="items answered without the LLM kept to train the head"
+    )
     router_min_support: int = Field(3, ge=1, description="labels with fewer items are not learned")
     router_min_audits: int = Field(
         20, ge=1, description="audits a label needs before it gets its own threshold"

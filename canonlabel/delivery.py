@@ -32,7 +32,10 @@ class Item:
     timings: dict[str, float] = field(default_factory=dict)
     vector: np.ndarray | None = None
     followers: list[tuple[Item, float, str]] = field(default_factory=list)
-    guess: tuple[int, float] | None = None  # the router's (label, confidence): audited later
+    # what the router and the cache would say, audited if the item goes to the LLM:
+    # (router label, confidence) and (nearest cached item's stored label, similarity)
+    guess: tuple[int, float] | None = None
+    near: tuple[int, float] | None = None
 
 
 def failure(text: str, ext_id: str | None, error: Exception, timings=None) -> Result:
@@ -103,6 +106,7 @@ class Delivery:
             return
         hits = self.clf.store.transaction(lambda conn: self._insert_hit_rows(conn, hits))
         self._cache_hit_rows(hits)
+        self._learn(hits)
         for it, result, _ in hits:
             self._resolve(it, result, f"{result.source}_hits")
 
@@ -123,6 +127,18 @@ class Delivery:
                 [r["label_id"] for r in cached],
                 [r["vector"] for r in cached],
             )
+
+    def _learn(self, hits) -> None:
+        """After commit: items answered without the LLM train the router's next head
+        (exact duplicates add nothing; cached hits are in the cache already)."""
+        router = self.clf.router
+        learn = [
+            (row["label_id"], it.vector)
+            for it, result, row in hits
+            if result.source in ("cache", "model") and not row.get("cached")
+        ]
+        if router is not None and learn:
+            router.remember(*zip(*learn, strict=True))
 
     def _add_to_cache(self, item_ids, label_ids, vectors) -> None:
         self.clf.add_cached(item_ids, label_ids, vectors)

@@ -19,6 +19,7 @@ processes committed; and each engine takes in their labels and hits every
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections import deque
@@ -251,7 +252,7 @@ class Engine(Delivery):
         """Items the router answers become ``model`` hits (but an ``audit_rate`` share of
         them goes to the LLM instead); every other item carries the router's guess, so
         the LLM's answer audits it for free. Returns the items left for cache and LLM."""
-        router, s = self.clf.router, self.settings
+        router = self.clf.router
         if router is None:
             return pending
         start = time.perf_counter()
@@ -261,11 +262,11 @@ class Engine(Delivery):
             if label < 0:
                 rest.append(it)
                 continue
-            it.guess = (label, conf)
+            it.guess = (label, conf)  # a free audit if it goes to the LLM
+            router.scored(label, conf)
             if not router.answers(label, conf):
                 rest.append(it)
-            elif self._rng.random() < s.audit_rate:
-                self.clf.counters["audits"] += 1
+            elif self._audit_now():
                 self._lead(it)  # straight to the LLM: an audit of what the router would say
             else:
                 hits.append(self._hit(it, label, None, "model", conf, None))
@@ -276,10 +277,12 @@ class Engine(Delivery):
         pending = self._route(pending, hits)
         if not pending:
             return
-        clf, threshold = self.clf, self.settings.min_similarity
+        clf = self.clf
         start = time.perf_counter()
         sims, keys = clf.cache.search(np.stack([it.vector for it in pending]), 1)
         per_item = (time.perf_counter() - start) / len(pending)
+        near = clf.item_labels([int(k) for k in keys[:, 0] if k >= 0])
+        follow_at = self._cache_threshold(None)
         cache_hits: list[tuple[Item, int, float]] = []
         for j, it in enumerate(pending):
             start = time.perf_counter()
@@ -289,10 +292,18 @@ class Engine(Delivery):
                 best = int(scores.argmax())
                 lead_sim, lead = float(scores[best]), self._leaders[best]
             it.timings["search"] += per_item + time.perf_counter() - start
-            cache_sim = float(sims[j, 0])
-            if keys[j, 0] >= 0 and cache_sim >= threshold and cache_sim >= lead_sim:
-                cache_hits.append((it, int(keys[j, 0]), cache_sim))
-            elif lead is not None and lead_sim >= threshold:
+            key, cache_sim = int(keys[j, 0]), float(sims[j, 0])
+            at = self._cache_threshold(near[key]) if key >= 0 else math.inf
+            if key >= 0:
+                it.near = (near[key], cache_sim)  # a free audit if it goes to the LLM
+                if clf.router is not None:
+                    clf.router.cache_scored(near[key], cache_sim)
+            if key >= 0 and cache_sim >= at and cache_sim >= lead_sim:
+                if self._audit_now():
+                    self._lead(it)
+                else:
+                    cache_hits.append((it, key, cache_sim))
+            elif lead is not None and lead_sim >= follow_at:
                 lead.followers.append((it, lead_sim, "cache"))
             else:
                 self._lead(it)
@@ -306,6 +317,32 @@ class Engine(Delivery):
                 self._hit(f, label_id, raws[item_id], how, f_sim, item_id)
                 for f, f_sim, how in followers_of(it)
             ]
+
+    def _cache_threshold(self, stored_label: int | None) -> float:
+        """Similarity a cache hit needs: the audited one per label under the router,
+        else ``min_similarity``."""
+        router = self.clf.router
+        if router is None:
+            return self.settings.min_similarity
+        return router.cache_threshold(stored_label)
+
+    def _audit_now(self) -> bool:
+        """Whether this would-be non-LLM answer goes to the LLM too, as a random audit."""
+        rate = self.settings.audit_rate
+        if self.clf.router is None or rate <= 0 or self._rng.random() >= rate:
+            return False
+        self.clf.counters["audits"] += 1
+        return True
+
+    def _audited(self, it: Item, label_id: int) -> None:
+        """The LLM answered ``it``: judge what the router and the cache would have said."""
+        router = self.clf.router
+        if router is None:
+            return
+        if it.guess is not None:
+            router.audit(it.guess[0], it.guess[1], label_id)
+        if it.near is not None:
+            router.audit_cache(it.near[0], it.near[1], label_id)
 
     # -- leaders ------------------------------------------------------------------------
     def _lead(self, it: Item) -> None:
@@ -453,8 +490,8 @@ class Engine(Delivery):
         clf.space.commit_raw_label(label_id, decision, vector)
         self._add_to_cache([item_id], [label_id], [it.vector])
         self._cache_hit_rows(followers)
-        if it.guess is not None and clf.router is not None:
-            clf.router.audit(it.guess[0], it.guess[1], label_id)
+        self._learn(followers)
+        self._audited(it, label_id)
         result = Result(
             text=it.text,
             label=clf.space.names[label_id],

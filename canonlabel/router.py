@@ -1,44 +1,41 @@
 """The self-training router: a head on embeddings that answers confident items without
-the LLM, with per-label thresholds learned from audits under a user-set error bound.
+the LLM, and the gate that holds the semantic cache to the same error bound.
 
-* **Head.** Multinomial logistic regression on the semantic cache (every LLM-answered
-  item, by its *current* canonical label), refitted in a background thread every
-  ``router_retrain_every`` new items; the fitted head replaces the old one in one
-  assignment, so a request never waits for training. Each version is kept in the store.
-* **Audits.** Every item that goes to the LLM anyway is a free audit: the router's guess
-  for it is compared with the label the LLM path gives. A random ``audit_rate`` share of
-  the items the router *would* answer also go to the LLM (counted as LLM calls): they keep
-  the estimate honest where the router answers, and a disagreeing one corrects its item.
-* **Thresholds.** For each label, the lowest confidence ``t`` such that, among the audits
-  of that label with confidence >= ``t``, the Wilson upper bound (95%) of disagreement is
-  at most ``max_error``; labels with too few audits use the bound pooled over all labels.
-  A disagreeing audit therefore raises (tightens) its label's threshold at once.
+* **Head.** Multinomial logistic regression on every labelled item, by its *current*
+  canonical label: the semantic cache (LLM answers) and the items answered without the
+  LLM (router and cache hits, kept in a bounded reservoir in memory). Self-training on
+  its own answers is what lets the share of LLM calls keep falling; the audits below keep
+  it honest. The head is refitted in a background thread whenever the labelled items grew
+  by ``router_retrain_every`` and by a quarter since the last fit (so a long stream
+  refits O(log n) times); the fitted head replaces the old one in one assignment, so a
+  request never waits for training. Each version is kept in the store.
+* **Audits.** Every item that goes to the LLM anyway is a free audit of the router's
+  guess and of its nearest cached neighbour's label. A random ``audit_rate`` share of
+  the items the router or the cache *would* answer also go to the LLM (counted as LLM
+  calls): they keep the estimate honest where those answer, and a disagreeing one
+  corrects its item.
+* **Thresholds.** :class:`~canonlabel.thresholds.AuditedThresholds`: per label, the
+  lowest confidence (router) or similarity (cache) whose audits keep the Wilson upper
+  bound of disagreement at or under ``max_error``. The cache keeps ``min_similarity``
+  until its audits certify a threshold of their own; a disagreeing audit raises
+  (tightens) its label's threshold at once.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import math
 import threading
 import time
-from collections import defaultdict
-from dataclasses import dataclass, field
 
 import numpy as np
 
-Z = 1.96  # 95% one-sided-ish Wilson bound, as vCache-style guarantees use
-GRID = np.round(np.arange(0.30, 1.0001, 0.02), 2)
-
-
-def wilson_upper(errors: int, n: int, z: float = Z) -> float:
-    """Upper Wilson score bound of an error rate seen as ``errors`` of ``n``."""
-    if n == 0:
-        return 1.0
-    p = errors / n
-    centre = p + z * z / (2 * n)
-    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return min(1.0, (centre + spread) / (1 + z * z / n))
+from canonlabel.thresholds import (
+    CONFIDENCE_GRID,
+    SIMILARITY_GRID,
+    AuditedThresholds,
+    joint_thresholds,
+)
 
 
 class SoftmaxHead:
@@ -73,47 +70,6 @@ class SoftmaxHead:
         return buf.getvalue()
 
 
-@dataclass
-class Audits:
-    """Audits as (router label, LLM-path label, confidence), grouped by the router label's
-    current root. Agreement is judged with the label space *as it is now*: after a
-    consolidation joins two variants, an audit that split them agrees."""
-
-    by_label: dict[int, list[tuple[int, int, float]]] = field(
-        default_factory=lambda: defaultdict(list)
-    )
-    total: int = 0
-
-    def add(self, root: int, guess: int, truth: int, confidence: float) -> None:
-        self.by_label[root].append((guess, truth, confidence))
-        self.total += 1
-
-    def regroup(self, resolve) -> None:
-        audits = [a for pairs in self.by_label.values() for a in pairs]
-        self.by_label = defaultdict(list)
-        for guess, truth, confidence in audits:
-            self.by_label[resolve(guess)].append((guess, truth, confidence))
-
-    def pairs(self, label: int, resolve) -> list[tuple[float, bool]]:
-        return [(c, resolve(g) == resolve(t)) for g, t, c in self.by_label.get(label, ())]
-
-
-def threshold(pairs: list[tuple[float, bool]], max_error: float, min_audits: int) -> float:
-    """Lowest grid confidence whose audits above it keep the error bound (inf if none)."""
-    if len(pairs) < min_audits:
-        return math.inf
-    conf = np.array([c for c, _ in pairs])
-    wrong = np.array([not a for _, a in pairs])
-    for t in GRID:
-        above = conf >= t
-        n = int(above.sum())
-        if n < min_audits:
-            return math.inf
-        if wilson_upper(int(wrong[above].sum()), n) <= max_error:
-            return float(t)
-    return math.inf
-
-
 class Router:
     """Online head, audits and thresholds; used by the engine on its own thread."""
 
@@ -122,9 +78,13 @@ class Router:
         self.head: SoftmaxHead | None = None
         self.version = 0
         self.trained_on = 0
-        self.audits = Audits()
-        self._thresholds: dict[int, float] = {}
-        self._pooled = math.inf
+        s = settings
+        self.confidence = AuditedThresholds(s.max_error, s.router_min_audits, CONFIDENCE_GRID)
+        self.cache = AuditedThresholds(
+            s.max_error, s.router_min_audits, SIMILARITY_GRID, default=s.min_similarity
+        )
+        self._hits = _Reservoir(space.dim, s.router_max_items)
+        self._audits = 0
         self._training: threading.Thread | None = None
         self._fitted: tuple[SoftmaxHead, int] | None = None
         self.train_seconds = 0.0
@@ -142,82 +102,97 @@ class Router:
         return labels, P[np.arange(len(P)), top]
 
     def threshold_for(self, label: int) -> float:
-        own = self._thresholds.get(label)
-        return own if own is not None else self._pooled
+        return self.confidence.threshold_for(label)
 
     def answers(self, label: int, confidence: float) -> bool:
         return label >= 0 and confidence >= self.threshold_for(label)
 
+    def cache_threshold(self, label: int | None) -> float:
+        """Similarity a cache hit on ``label`` needs (a follower of an in-flight leader,
+        whose label is not known yet: the pooled one)."""
+        if label is None:
+            return self.cache.threshold_for(-1)
+        return self.cache.threshold_for(self.space.resolve(label))
+
     # -- audits ---------------------------------------------------------------------------
+    def scored(self, label: int, confidence: float) -> None:
+        """The head scored an item (answered or not)."""
+        self.confidence.seen(label, confidence)
+
+    def cache_scored(self, label: int, similarity: float) -> None:
+        """The cache found an item's nearest neighbour (stored ``label``)."""
+        self.cache.seen(label, similarity)
+
     def audit(self, label: int, confidence: float, truth: int) -> bool:
-        """Record one audit; returns whether the router agreed with the LLM path."""
-        resolve = self.space.resolve
-        self.audits.add(resolve(label), label, truth, confidence)
-        self._update(resolve(label))
-        if self.audits.total % 25 == 0:  # the pooled bound: every 25 audits is enough
+        """Record one audit of the head; returns whether it agreed with the LLM path."""
+        agreed = self.confidence.add(label, truth, confidence, self.space.resolve)
+        self._audited()
+        return agreed
+
+    def audit_cache(self, label: int, similarity: float, truth: int) -> bool:
+        """Record one audit of the semantic cache (its nearest neighbour's label)."""
+        agreed = self.cache.add(label, truth, similarity, self.space.resolve)
+        self._audited()
+        return agreed
+
+    def _audited(self) -> None:
+        self._audits += 1
+        if self._audits % 25 == 0:  # the pooled bound moves slowly: every 25 is enough
             self._update_pooled()
-        return resolve(label) == resolve(truth)
+
+    def _update_pooled(self) -> None:
+        """One bound on router and cache answers together (see ``joint_thresholds``)."""
+        parts = [self.confidence, self.cache]
+        current = [part.threshold_for(-1) for part in parts]
+        chosen = joint_thresholds(parts, self.space.resolve, current)
+        for part, t in zip(parts, chosen, strict=True):
+            part.set_pooled(t)
 
     def refresh(self) -> None:
         """After the label space changed (consolidation, curation): re-judge every audit."""
-        self.audits.regroup(self.space.resolve)
-        self._thresholds = {}
-        for label in list(self.audits.by_label):
-            self._update(label)
+        self.confidence.refresh(self.space.resolve)
+        self.cache.refresh(self.space.resolve)
         self._update_pooled()
-
-    def _update(self, label: int) -> None:
-        s = self.settings
-        pairs = self.audits.pairs(label, self.space.resolve)
-        t = threshold(pairs, s.max_error, s.router_min_audits)
-        if math.isinf(t):
-            self._thresholds.pop(label, None)
-        else:
-            self._thresholds[label] = t
-
-    def _update_pooled(self) -> None:
-        s = self.settings
-        every = [
-            p
-            for label in self.audits.by_label
-            for p in self.audits.pairs(label, self.space.resolve)
-        ]
-        self._pooled = threshold(every, s.max_error, 4 * s.router_min_audits)
 
     def estimated_error(self) -> dict:
         """Disagreement of audits the router would have answered, with a Wilson bound."""
-        n = wrong = 0
-        for label in self.audits.by_label:
-            t = self.threshold_for(label)
-            for c, agreed in self.audits.pairs(label, self.space.resolve):
-                if c >= t:
-                    n += 1
-                    wrong += not agreed
-        return {
-            "audits_in_answered_region": n,
-            "error": round(wrong / n, 4) if n else None,
-            "upper_95": round(wilson_upper(wrong, n), 4) if n else None,
-        }
+        return self.confidence.estimated_error(self.space.resolve)
 
     # -- training -------------------------------------------------------------------------
-    def due(self, labelled: int) -> bool:
-        s = self.settings
+    def remember(self, label_ids, vectors) -> None:
+        """Items answered without the LLM (stored label ids) join the training set."""
+        self._hits.add(label_ids, vectors)
+
+    def labelled(self, cached: int) -> int:
+        return cached + self._hits.seen
+
+    def due(self, cached: int) -> bool:
+        s, n = self.settings, self.labelled(cached)
+        grown = n - self.trained_on
         return (
-            labelled >= s.router_min_items
-            and labelled - self.trained_on >= s.router_retrain_every
+            n >= s.router_min_items
+            and grown >= s.router_retrain_every
+            and grown >= self.trained_on // 4
             and self._training is None
         )
 
     def train(self, keys: np.ndarray, vectors: np.ndarray, store=None) -> None:
-        """Fit a new head on a snapshot in a background thread (swapped in by predict)."""
+        """Fit a new head on a snapshot (the cache's ``keys``/``vectors`` and the hits
+        remembered) in a background thread; :meth:`predict` swaps it in."""
         space, min_support = self.space, self.settings.router_min_support
-        labels = np.array([space.resolve(space.item_label[int(k)]) for k in keys])
+        hit_labels, hit_vectors = self._hits.snapshot()
+        labels = np.array(
+            [space.resolve(space.item_label[int(k)]) for k in keys]
+            + [space.resolve(int(lab)) for lab in hit_labels],
+            dtype=np.int64,
+        )
+        X = np.concatenate([vectors, hit_vectors]) if len(hit_vectors) else vectors
+        self.trained_on = self.labelled(len(keys))
         values, counts = np.unique(labels, return_counts=True)
         keep = np.isin(labels, values[counts >= min_support])
         if len(np.unique(labels[keep])) < 2:
             return
-        X, y, n = vectors[keep].copy(), labels[keep], len(keys)
-        self.trained_on = n
+        X, y, n = X[keep], labels[keep], self.trained_on
 
         def fit() -> None:
             start = time.perf_counter()
@@ -245,15 +220,49 @@ class Router:
             self._training = None  # it found nothing to fit
 
     def summary(self) -> dict:
+        resolve = self.space.resolve
         return {
             "version": self.version,
             "trained_on": self.trained_on,
-            "audits": self.audits.total,
-            "labels_with_threshold": len(self._thresholds),
-            "pooled_threshold": None if math.isinf(self._pooled) else self._pooled,
-            **self.estimated_error(),
+            **self.confidence.summary(resolve),
+            "cache": self.cache.summary(resolve),
             "train_seconds": round(self.train_seconds, 2),
         }
+
+
+class _Reservoir:
+    """A uniform sample (fixed seed) of at most ``capacity`` (label id, vector) pairs."""
+
+    def __init__(self, dim: int, capacity: int) -> None:
+        self.capacity = capacity
+        self.labels = np.zeros(0, dtype=np.int64)
+        self.vectors = np.zeros((0, dim), dtype=np.float32)
+        self.n = 0  # pairs held
+        self.seen = 0  # pairs offered
+        self._rng = np.random.default_rng(0)
+
+    def add(self, label_ids, vectors) -> None:
+        for label, vector in zip(label_ids, vectors, strict=True):
+            self.seen += 1
+            if self.n < self.capacity:
+                if self.n == len(self.labels):
+                    self._grow()
+                slot, self.n = self.n, self.n + 1
+            else:
+                slot = int(self._rng.integers(self.seen))
+                if slot >= self.capacity:
+                    continue
+            self.labels[slot], self.vectors[slot] = int(label), vector
+
+    def _grow(self) -> None:
+        cap = min(self.capacity, max(1024, 2 * len(self.labels)))
+        vectors = np.zeros((cap, self.vectors.shape[1]), dtype=np.float32)
+        vectors[: self.n] = self.vectors[: self.n]
+        self.vectors = vectors
+        self.labels = np.concatenate([self.labels, np.zeros(cap - len(self.labels), np.int64)])
+
+    def snapshot(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.labels[: self.n].copy(), self.vectors[: self.n].copy()
 
 
 def meta_json(meta: dict) -> str:

@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from canonlabel.errors import BudgetError
-from canonlabel.router import threshold, wilson_upper
+from canonlabel.thresholds import (
+    SIMILARITY_GRID,
+    AuditedThresholds,
+    joint_thresholds,
+    region_bounds,
+    threshold,
+    wilson_upper,
+)
 
 TOPICS = {
     "card": "card arrived delivery post envelope",
@@ -37,12 +46,53 @@ def test_wilson_bound_shrinks_with_evidence():
     assert wilson_upper(5, 100) > 0.05
 
 
-def test_threshold_is_the_lowest_confidence_that_keeps_the_bound():
-    pairs = [(0.9, True)] * 100 + [(0.5, False)] * 30 + [(0.5, True)] * 30
-    assert threshold(pairs, 0.05, 20) == 0.52  # only the confident region qualifies
-    assert math.isinf(threshold(pairs[:10], 0.05, 20))  # too few audits: no threshold
-    worse = pairs + [(0.95, False)] * 8  # disagreeing audits tighten it
-    assert threshold(worse, 0.05, 20) > 0.52 or math.isinf(threshold(worse, 0.05, 20))
+GRID = np.array([0.5, 0.7, 0.9])
+
+
+def test_threshold_is_the_lowest_edge_whose_region_keeps_the_bound():
+    seen = np.array([100.0, 100.0, 100.0])
+    audited = np.array([100.0, 100.0, 100.0])
+    wrong = np.array([30.0, 1.0, 0.0])  # the low bin is bad, the others are near perfect
+    assert threshold(seen, audited, wrong, GRID, 0.05, 20) == 0.7
+    assert math.isinf(threshold(seen, audited / 10, wrong / 10, GRID, 0.05, 200))  # too few
+    worse = wrong + np.array([0.0, 8.0, 0.0])  # disagreeing audits tighten it
+    assert threshold(seen, audited, worse, GRID, 0.05, 20) == 0.9
+
+
+def test_a_region_answered_unaudited_counts_as_unknown_not_as_right():
+    """The post-stratified estimate weights each bin by the items it saw: a bin that
+    answered 1,000 items on 2 clean audits does not make the region look safe."""
+    audited = np.array([200.0, 2.0])
+    est, upper, m = region_bounds(np.array([200.0, 1000.0]), audited, np.array([2.0, 0.0]))
+    assert upper[0] > 0.05 and m[0] == 202
+    audited = np.array([200.0, 300.0])
+    est, upper, _ = region_bounds(np.array([200.0, 1000.0]), audited, np.array([2.0, 0.0]))
+    assert upper[0] < 0.05
+
+
+def _fill(gate: AuditedThresholds, score: float, n: int, wrong: int) -> None:
+    for k in range(n):
+        gate.seen(1, score)
+        gate.add(1, 2 if k < wrong else 1, score, lambda x: x)
+
+
+def test_the_cache_keeps_its_default_until_audits_judge_it_then_obeys_the_bound():
+    gate = AuditedThresholds(0.05, 10, SIMILARITY_GRID, default=0.8)
+    assert gate.threshold_for(1) == 0.8  # no audits yet: today's fixed rule
+    _fill(gate, 0.82, 60, 20)  # the 0.80-0.85 bin disagrees a third of the time
+    _fill(gate, 0.97, 60, 0)  # near-duplicates always agree
+    router = AuditedThresholds(0.05, 10)
+    (_, cache_t) = joint_thresholds([router, gate], lambda x: x)
+    assert 0.82 < cache_t <= 0.96  # the bad bin is left to the LLM; the good one answers
+
+
+def test_joint_bound_keeps_current_thresholds_while_their_estimate_holds():
+    gate = AuditedThresholds(0.05, 10, SIMILARITY_GRID, default=0.8)
+    _fill(gate, 0.97, 45, 1)  # 2% wrong: too few audits to *prove* it is under 5%
+    router = AuditedThresholds(0.05, 10)
+    assert joint_thresholds([router, gate], lambda x: x)[1] == math.inf  # not loosened...
+    current = [math.inf, 0.96]
+    assert joint_thresholds([router, gate], lambda x: x, current)[1] == 0.96  # ...nor shut
 
 
 def test_router_trains_online_answers_confident_items_and_is_audited(make_clf):

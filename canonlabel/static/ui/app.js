@@ -395,7 +395,8 @@ function renderCurves(c) {
   }
   const r = c.router;
   if (r && r.error != null) {
-    box.insertAdjacentHTML("beforeend", `<p>router: estimated error ${r.error} (95% upper ${r.upper_95}) over ${r.audits_in_answered_region} audits</p>`);
+    const k = r.cache || {};
+    box.insertAdjacentHTML("beforeend", `<p>router: estimated error ${r.error} (95% upper ${r.upper_95}) over ${r.audits} audits; cache: ${k.error ?? "n/a"} (95% upper ${k.upper_95 ?? "n/a"})</p>`);
   }
 }
 
