@@ -97,7 +97,7 @@ class Settings(BaseSettings):
         20, ge=1, description="audits a label needs before it gets its own threshold"
     )
     max_error: float = Field(
-        0.05, gt=0, lt=1, description="bound on disagreement of non-LLM answers with the LLM"
+        0.10, gt=0, lt=1, description="bound on disagreement of non-LLM answers with the LLM"
     )
     audit_rate: float = Field(
         0.02, ge=0, le=1, description="share of router answers also sent to the LLM to audit"
