@@ -257,13 +257,13 @@ class Engine(Delivery):
             return pending
         start = time.perf_counter()
         labels, confs = router.predict(np.stack([it.vector for it in pending]))
+        router.scored(labels[labels >= 0], confs[labels >= 0])
         rest = []
         for it, label, conf in zip(pending, labels.tolist(), confs.tolist()):
             if label < 0:
                 rest.append(it)
                 continue
             it.guess = (label, conf)  # a free audit if it goes to the LLM
-            router.scored(label, conf)
             if not router.answers(label, conf):
                 rest.append(it)
             elif self._audit_now():
@@ -281,7 +281,10 @@ class Engine(Delivery):
         start = time.perf_counter()
         sims, keys = clf.cache.search(np.stack([it.vector for it in pending]), 1)
         per_item = (time.perf_counter() - start) / len(pending)
-        near = clf.item_labels([int(k) for k in keys[:, 0] if k >= 0])
+        found = keys[:, 0] >= 0
+        near = clf.item_labels(keys[found, 0].tolist())
+        if clf.router is not None and found.any():
+            clf.router.cache_scored([near[int(k)] for k in keys[found, 0]], sims[found, 0])
         follow_at = self._cache_threshold(None)
         cache_hits: list[tuple[Item, int, float]] = []
         for j, it in enumerate(pending):
@@ -296,8 +299,6 @@ class Engine(Delivery):
             at = self._cache_threshold(near[key]) if key >= 0 else math.inf
             if key >= 0:
                 it.near = (near[key], cache_sim)  # a free audit if it goes to the LLM
-                if clf.router is not None:
-                    clf.router.cache_scored(near[key], cache_sim)
             if key >= 0 and cache_sim >= at and cache_sim >= lead_sim:
                 if self._audit_now():
                     self._lead(it)
@@ -308,9 +309,8 @@ class Engine(Delivery):
             else:
                 self._lead(it)
         raws = clf.store.raw_labels([item_id for _, item_id, _ in cache_hits])
-        stored = clf.item_labels([item_id for _, item_id, _ in cache_hits])
         for it, item_id, sim in cache_hits:
-            label_id = stored[item_id]
+            label_id = near[item_id]
             hits.append(self._hit(it, label_id, raws[item_id], "cache", sim, item_id))
             # exact duplicates later in the batch follow this item, not an LLM call
             hits += [

@@ -24,7 +24,6 @@ the LLM, and the gate that holds the semantic cache to the same error bound.
 from __future__ import annotations
 
 import io
-import json
 import threading
 import time
 
@@ -115,13 +114,13 @@ class Router:
         return self.cache.threshold_for(self.space.resolve(label))
 
     # -- audits ---------------------------------------------------------------------------
-    def scored(self, label: int, confidence: float) -> None:
-        """The head scored an item (answered or not)."""
-        self.confidence.seen(label, confidence)
+    def scored(self, labels, confidences) -> None:
+        """The head scored these items (answered or not)."""
+        self.confidence.seen(labels, confidences)
 
-    def cache_scored(self, label: int, similarity: float) -> None:
-        """The cache found an item's nearest neighbour (stored ``label``)."""
-        self.cache.seen(label, similarity)
+    def cache_scored(self, labels, similarities) -> None:
+        """The cache found these items' nearest neighbours (stored ``labels``)."""
+        self.cache.seen(labels, similarities)
 
     def audit(self, label: int, confidence: float, truth: int) -> bool:
         """Record one audit of the head; returns whether it agreed with the LLM path."""
@@ -153,10 +152,6 @@ class Router:
         self.confidence.refresh(self.space.resolve)
         self.cache.refresh(self.space.resolve)
         self._update_pooled()
-
-    def estimated_error(self) -> dict:
-        """Disagreement of audits the router would have answered, with a Wilson bound."""
-        return self.confidence.estimated_error(self.space.resolve)
 
     # -- training -------------------------------------------------------------------------
     def remember(self, label_ids, vectors) -> None:
@@ -263,7 +258,3 @@ class _Reservoir:
 
     def snapshot(self) -> tuple[np.ndarray, np.ndarray]:
         return self.labels[: self.n].copy(), self.vectors[: self.n].copy()
-
-
-def meta_json(meta: dict) -> str:
-    return json.dumps(meta, sort_keys=True)

@@ -115,11 +115,12 @@ class AuditedThresholds:
             return own
         return self._pooled if self.ready else self.default
 
-    def seen(self, label: int, score: float) -> None:
-        """An item was scored (answered or not): the weight of its bin in the region."""
-        b = bin_of(score, self.grid)
-        if b >= 0:
-            self._seen[label][b] += 1
+    def seen(self, labels, scores) -> None:
+        """Items were scored (answered or not): the weights of their bins in the region."""
+        bins = np.searchsorted(self.grid, np.asarray(scores, dtype=float), side="right") - 1
+        for label, b in zip(np.asarray(labels).tolist(), bins.tolist(), strict=True):
+            if b >= 0:
+                self._seen[label][b] += 1
 
     def add(self, guess: int, truth: int, score: float, resolve: Resolve) -> bool:
         """Record one audit; returns whether the guess agreed with the LLM path."""

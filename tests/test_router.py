@@ -72,7 +72,7 @@ def test_a_region_answered_unaudited_counts_as_unknown_not_as_right():
 
 def _fill(gate: AuditedThresholds, score: float, n: int, wrong: int) -> None:
     for k in range(n):
-        gate.seen(1, score)
+        gate.seen([1], [score])
         gate.add(1, 2 if k < wrong else 1, score, lambda x: x)
 
 
