@@ -42,7 +42,7 @@ def make_embedder(spec: str, settings: Settings | None = None) -> Embedder:
             api_key=settings.embedder_api_key if settings else None,
         )
     if kind == "hash":
-        from canonlabel.testing import HashEmbedder
+        from canonlabel.embed.hashing import HashEmbedder
 
         return HashEmbedder(int(arg) if arg else 256)
     raise ConfigError(f"unknown embedder spec {spec!r}; use minilm, st:PATH, openai:MODEL or hash")
