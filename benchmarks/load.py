@@ -5,7 +5,10 @@
 1. mixed traffic: new and repeated texts at a fixed arrival rate (open loop), fake LLM
    with 500 ms latency, concurrency 16: throughput, p50/p95 latency, errors;
 2. all-hit traffic: single-text requests for texts already labelled, closed loop;
-3. SIGKILL under load, restart: integrity check, and every request that got a 200 is in
+3. retraining: hit requests (closed loop, 4 workers) while new texts stream in fast
+   enough that the online router refits its head in the background: hit p50/p99 and the
+   heads fitted meanwhile (the target: retraining never holds a request > 50 ms at p99);
+4. SIGKILL under load, restart: integrity check, and every request that got a 200 is in
    the store with the label it returned.
 """
 
@@ -79,6 +82,7 @@ def summary(latencies, errors, seconds) -> dict:
         "rps": round(len(latencies) / seconds, 1),
         "p50_ms": round(float(np.percentile(lat, 50)), 1) if len(lat) else None,
         "p95_ms": round(float(np.percentile(lat, 95)), 1) if len(lat) else None,
+        "p99_ms": round(float(np.percentile(lat, 99)), 1) if len(lat) else None,
     }
 
 
@@ -135,6 +139,28 @@ async def closed_loop(url, texts, workers, seconds) -> dict:
         return summary(latencies, errors, time.perf_counter() - start)
 
 
+def router_state(url: str) -> dict:
+    router = httpx.get(f"{url}/v1/stats", timeout=30).json().get("router") or {}
+    return {k: router.get(k) for k in ("version", "trained_on", "train_seconds")}
+
+
+async def during_retraining(url, hits, fresh, rate, seconds) -> dict:
+    """Hit latency while ``fresh`` texts arrive at ``rate``/s (their labelled items make
+    the router refit); the heads fitted meanwhile say whether retraining happened."""
+    before = router_state(url)
+    stream = asyncio.create_task(open_loop(url, fresh, rate, seconds))
+    measured = await closed_loop(url, hits, 4, seconds)
+    streamed = await stream
+    after = router_state(url)
+    return {
+        "hits": measured,
+        "stream": streamed,
+        "router_before": before,
+        "router_after": after,
+        "heads_fitted": (after["version"] or 0) - (before["version"] or 0),
+    }
+
+
 def mixed_texts(pool: list[str], n: int, seed: int = 0) -> list[str]:
     """Half repeats of earlier texts, half new texts."""
     rng = random.Random(seed)
@@ -163,9 +189,11 @@ def main() -> None:
             report["mixed"] = asyncio.run(open_loop(url, texts, args.rate, args.seconds))
             seen = list(dict.fromkeys(texts))
             report["all_hits"] = asyncio.run(closed_loop(url, seen, 16, 10))
+            fresh = [t for t in pool[1000:] if t not in set(seen)][:1400]
+            report["retraining"] = asyncio.run(during_retraining(url, seen, fresh, 40, 30))
             # 3. SIGKILL under load, then restart
             record: dict[str, int] = {}
-            kill_texts = mixed_texts(pool[1500:], 400, seed=1)
+            kill_texts = mixed_texts(pool[2400:], 400, seed=1)
 
             async def load_then_kill():
                 task = asyncio.create_task(open_loop(url, kill_texts, 40, 10, record))

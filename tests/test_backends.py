@@ -86,6 +86,21 @@ def test_grammar_admits_candidates_and_new_labels():
     assert "cand" not in label_grammar(())
 
 
+def test_grammar_parses_and_never_starts_a_new_label_with_a_negation():
+    llama_cpp = pytest.importorskip("llama_cpp")
+    for g in (label_grammar(()), label_grammar(("no_refund",)), label_grammar(("a_b",), True)):
+        llama_cpp.LlamaGrammar.from_string(g, verbose=False)  # raises on a syntax error
+    first = next(r for r in label_grammar(()).splitlines() if r.startswith("first ::="))
+    # the `first` rule, read as a regular expression: GBNF alternatives of char classes
+    pattern = first.removeprefix("first ::= ").replace('"', "").replace(" ", "")
+    import re
+
+    word = re.compile(f"(?:{pattern})")
+    assert not word.fullmatch("no") and not word.fullmatch("not")
+    for ok in ("none", "notice", "now", "nfc", "card", "n2", "not2"):
+        assert word.fullmatch(ok), ok
+
+
 def test_exact_index_contract():
     idx = ExactIndex(3)
     sims, keys = idx.search(np.eye(3, dtype=np.float32), 2)

@@ -375,3 +375,23 @@ def test_simulated_llm_names_by_units_and_never_ambiguously():
             assert "up_top" not in name and not name.startswith("up_")  # "top_up" is whole
             have = content_words(name)
             assert have and not any(have <= c for i, c in contents.items() if i != intent), name
+
+
+def test_simulated_llm_reads_a_clipped_example_as_the_whole_text():
+    # Adjudication shows long member texts clipped; a real model still understands them,
+    # and the instrument must too, or it answers "different" for two names of one intent.
+    long_a = "I transferred money to a friend abroad and they received less than I sent. " * 3
+    long_b = "Someone stole my bag with my phone and wallet and all my cards in it on holiday. " * 3
+    gold = {long_a: "transfer_fee_charged", "Why was I charged a fee?": "transfer_fee_charged"}
+    gold |= {long_b: "lost_or_stolen_card"}
+    llm = SimulatedLLM(gold)
+    shown = adjudicate._clip(long_a)
+    assert shown.endswith(" …") and len(shown) < len(long_a)
+    assert llm.intent(shown) == "transfer_fee_charged"
+    pairs = [
+        (("transfer_cost", [long_a]), ("transfer_fee", ["Why was I charged a fee?"])),
+        (("transfer_cost", [long_a]), ("stolen_card", [long_b])),
+    ]
+    out = llm.complete(adjudicate.batch_question(pairs)).output
+    assert adjudicate.parse(out, 2) == {0: True, 1: False}
+    assert llm.intent("I transferred money") is None  # too short to stand for one text

@@ -42,7 +42,8 @@ PLACEHOLDER: Shown = (
 
 
 def _clip(text: str, chars: int = 160) -> str:
-    return " ".join(text.split())[:chars]
+    flat = " ".join(text.split())
+    return flat if len(flat) <= chars else flat[:chars].rstrip() + " …"
 
 
 def question(a: Shown, b: Shown) -> str:

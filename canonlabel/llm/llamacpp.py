@@ -11,8 +11,16 @@ from canonlabel.llm.base import Labeler
 from canonlabel.llm.prompt import completion_prompt
 from canonlabel.types import LabelRequest, LabelResponse, Usage
 
-# 2-5 lowercase words joined by underscores; the pipeline validates again.
-_NEW_LABEL = 'new ::= [a-z] [a-z0-9]{1,14} ("_" [a-z0-9]{1,14}){1,4}'
+# 2-5 lowercase words joined by underscores; the pipeline validates again. The first word
+# is never "no" or "not": a label names what a message is about, and a small model's
+# negated labels (`no_refund_policy` for "Can I get a refund?") name the opposite.
+_NEW_LABEL = "\n".join(
+    [
+        'new ::= first ("_" [a-z0-9]{1,14}){1,4}',
+        'first ::= [a-mo-z] [a-z0-9]{1,14} | "n" [a-np-z0-9] [a-z0-9]{0,13}'
+        ' | "no" [a-su-z0-9] [a-z0-9]{0,12} | "not" [a-z0-9]{1,12}',
+    ]
+)
 
 
 def label_grammar(candidates: Sequence[str], closed: bool = False, max_labels: int = 1) -> str:

@@ -14,6 +14,7 @@ model's understanding of a text, never of the label space.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import random
 import re
@@ -156,6 +157,7 @@ class SimulatedLLM(Labeler):
         )
         self.calls = 0
         self._contents: dict[str, set[str]] | None = None
+        self._flat: list[tuple[str, str]] | None = None
 
     def _key(self, text: str) -> str:
         try:
@@ -166,13 +168,29 @@ class SimulatedLLM(Labeler):
     def intent(self, text: str) -> str | None:
         """The intent this model *understands* ``text`` to have (wrong ``error_rate`` of
         the time), or None for a text it cannot place."""
-        truth = self.gold.get(self._key(text))
-        if truth is None:
-            return None
+        key = self._key(text)
+        if key not in self.gold:  # shown clipped (adjudication): read it as the whole text
+            key = self._whole(text)
+            if key is None:
+                return None
+            text = key
+        truth = self.gold[key]
         rng = _rng(self.seed, "error", text)
         if len(self.intents) > 1 and rng.random() < self.error_rate:
             return rng.choice([i for i in self.intents if i != truth])
         return truth
+
+    def _whole(self, text: str) -> str | None:
+        """The known text that ``text`` (clipped, perhaps with a trailing ``…``) begins."""
+        head = " ".join(text.removesuffix("…").split())
+        if len(head) < 40:  # too short to stand for one text
+            return None
+        if self._flat is None:
+            self._flat = sorted((" ".join(k.split()), k) for k in self.gold)
+        i = bisect.bisect_left(self._flat, (head, ""))
+        if i < len(self._flat) and self._flat[i][0].startswith(head):
+            return self._flat[i][1]
+        return None
 
     def name(self, intent: str, salt: str) -> str:
         """One way of naming ``intent``; which one depends on ``salt`` (the text).
