@@ -65,6 +65,8 @@ class Run:
     adjudication_calls: int = 0  # of llm_calls: consolidation's questions
     tokens: int = 0
     seconds: float = 0.0
+    audits: int = 0  # of llm_calls: items the router or cache would have answered
+    router: dict | None = None  # the online router's summary at the end
     latency: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     curve: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
 
@@ -102,7 +104,7 @@ def run_llm_only(data: EvalData, order, labeler: Labeler, settings: Settings) ->
         except InvalidLabel:
             pass
         run.latency["llm"].append(time.perf_counter() - t)
-        _point(run, step, 0, len(raws), len(raws))
+        _point(run, step, 0, len(raws), len(raws), run.llm_calls)
     return run
 
 
@@ -120,7 +122,7 @@ def run_seed(data: EvalData, order, labeler: Labeler, settings: Settings) -> Run
         if r.source == "cache":
             hits += 1
             run.matches.append((i, order[r.matched]))
-        _point(run, step, hits, seed.raw_label_count, seed.label_count)
+        _point(run, step, hits, seed.raw_label_count, seed.label_count, seed.llm_calls)
     run.llm_calls = seed.llm_calls
     return run
 
@@ -140,7 +142,8 @@ def run_canonlabel(data: EvalData, order, labeler: Labeler, settings: Settings) 
             run.latency[r.source or "failed"].append(time.perf_counter() - t)
             run.labels[i], run.sources[i] = r.label, r.source or "failed"
             hits += r.source in ("exact", "cache")
-            _point(run, step, hits, len(clf.space.aliases), len(clf.space))
+            raw, labels, calls = len(clf.space.aliases), len(clf.space), clf.counters["llm_calls"]
+            _point(run, step, hits, raw, labels, calls)  # calls: audits included
         if s.consolidate_every > 0:  # what the end of a `classify` job does
             clf.consolidate()
             if run.curve.get("labels"):
@@ -155,6 +158,8 @@ def run_canonlabel(data: EvalData, order, labeler: Labeler, settings: Settings) 
         run.llm_calls = clf.counters["llm_calls"]  # adjudication questions included
         run.adjudication_calls = clf.counters["adjudication_calls"]
         run.tokens = clf.counters["prompt_tokens"] + clf.counters["completion_tokens"]
+        run.audits = clf.counters["audits"]
+        run.router = clf.router.summary() if clf.router is not None else None
         clf.close()
     return run
 
@@ -181,10 +186,10 @@ def _cluster_run(order, assigned) -> Run:
     return run
 
 
-def _point(run: Run, step: int, hits: int, raw: int, labels: int) -> None:
+def _point(run: Run, step: int, hits: int, raw: int, labels: int, llm_calls: int) -> None:
     run.curve["items"].append(step)
     run.curve["hits"].append(hits)
-    run.curve["llm_calls"].append(run.llm_calls if run.llm_calls else step - hits)
+    run.curve["llm_calls"].append(llm_calls)
     run.curve["raw_labels"].append(raw)
     run.curve["labels"].append(labels)
 
@@ -221,9 +226,32 @@ def summarize(data: EvalData, run: Run) -> dict:
         "hit_rate": round(hits / n, 4) if n else 0.0,
         "hit_precision": hit_precision(run.matches, data.gold),
         "semantic_hits": sum(s == "cache" for s in run.sources),
+        "router_share": round(sum(s == "model" for s in run.sources) / n, 4) if n else 0.0,
+        "audits": run.audits,
+        "llm_calls_per_1000": calls_per_1000(run.curve.get("llm_calls", [])),
+        "router": _router_error(run.router),
         "raw_labels": run.curve["raw_labels"][-1] if run.curve.get("raw_labels") else None,
         "seconds": round(run.seconds, 2),
         "latency": latency,
+    }
+
+
+def calls_per_1000(cumulative: Sequence[int]) -> list[int]:
+    """The convergence curve: LLM calls in each successive 1,000 items (a last, partial
+    block is left out)."""
+    marks = [cumulative[k - 1] for k in range(1000, len(cumulative) + 1, 1000)]
+    return [b - a for a, b in zip([0, *marks], marks, strict=False)]
+
+
+def _router_error(summary: dict | None) -> dict | None:
+    """The router's and the cache's estimated disagreement with the LLM path."""
+    if not summary:
+        return None
+    keys = ("audits", "disagreed", "pooled_threshold", "error", "upper_95")
+    return {
+        "head": {k: summary.get(k) for k in keys},
+        "cache": {k: (summary.get("cache") or {}).get(k) for k in keys},
+        "llm_self_disagreement": summary.get("llm_self_disagreement"),
     }
 
 

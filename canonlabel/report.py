@@ -14,6 +14,8 @@ COLUMNS = [
     ("llm_calls", "LLM calls"),
     ("hit_rate", "hit rate"),
     ("hit_precision", "hit prec."),
+    ("router_share", "router"),
+    ("audits", "audits"),
     ("order_invariance_ari", "order ARI"),
     ("stable_share", "stable"),
     ("seconds", "s"),
@@ -65,10 +67,29 @@ def write_eval_report(report: dict, out: Path) -> list[Path]:
     ]
     if lat:
         md += ["Latency per source:", "", *lat, ""]
+    routed = [_router_line(n, s) for n, s in report["strategies"].items() if s.get("router")]
+    if routed:
+        md += ["Online router (disagreement with the LLM path, estimated from audits):", ""]
+        md += [*routed, ""]
     plots = _plot_curves(report.get("curves", {}), out)
     md += [f"![{p.stem}]({p.name})" for p in plots]
     (out / "report.md").write_text("\n".join(md) + "\n")
     return [out / "report.json", out / "report.md", *plots]
+
+
+def _router_line(name: str, s: dict) -> str:
+    def err(part: dict) -> str:
+        if part.get("error") is None:
+            return "answers nothing yet"
+        return f"error {part['error']:.3f} (95% upper {part['upper_95']:.3f})"
+
+    r, own = s["router"], (s["router"].get("llm_self_disagreement") or {})
+    line = (
+        f"- {name}: router answered {s['router_share']:.1%} of items, {s['audits']} audits; "
+        f"head {err(r['head'])}, cache {err(r['cache'])}; LLM calls per 1,000 items: "
+        f"{', '.join(map(str, s.get('llm_calls_per_1000') or [])) or '–'}"
+    )
+    return line + (f"\n  - warning: {own['warning']}" if own.get("warning") else "")
 
 
 def _plot_curves(curves: dict, out: Path) -> list[Path]:
@@ -80,7 +101,7 @@ def _plot_curves(curves: dict, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     paths = []
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(16, 4))
     for name, c in curves.items():
         items = c["items"]
         window = 100
@@ -91,10 +112,17 @@ def _plot_curves(curves: dict, out: Path) -> list[Path]:
         ]
         ax1.plot(items, rate, label=name)
         ax2.plot(items, c["llm_calls"], label=name)
+        calls, block = c["llm_calls"], min(1000, max(1, len(items) // 10))
+        ends = list(range(block, len(items) + 1, block))
+        per = [
+            1000 * (calls[e - 1] - (calls[e - block - 1] if e > block else 0)) / block for e in ends
+        ]
+        ax3.plot([items[e - 1] for e in ends], per, marker=".", label=name)
     ax1.set(title=f"cache-hit rate (last {window} items)", xlabel="items processed", ylim=(0, 1))
-    ax2.set(title="cumulative LLM calls", xlabel="items processed")
-    ax1.legend()
-    ax2.legend()
+    ax2.set(title="cumulative LLM calls (audits included)", xlabel="items processed")
+    ax3.set(title="convergence: LLM calls per 1,000 items", xlabel="items processed")
+    for ax in (ax1, ax2, ax3):
+        ax.legend()
     fig.tight_layout()
     paths.append(out / "hit_rate_llm_calls.png")
     fig.savefig(paths[-1], dpi=100)

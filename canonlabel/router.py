@@ -15,10 +15,14 @@ the LLM, and the gate that holds the semantic cache to the same error bound.
   calls): they keep the estimate honest where those answer, and a disagreeing one
   corrects its item.
 * **Thresholds.** :class:`~canonlabel.thresholds.AuditedThresholds`: per label, the
-  lowest confidence (router) or similarity (cache) whose audits keep the Wilson upper
-  bound of disagreement at or under ``max_error``. The cache keeps ``min_similarity``
-  until its audits certify a threshold of their own; a disagreeing audit raises
-  (tightens) its label's threshold at once.
+  lowest confidence (router) or similarity (cache) whose audits keep the upper bound of
+  disagreement at or under ``max_error``. The cache keeps ``min_similarity`` until its
+  audits certify a threshold of their own; a disagreeing audit raises (tightens) its
+  label's threshold at once.
+* **The LLM's own consistency.** No answer without the LLM can agree with the LLM path
+  more often than that path agrees with itself, and the cache's audits on near-duplicate
+  texts measure exactly that. When even its lower bound exceeds ``max_error``, the
+  summary says so (with what to do), instead of silently sending everything to the LLM.
 """
 
 from __future__ import annotations
@@ -34,7 +38,10 @@ from canonlabel.thresholds import (
     SIMILARITY_GRID,
     AuditedThresholds,
     joint_thresholds,
+    wilson_interval,
 )
+
+NEAR_DUPLICATE = 0.96  # similarity from which two texts are near-duplicates (a grid edge)
 
 
 class SoftmaxHead:
@@ -221,8 +228,33 @@ class Router:
             "trained_on": self.trained_on,
             **self.confidence.summary(resolve),
             "cache": self.cache.summary(resolve),
+            "llm_self_disagreement": self.self_disagreement(),
             "train_seconds": round(self.train_seconds, 2),
         }
+
+    def self_disagreement(self) -> dict:
+        """How often the LLM path labels near-duplicate texts apart (the cache's audits
+        at similarity >= :data:`NEAR_DUPLICATE`), with its 95% interval, and a warning
+        when that alone rules out every answer without the LLM."""
+        _, audited, wrong = self.cache.counts(self.space.resolve)
+        first = int(np.searchsorted(self.cache.grid, NEAR_DUPLICATE - 1e-9))
+        n, e = int(audited[first:].sum()), int(wrong[first:].sum())
+        low, high = wilson_interval(e, n)
+        out = {
+            "near_duplicate_audits": n,
+            "rate": round(e / n, 4) if n else None,
+            "interval_95": [round(low, 4), round(high, 4)] if n else None,
+        }
+        max_error = self.settings.max_error
+        if n >= self.settings.router_min_audits and low > max_error:
+            out["warning"] = (
+                f"the LLM labels near-duplicate texts apart {e / n:.0%} of the time (at "
+                f"least {low:.0%}), above max_error {max_error:.0%}: no answer without the "
+                "LLM can be certified, so nearly every item goes to the LLM. Raise "
+                f"--max-error (CANONLABEL_MAX_ERROR) above {high:.0%}, use a more "
+                "consistent LLM, or set CANONLABEL_ROUTER=0 for the fixed cache rule"
+            )
+        return out
 
 
 class _Reservoir:

@@ -107,6 +107,9 @@ def run_classify(
             "another text; each was labelled as a new item (ids name texts only together "
             "with the text, see README: identity rules)"
         )
+    warning = ((summary.get("router") or {}).get("llm_self_disagreement") or {}).get("warning")
+    if warning:
+        console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
     return summary
 
 

@@ -32,14 +32,15 @@ SIMILARITY_GRID = np.array([0.7, 0.75, 0.8, 0.85, 0.9, 0.93, 0.96, 0.98])
 Resolve = Callable[[int], int]
 
 
-def wilson_upper(errors: float, n: float, z: float = 1.96) -> float:
-    """Upper Wilson score bound of an error rate seen as ``errors`` of ``n``."""
+def wilson_interval(errors: float, n: float, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of an error rate seen as ``errors`` of ``n``."""
     if n <= 0:
-        return 1.0
+        return 0.0, 1.0
     p = min(1.0, max(0.0, errors / n))
     centre = p + z * z / (2 * n)
     spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return min(1.0, (centre + spread) / (1 + z * z / n))
+    scale = 1 + z * z / n
+    return max(0.0, (centre - spread) / scale), min(1.0, (centre + spread) / scale)
 
 
 def bin_of(score: float, grid: np.ndarray) -> int:

@@ -77,6 +77,18 @@ def test_small_end_to_end_eval_with_fake_llm(tmp_path):
         assert 0 <= s[name]["nmi"] <= 1 and "order_invariance_ari" in s[name]
     assert s["kmeans-k"]["labels"] <= s["kmeans-k"]["gold_labels"]
     assert len(report["curves"]["canonlabel"]["items"]) == 200
+    # the curve counts LLM calls as the classifier does (audits included), not misses
+    curve = report["curves"]["canonlabel"]["llm_calls"]
+    assert curve == sorted(curve) and labelling <= curve[-1] <= s["canonlabel"]["llm_calls"]
+    assert s["canonlabel"]["router"]["head"]["audits"] is not None
+    assert "router_share" in s["canonlabel"] and s["canonlabel"]["llm_calls_per_1000"] == []
+
+
+def test_calls_per_1000_is_the_calls_in_each_full_block():
+    from canonlabel.evaluate import calls_per_1000
+
+    cumulative = [min(i, 1500) // 2 for i in range(1, 2501)]  # half the items call the LLM
+    assert calls_per_1000(cumulative) == [500, 250]  # the partial last block is left out
 
 
 def test_eval_and_calibrate_cli(tmp_path):

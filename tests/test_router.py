@@ -13,7 +13,7 @@ from canonlabel.thresholds import (
     joint_thresholds,
     region_bounds,
     threshold,
-    wilson_upper,
+    wilson_interval,
 )
 
 TOPICS = {
@@ -41,9 +41,10 @@ def _topic_rule(text, candidates=()):
 
 
 def test_wilson_bound_shrinks_with_evidence():
-    assert wilson_upper(0, 0) == 1.0
-    assert wilson_upper(0, 20) > 0.1 > wilson_upper(0, 200)
-    assert wilson_upper(5, 100) > 0.05
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    assert wilson_interval(0, 20)[1] > 0.1 > wilson_interval(0, 200)[1]
+    low, high = wilson_interval(5, 100)
+    assert low < 0.05 < high and wilson_interval(50, 100)[0] > 0.35
 
 
 GRID = np.array([0.5, 0.7, 0.9])
@@ -93,6 +94,27 @@ def test_joint_bound_keeps_current_thresholds_while_their_estimate_holds():
     assert joint_thresholds([router, gate], lambda x: x)[1] == math.inf  # not loosened...
     current = [math.inf, 0.96]
     assert joint_thresholds([router, gate], lambda x: x, current)[1] == 0.96  # ...nor shut
+
+
+def test_an_llm_that_disagrees_with_itself_is_reported_not_silently_paid_for():
+    from types import SimpleNamespace
+
+    from canonlabel import Settings
+    from canonlabel.router import Router
+
+    def audited(max_error: float) -> Router:
+        router = Router(Settings(max_error=max_error), SimpleNamespace(dim=4, resolve=int))
+        for k in range(100):  # near-duplicate texts, labelled apart a fifth of the time
+            router.cache.seen([1], [0.97])
+            router.audit_cache(1, 0.97, 2 if k % 5 == 0 else 1)
+        return router
+
+    found = audited(0.05).self_disagreement()
+    assert found["near_duplicate_audits"] == 100 and found["rate"] == 0.2
+    low, high = found["interval_95"]
+    assert 0.05 < low < 0.2 < high
+    assert "above max_error 5%" in found["warning"] and "CANONLABEL_ROUTER=0" in found["warning"]
+    assert "warning" not in audited(0.3).self_disagreement()  # a bound it can meet
 
 
 def test_router_trains_online_answers_confident_items_and_is_audited(make_clf):

@@ -1,0 +1,73 @@
+"""How much of a stream *could* a head on embeddings answer at an error bound?
+
+    .venv/bin/python benchmarks/router_ceiling.py [--data banking77:train:10000] [--max-error 0.05]
+
+An upper bound for the online router, with everything in its favour: the head is trained
+on *gold* labels (a perfectly consistent LLM and label space), and its threshold is chosen
+with hindsight on the test items themselves (no audits, no confidence bound). For each
+number of labelled items it reports the head's accuracy and the share of later items it
+could answer with at most ``--max-error`` of them wrong, scored by top probability and by
+margin. The LLM calls a stream needs at that bound are at least the labelled items plus
+the uncovered share of the rest, which says what a target such as "8% of 10,000 items"
+asks of the head.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.consistency import load
+from canonlabel import Settings
+from canonlabel.embed import make_embedder
+from canonlabel.router import SoftmaxHead
+
+
+def coverage(score: np.ndarray, correct: np.ndarray, max_error: float) -> float:
+    """Largest share of items, most confident first, with at most ``max_error`` wrong."""
+    order = np.argsort(-score, kind="stable")
+    wrong = np.cumsum(~correct[order]) / np.arange(1, len(order) + 1)
+    ok = np.flatnonzero(wrong <= max_error)
+    return float((ok.max() + 1) / len(order)) if len(ok) else 0.0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--data", default="banking77:train:10000")
+    ap.add_argument("--max-error", type=float, default=0.05)
+    ap.add_argument("--test", type=int, default=2000, help="held-out items scored")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    name, texts, gold = load(args.data)
+    embedder = make_embedder("minilm", Settings())
+    X = np.asarray(embedder.embed(texts), dtype=np.float32)
+    y = np.unique(gold, return_inverse=True)[1].astype(np.int64)
+    test = slice(len(texts) - args.test, len(texts))
+    rows = []
+    for n in (250, 500, 1000, 2000, 4000, len(texts) - args.test):
+        head = SoftmaxHead().fit(X[:n], y[:n])
+        proba = head.predict_proba(X[test])
+        top = np.sort(proba, axis=1)
+        correct = head.classes_[proba.argmax(1)] == y[test]
+        row = {
+            "labelled": n,
+            "accuracy": round(float(correct.mean()), 4),
+            "coverage_top_probability": round(coverage(top[:, -1], correct, args.max_error), 4),
+            "coverage_margin": round(coverage(top[:, -1] - top[:, -2], correct, args.max_error), 4),
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    best = max(r["coverage_top_probability"] for r in rows)
+    report = {"data": name, "max_error": args.max_error, "rows": rows, "best_coverage": best}
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
