@@ -252,6 +252,7 @@ def _router_error(summary: dict | None) -> dict | None:
         "head": {k: summary.get(k) for k in keys},
         "cache": {k: (summary.get("cache") or {}).get(k) for k in keys},
         "llm_self_disagreement": summary.get("llm_self_disagreement"),
+        "warning": summary.get("warning"),
     }
 
 

@@ -83,13 +83,13 @@ def _router_line(name: str, s: dict) -> str:
             return "answers nothing yet"
         return f"error {part['error']:.3f} (95% upper {part['upper_95']:.3f})"
 
-    r, own = s["router"], (s["router"].get("llm_self_disagreement") or {})
+    r = s["router"]
     line = (
         f"- {name}: router answered {s['router_share']:.1%} of items, {s['audits']} audits; "
         f"head {err(r['head'])}, cache {err(r['cache'])}; LLM calls per 1,000 items: "
         f"{', '.join(map(str, s.get('llm_calls_per_1000') or [])) or '–'}"
     )
-    return line + (f"\n  - warning: {own['warning']}" if own.get("warning") else "")
+    return line + (f"\n  - warning: {r['warning']}" if r.get("warning") else "")
 
 
 def _plot_curves(curves: dict, out: Path) -> list[Path]:

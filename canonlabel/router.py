@@ -19,15 +19,17 @@ the LLM, and the gate that holds the semantic cache to the same error bound.
   disagreement at or under ``max_error``. The cache keeps ``min_similarity`` until its
   audits certify a threshold of their own; a disagreeing audit raises (tightens) its
   label's threshold at once.
-* **The LLM's own consistency.** No answer without the LLM can agree with the LLM path
-  more often than that path agrees with itself, and the cache's audits on near-duplicate
-  texts measure exactly that. When even its lower bound exceeds ``max_error``, the
-  summary says so (with what to do), instead of silently sending everything to the LLM.
+* **When nothing is certified.** An LLM that is wrong e of the time disagrees with even
+  an always-right answer e of the time, so below e no bound holds; the cache's audits on
+  near-duplicate texts estimate e. When a trained head and enough audits still certify
+  nothing, the summary's ``warning`` says so and what to do, instead of silently sending
+  every item to the LLM.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import threading
 import time
 
@@ -229,32 +231,51 @@ class Router:
             **self.confidence.summary(resolve),
             "cache": self.cache.summary(resolve),
             "llm_self_disagreement": self.self_disagreement(),
+            "warning": self.warning(),
             "train_seconds": round(self.train_seconds, 2),
         }
 
     def self_disagreement(self) -> dict:
         """How often the LLM path labels near-duplicate texts apart (the cache's audits
-        at similarity >= :data:`NEAR_DUPLICATE`), with its 95% interval, and a warning
-        when that alone rules out every answer without the LLM."""
+        at similarity >= :data:`NEAR_DUPLICATE`), with its 95% interval, and the LLM's own
+        error that implies: two answers, each wrong with chance e independently, differ
+        with chance 1 - (1 - e)², so e = 1 - sqrt(1 - rate). An answer that is always
+        right still disagrees with such an LLM e of the time: no bound below e holds."""
         _, audited, wrong = self.cache.counts(self.space.resolve)
         first = int(np.searchsorted(self.cache.grid, NEAR_DUPLICATE - 1e-9))
         n, e = int(audited[first:].sum()), int(wrong[first:].sum())
+        if not n:
+            return {"near_duplicate_audits": 0, "rate": None, "llm_error": None}
         low, high = wilson_interval(e, n)
-        out = {
+        own = [round(1 - float(np.sqrt(1 - x)), 4) for x in (e / n, low, high)]
+        return {
             "near_duplicate_audits": n,
-            "rate": round(e / n, 4) if n else None,
-            "interval_95": [round(low, 4), round(high, 4)] if n else None,
+            "rate": round(e / n, 4),
+            "interval_95": [round(low, 4), round(high, 4)],
+            "llm_error": own[0],
+            "llm_error_interval_95": own[1:],
         }
-        max_error = self.settings.max_error
-        if n >= self.settings.router_min_audits and low > max_error:
-            out["warning"] = (
-                f"the LLM labels near-duplicate texts apart {e / n:.0%} of the time (at "
-                f"least {low:.0%}), above max_error {max_error:.0%}: no answer without the "
-                "LLM can be certified, so nearly every item goes to the LLM. Raise "
-                f"--max-error (CANONLABEL_MAX_ERROR) above {high:.0%}, use a more "
-                "consistent LLM, or set CANONLABEL_ROUTER=0 for the fixed cache rule"
-            )
-        return out
+
+    def warning(self) -> str | None:
+        """Why every item goes to the LLM, when a trained head and enough audits still
+        certify nothing, and what to do about it."""
+        parts = (self.confidence, self.cache)
+        if self.head is None or not all(p.ready for p in parts):
+            return None
+        if any(not math.isinf(p.threshold_for(-1)) for p in parts):
+            return None
+        best = [p.lowest_error(self.space.resolve) for p in parts]
+        if any(b is None for b in best):
+            return None
+        own = self.self_disagreement()["llm_error"]
+        return (
+            f"no answer without the LLM is certified at max_error {self.settings.max_error:.0%}"
+            f", so every item goes to the LLM: the head's most confident answers disagree "
+            f"with the LLM path {best[0]:.0%} of the time, the cache's {best[1]:.0%}"
+            + (f", and near-duplicates put the LLM's own error near {own:.0%}" if own else "")
+            + f". Raise --max-error (CANONLABEL_MAX_ERROR) above {min(best):.0%}, use a more "
+            "consistent LLM, or set CANONLABEL_ROUTER=0 for the fixed cache rule"
+        )
 
 
 class _Reservoir:

@@ -107,7 +107,7 @@ def run_classify(
             "another text; each was labelled as a new item (ids name texts only together "
             "with the text, see README: identity rules)"
         )
-    warning = ((summary.get("router") or {}).get("llm_self_disagreement") or {}).get("warning")
+    warning = (summary.get("router") or {}).get("warning")
     if warning:
         console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
     return summary

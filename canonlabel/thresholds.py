@@ -157,6 +157,13 @@ class AuditedThresholds:
         i = int(np.searchsorted(self.grid, t))
         return {"error": round(float(est[i]), 4), "upper_95": round(float(upper[i]), 4)}
 
+    def lowest_error(self, resolve: Resolve) -> float | None:
+        """The lowest estimated disagreement of any region holding ``min_audits`` audits
+        (None if none does): the best this path could be certified at."""
+        est, _, m = region_bounds(*self.counts(resolve))
+        valid = m >= self.min_audits
+        return round(float(est[valid].min()), 4) if valid.any() else None
+
     def summary(self, resolve: Resolve) -> dict:
         pooled = None if math.isinf(self.threshold_for(-1)) else self.threshold_for(-1)
         return {

@@ -100,21 +100,28 @@ def test_an_llm_that_disagrees_with_itself_is_reported_not_silently_paid_for():
     from types import SimpleNamespace
 
     from canonlabel import Settings
-    from canonlabel.router import Router
+    from canonlabel.router import Router, SoftmaxHead
 
     def audited(max_error: float) -> Router:
         router = Router(Settings(max_error=max_error), SimpleNamespace(dim=4, resolve=int))
+        router.head = SoftmaxHead()  # a trained head (its weights play no part here)
         for k in range(100):  # near-duplicate texts, labelled apart a fifth of the time
             router.cache.seen([1], [0.97])
             router.audit_cache(1, 0.97, 2 if k % 5 == 0 else 1)
+            router.confidence.seen([1], [0.99])  # the head's surest answers: 15% off
+            router.audit(1, 0.99, 2 if k % 20 < 3 else 1)
         return router
 
     found = audited(0.05).self_disagreement()
     assert found["near_duplicate_audits"] == 100 and found["rate"] == 0.2
     low, high = found["interval_95"]
     assert 0.05 < low < 0.2 < high
-    assert "above max_error 5%" in found["warning"] and "CANONLABEL_ROUTER=0" in found["warning"]
-    assert "warning" not in audited(0.3).self_disagreement()  # a bound it can meet
+    # two answers each wrong 10.6% of the time differ 20% of the time
+    assert abs(found["llm_error"] - (1 - 0.8**0.5)) < 1e-3
+    warning = audited(0.05).warning()
+    assert "certified at max_error 5%" in warning and "15%" in warning and "20%" in warning
+    assert "CANONLABEL_ROUTER=0" in warning and "LLM's own error near 11%" in warning
+    assert audited(0.3).warning() is None  # a bound it can meet: paths answer, no warning
 
 
 def test_router_trains_online_answers_confident_items_and_is_audited(make_clf):
