@@ -7,6 +7,12 @@ MiniLM) with periodic consolidation off, then times (1) the first consolidation 
 whole store, the worst case: every raw label is regrouped, moved and logged, and (2) a
 second pass over the already consolidated store, what a periodic run costs. Reported with
 the raw-label count, since the pass is O(R²) in raw labels and linear in items.
+
+    .venv/bin/python benchmarks/consolidation.py --synthetic 5000,20000,50000
+
+times the grouping step alone on R synthetic raw labels (384-d name and member vectors
+in tight topics of 5, as a large store would hold): above 4,000 units it runs per
+connected component, in row blocks, and this reports its seconds and peak memory.
 """
 
 from __future__ import annotations
@@ -59,11 +65,50 @@ def measure(data: EvalData, gold: list[str]) -> dict:
     }
 
 
+def synthetic(r: int, dim: int = 384, per_topic: int = 5, seed: int = 0) -> dict:
+    """Seconds and peak resident memory of grouping ``r`` synthetic raw labels."""
+    import resource
+
+    import numpy as np
+
+    from canonlabel.labelspace.consolidate import group
+    from canonlabel.labelspace.evidence import Evidence
+
+    rng = np.random.default_rng(seed)
+    axes = rng.standard_normal((r // per_topic + 1, dim)).astype(np.float32)
+    topic = np.arange(r) // per_topic
+    unit = lambda v: v / np.linalg.norm(v, axis=1, keepdims=True)  # noqa: E731
+    names = unit(axes[topic] + 0.035 * rng.standard_normal((r, dim), dtype=np.float32))
+    sums = 3 * unit(axes[topic] + 0.025 * rng.standard_normal((r, dim), dtype=np.float32))
+    raws = [f"r{i:07d}" for i in range(r)]
+    ev = Evidence(raws, np.arange(r) + 1, names, sums, np.full(r, 3.0), np.full(r, 3.0))
+    ev.cores, ev.core = raws, names
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    assigned = group(ev, set())
+    return {
+        "raw_labels": r,
+        "groups": len(np.unique(assigned)),
+        "topics": int(topic.max() + 1),
+        "seconds": round(time.perf_counter() - start, 2),
+        "peak_rss_growth_mb": round(
+            (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024, 1
+        ),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--data", default="banking77:train:3000,banking77:train:10000")
     ap.add_argument("--out", default="benchmarks/results/consolidation.json")
+    ap.add_argument("--synthetic", default=None, help="raw-label counts: time grouping alone")
     args = ap.parse_args()
+    if args.synthetic:
+        rows = [synthetic(int(r)) for r in args.synthetic.split(",")]
+        for row in rows:
+            print(json.dumps(row), flush=True)
+        Path(args.out).write_text(json.dumps(rows, indent=1))
+        return
     embedder = make_embedder("minilm", Settings())
     out = []
     for spec in args.data.split(","):

@@ -83,3 +83,66 @@ def test_shared_neighbours_pull_fragments_of_one_topic_together():
     gap_plain = plain[same].mean() - plain[cross].mean()
     gap_shared = shared[same].mean() - shared[cross].mean()
     assert gap_shared > gap_plain * 0.8 + 0.05
+
+
+def _evidence(n_topics: int, per_topic: int, seed: int = 0):
+    """Raw labels in tight topics (name and member vectors near a topic axis)."""
+    from canonlabel.labelspace.evidence import Evidence
+
+    rng = np.random.default_rng(seed)
+    dim = 32
+    axes = _unit(rng.standard_normal((n_topics, dim)))
+    topic = np.repeat(np.arange(n_topics), per_topic)
+    names = _unit(axes[topic] + 0.07 * rng.standard_normal((len(topic), dim)))
+    sums = 3 * _unit(axes[topic] + 0.05 * rng.standard_normal((len(topic), dim)))
+    raws = [f"r{i:04d}" for i in range(len(topic))]
+    n = len(topic)
+    ev = Evidence(raws, np.arange(n) + 1, names, sums, np.full(n, 3.0), np.full(n, 3.0), cores=raws)
+    ev.core = names
+    return ev
+
+
+def _partition(assigned) -> set[frozenset]:
+    groups: dict[int, set] = {}
+    for i, g in enumerate(np.asarray(assigned).tolist()):
+        groups.setdefault(g, set()).add(i)
+    return {frozenset(g) for g in groups.values()}
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(0, 10_000), st.sampled_from([0.6, 0.75, 0.85]))
+def test_many_raw_labels_are_grouped_per_component_exactly_as_on_one_matrix(seed, cut):
+    from canonlabel.labelspace import evidence
+    from canonlabel.labelspace.consolidate import group
+
+    ev = _evidence(12, 6, seed)
+    pinned = {1, 2, 40}  # hand-curated labels stay apart in both paths
+    dense = group(ev, pinned, threshold=cut, dense_units=10**9)
+    old, evidence.ROW_BLOCK = evidence.ROW_BLOCK, 16  # several blocks, a ragged last one
+    try:
+        blocked = group(ev, pinned, threshold=cut, dense_units=0)
+    finally:
+        evidence.ROW_BLOCK = old
+    assert _partition(dense) == _partition(blocked)
+    assert 1 < len(_partition(dense)) < len(ev.raw_labels)  # the cut did something
+
+
+def test_borderline_pairs_computed_in_row_blocks_match_the_dense_matrix():
+    from canonlabel.labelspace import adjudicate, evidence
+
+    ev = _evidence(9, 5, seed=3)
+    names, content = ev.core, _unit(ev.member_sums)
+    sim = 0.6 * names @ names.T + 0.4 * content @ content.T
+    np.fill_diagonal(sim, -1.0)
+    want = {}
+    for g in range(len(sim)):
+        for h in np.argsort(-sim[g], kind="stable")[: adjudicate.PARTNERS]:
+            if 0.3 <= sim[g, h] < 0.9:
+                want[(min(g, int(h)), max(g, int(h)))] = sim[g, h]
+    old, evidence.ROW_BLOCK = evidence.ROW_BLOCK, 7  # several blocks, a ragged last one
+    try:
+        got = adjudicate.borderline_pairs(names, content, 0.6, 0.3, 0.9)
+    finally:
+        evidence.ROW_BLOCK = old
+    assert {(g, h) for g, h, _ in got} == set(want)
+    assert all(abs(s - want[(g, h)]) < 1e-9 for g, h, s in got)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from canonlabel.errors import BackendError
-from canonlabel.labelspace.evidence import pooled
+from canonlabel.labelspace.evidence import neighbourhood, pooled
 from canonlabel.llm.base import Labeler
 from canonlabel.types import LabelRequest
 
@@ -97,13 +97,12 @@ def borderline_pairs(
 ) -> list[tuple[int, int, float]]:
     """Group pairs with combined similarity in ``[low, high)``, closest first, each group
     paired with at most its :data:`PARTNERS` nearest partners."""
-    sim = name_weight * (names @ names.T) + (1 - name_weight) * (content @ content.T)
-    np.fill_diagonal(sim, -1.0)
+    nearest, values, _ = neighbourhood(names, content, name_weight, PARTNERS)
     pairs: dict[tuple[int, int], float] = {}
-    for g in range(len(sim)):
-        for h in np.argsort(-sim[g], kind="stable")[:PARTNERS]:
-            if low <= sim[g, h] < high:
-                pairs[(min(g, int(h)), max(g, int(h)))] = float(sim[g, h])
+    for g, (partners, sims) in enumerate(zip(nearest.tolist(), values.tolist(), strict=True)):
+        for h, sim in zip(partners, sims, strict=True):
+            if low <= sim < high:
+                pairs[(min(g, h), max(g, h))] = sim
     return sorted(((g, h, s) for (g, h), s in pairs.items()), key=lambda x: (-x[2], x[0], x[1]))
 
 

@@ -32,12 +32,23 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from canonlabel.labelspace.adjudicate import PAIRS_PER_CALL, Adjudication
-from canonlabel.labelspace.evidence import Evidence, gather, pooled, similarity
+from canonlabel.labelspace.evidence import (
+    NEIGHBOUR_WEIGHT,
+    NEIGHBOURS,
+    Evidence,
+    base_similarity,
+    gather,
+    neighbourhood,
+    pooled,
+    shared_neighbours,
+    similarity,
+)
 from canonlabel.labelspace.space import LabelSpace
 from canonlabel.store import to_blob
 
 NAME_WEIGHT = 0.6
 THRESHOLD = 0.85  # grouped without asking; below, down to a floor, the LLM adjudicates
+DENSE_UNITS = 4000  # units clustered on one dense matrix (4,000² float64: 128 MB)
 
 __all__ = ["Evidence", "consolidate", "gather", "group", "plan", "revert"]
 
@@ -64,25 +75,76 @@ def group(
     *,
     name_weight: float = NAME_WEIGHT,
     threshold: float = THRESHOLD,
+    dense_units: int = DENSE_UNITS,
 ) -> np.ndarray:
-    """Group index per raw label (order-invariant: depends only on the sorted evidence)."""
+    """Group index per raw label (order-invariant: depends only on the sorted evidence).
+    Up to ``dense_units`` units are clustered on one dense matrix; beyond, per connected
+    component of the pairs that could reach the cut (the same groups, in O(n · block)
+    memory)."""
     blocks, block_of = _blocks(ev, pinned)
     n = len(blocks)
     if n == 0:
         return np.zeros(0, dtype=np.int64)
     if n == 1:
         return np.zeros(len(ev.raw_labels), dtype=np.int64)
+    names, content = pooled(ev.core, blocks), pooled(ev.member_sums, blocks)
+    if n <= dense_units:
+        sim = similarity(names, content, name_weight)
+        assigned, sim_of = _cut(sim, threshold), lambda m, a: sim[m, a]
+    else:
+        assigned, sim_of = _cut_components(names, content, name_weight, threshold)
+    return _separate_pinned(assigned, blocks, ev, pinned, sim_of)[block_of]
+
+
+def _cut(sim: np.ndarray, threshold: float) -> np.ndarray:
+    """Average linkage on a dense similarity matrix, cut at ``threshold``."""
     from scipy.cluster.hierarchy import fcluster, linkage
     from scipy.spatial.distance import squareform
 
-    names, content = pooled(ev.core, blocks), pooled(ev.member_sums, blocks)
-    sim = similarity(names, content, name_weight)
+    if len(sim) == 1:
+        return np.zeros(1, dtype=np.int64)
     dist = np.clip(1.0 - sim, 0.0, None)
     np.fill_diagonal(dist, 0.0)
     tree = linkage(squareform(dist, checks=False), method="average")
-    assigned = fcluster(tree, t=1.0 - threshold, criterion="distance") - 1
-    assigned = _separate_pinned(assigned, blocks, ev, pinned, sim)
-    return assigned[block_of]
+    return fcluster(tree, t=1.0 - threshold, criterion="distance") - 1
+
+
+def _cut_components(names, content, name_weight: float, threshold: float):
+    """The same grouping as the dense path without the n × n matrix (many raw labels).
+
+    Average linkage joins two groups only when some pair across them reaches the cut, and
+    a pair's combined similarity reaches it only if its name-and-member part reaches
+    ``(cut - w) / (1 - w)`` (the shared-neighbour part, weight w, is at most 1). So every
+    group lies inside one connected component of the graph of such pairs, which is found
+    in row blocks; each component is then clustered densely on its own."""
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n, w, k = len(names), NEIGHBOUR_WEIGHT, NEIGHBOURS
+    floor = (threshold - w) / (1 - w)
+    if floor < 0.5:  # a low cut joins nearly everything: one component, so dense it is
+        sim = similarity(names, content, name_weight)
+        return _cut(sim, threshold), lambda m, a: sim[m, a]
+    nearest, _, pairs = neighbourhood(names, content, name_weight, k, floor)
+    hood = shared_neighbours(nearest)
+    graph = csr_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    _, component = connected_components(graph, directed=False)
+
+    def sim_of(rows, cols) -> np.ndarray:
+        rows, cols = np.atleast_1d(rows), np.atleast_1d(cols)
+        shared = (hood[rows] @ hood[cols].T).toarray() / (k + 1)
+        return (1 - w) * base_similarity(names, content, name_weight, rows, cols) + w * shared
+
+    assigned, next_id = np.zeros(n, dtype=np.int64), 0
+    order = np.argsort(component, kind="stable")
+    for members in np.split(order, np.flatnonzero(np.diff(component[order])) + 1):
+        local = np.zeros(1, dtype=np.int64)
+        if len(members) > 1:
+            sim = sim_of(members, members)
+            local = _cut((sim + sim.T) / 2, threshold)
+        assigned[members] = next_id + local
+        next_id += int(local.max()) + 1
+    return assigned, sim_of
 
 
 def _blocks(ev: Evidence, pinned: set[int]) -> tuple[list[list[int]], np.ndarray]:
@@ -103,22 +165,21 @@ def _blocks(ev: Evidence, pinned: set[int]) -> tuple[list[list[int]], np.ndarray
     return blocks, block_of
 
 
-def _separate_pinned(assigned, blocks, ev, pinned, sim) -> np.ndarray:
+def _separate_pinned(assigned, blocks, ev, pinned, sim_of) -> np.ndarray:
     """Two labels curated by hand stay two labels: a group holding several pinned blocks
     is divided among them, each other block going to the pinned block it is closest to."""
     assigned = assigned.copy()
     next_id = int(assigned.max()) + 1
-    is_pinned = [ev.current[b[0]] in pinned for b in blocks]
-    for g in np.unique(assigned):
+    is_pinned = np.array([ev.current[b[0]] in pinned for b in blocks])
+    groups, counts = np.unique(assigned[is_pinned], return_counts=True)
+    for g in groups[counts >= 2]:
         members = np.flatnonzero(assigned == g)
-        anchors = [m for m in members if is_pinned[m]]
-        if len(anchors) < 2:
-            continue
-        ids = {a: next_id + n for n, a in enumerate(anchors)}
+        anchors = members[is_pinned[members]]
+        ids = {int(a): next_id + n for n, a in enumerate(anchors)}
         next_id += len(anchors)
         for m in members:
-            nearest = anchors[int(np.argmax([sim[m, a] for a in anchors]))]
-            assigned[m] = ids[m if is_pinned[m] else nearest]
+            nearest = int(anchors[int(np.argmax(np.ravel(sim_of(m, anchors))))])
+            assigned[m] = ids[int(m) if is_pinned[m] else nearest]
     return assigned
 
 

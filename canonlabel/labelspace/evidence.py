@@ -33,6 +33,7 @@ WORD_FLOOR = 0.15  # informativeness below which a word is dropped from the core
 WORD_PRIOR = 3.0  # pseudo-members that pull a rarely used word towards the store's spread
 NEIGHBOURS = 3  # raw labels compared for shared neighbours
 NEIGHBOUR_WEIGHT = 0.2  # share of the similarity that shared neighbours decide
+ROW_BLOCK = 1024  # rows of a similarity matrix computed at once on large inputs
 
 
 @dataclass
@@ -155,11 +156,58 @@ def similarity(
     ranked = sim.copy()
     np.fill_diagonal(ranked, -np.inf)
     # stable argsort on a name-sorted input: ties never depend on arrival order
-    nearest = np.argsort(-ranked, axis=1, kind="stable")[:, :neighbours]
-    from scipy import sparse
-
-    rows = np.repeat(np.arange(n), neighbours + 1)
-    cols = np.concatenate([np.arange(n)[:, None], nearest], axis=1).ravel()
-    hood = sparse.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(n, n))
+    hood = shared_neighbours(np.argsort(-ranked, axis=1, kind="stable")[:, :neighbours])
     shared = (hood @ hood.T).toarray() / (neighbours + 1)  # sparse: O(n · k²) products
     return (1 - neighbour_weight) * sim + neighbour_weight * shared
+
+
+def base_similarity(names: np.ndarray, content: np.ndarray, name_weight: float, rows, cols):
+    """Names and members blended, for ``rows`` against ``cols`` (index arrays)."""
+    return name_weight * (names[rows] @ names[cols].T) + (1 - name_weight) * (
+        content[rows] @ content[cols].T
+    )
+
+
+def neighbourhood(
+    names: np.ndarray,
+    content: np.ndarray,
+    name_weight: float,
+    k: int,
+    floor: float = np.inf,
+    block: int | None = None,
+):
+    """Each unit's ``k`` nearest other units (by similarity, ties by index, as a stable
+    sort gives) with their similarities, and every pair ``i < j`` whose similarity
+    reaches ``floor``; computed ``block`` rows at a time, so memory is O(n · block),
+    never the n × n matrix."""
+    n, block = len(names), block or ROW_BLOCK
+    every, k = np.arange(n), min(k, n - 1)
+    nearest = np.zeros((n, k), dtype=np.int64)
+    values = np.zeros((n, k))
+    pairs: list[np.ndarray] = [np.zeros((0, 2), dtype=np.int64)]
+    for start in range(0, n, block):
+        rows = every[start : start + block]
+        sim = base_similarity(names, content, name_weight, rows, every)
+        sim[np.arange(len(rows)), rows] = -np.inf
+        if k:
+            kth = np.partition(sim, -k, axis=1)[:, -k]
+            for r, row in enumerate(sim):  # the k largest, ties broken by index
+                cand = np.flatnonzero(row >= kth[r])
+                top = cand[np.lexsort((cand, -row[cand]))][:k]
+                nearest[rows[r]], values[rows[r]] = top, row[top]
+        if np.isfinite(floor):
+            r, c = np.nonzero(sim >= floor)
+            keep = c > rows[r]
+            pairs.append(np.stack([rows[r][keep], c[keep]], axis=1))
+    return nearest, values, np.concatenate(pairs)
+
+
+def shared_neighbours(nearest: np.ndarray):
+    """Sparse n × n rows: each unit with its nearest units (``hood @ hood.T`` counts the
+    neighbours two units share)."""
+    from scipy import sparse
+
+    n, k = nearest.shape
+    rows = np.repeat(np.arange(n), k + 1)
+    cols = np.concatenate([np.arange(n)[:, None], nearest], axis=1).ravel()
+    return sparse.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(n, n))
