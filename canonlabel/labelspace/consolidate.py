@@ -7,7 +7,9 @@ the store), member centroids and shared nearest neighbours.
 
 Raw labels are sorted by name and clustered with average linkage on that similarity, cut
 at ``threshold`` (no random state, so the result depends only on the set of raw labels and
-their members). The cut is high on purpose: below it, name and member evidence cannot tell
+their members). Beyond :data:`DENSE_UNITS` raw labels the n × n matrix is never built:
+the same groups come from clustering each connected component of the pairs that could
+reach the cut on its own, found in row blocks. The cut is high on purpose: below it, name and member evidence cannot tell
 synonyms from close but distinct intents, so borderline pairs of groups are put to the LLM
 (:mod:`~canonlabel.labelspace.adjudicate`) and joined where it says they are the same. Hand curation is respected: the raw labels of a pinned label (renamed,
 merged or split by hand) form one block that is never broken up, two pinned blocks never
