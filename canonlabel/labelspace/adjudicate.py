@@ -3,8 +3,8 @@
 Names and member centroids settle most groupings; a pair of groups whose combined
 similarity falls just short of the threshold is the case they cannot settle (synonyms
 such as ``refund`` / ``reimbursement``). For such pairs, the closest first, the LLM is
-shown both names with their most typical member texts and answers ``same`` or
-``different``. Up to :data:`PAIRS_PER_CALL` pairs share one call, as numbered lines
+shown each group's most used raw label with that raw label's most typical member texts
+and answers ``same`` or ``different``; the answer is kept under those two raw labels. Up to :data:`PAIRS_PER_CALL` pairs share one call, as numbered lines
 (a GBNF grammar binds local models to exactly that shape; remote answers are parsed
 leniently and an unreadable line leaves its pair undecided), so a budget of a few calls
 per consolidation settles dozens of pairs (``CANONLABEL_ADJUDICATION_BATCH`` pairs per
@@ -237,7 +237,13 @@ class Adjudication:
         rows = [np.flatnonzero(assigned == g) for g in range(int(assigned.max(initial=-1)) + 1)]
         self.assigned, self.rows = assigned, [r for r in rows if len(r)]
         self.store, self.pair_of = space.store, {}
-        self.top = [ev.raw_labels[max(r, key=lambda i: (ev.uses[i], -i))] for r in self.rows]
+        tops = [max(r, key=lambda i: (ev.uses[i], -i)) for r in self.rows]
+        self.top = [ev.raw_labels[i] for i in tops]
+        # A group is shown as its most used raw label with that raw label's own texts: the
+        # answer is stored under the two raw labels and joins whatever groups hold them
+        # later, so it must be about them, not about group-mates that may move away (a
+        # "same" judged on a mixed group's texts would otherwise chain intents together).
+        self._top_centroids = pooled(ev.member_sums, [[i] for i in tops]) if tops else None
         self.links = _Links([any(ev.current[i] in space.pinned for i in r) for r in self.rows])
         self.raws = [[ev.raw_labels[i] for i in r] for r in self.rows]
         self._examples: dict[int, list[str]] = {}
@@ -257,7 +263,7 @@ class Adjudication:
 
     def _shown(self, g: int) -> Shown:
         if g not in self._examples:
-            texts = self.store.typical_member_texts(self.raws[g], self.content[g], EXAMPLES)
+            texts = self.store.typical_member_texts([self.top[g]], self._top_centroids[g], EXAMPLES)
             self._examples[g] = texts
         return self.top[g], self._examples[g]
 
