@@ -40,7 +40,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(db: Path, port: int, embedder: str) -> subprocess.Popen:
+def start(db: Path, port: int, embedder: str, log=subprocess.DEVNULL) -> subprocess.Popen:
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -58,8 +58,8 @@ def start(db: Path, port: int, embedder: str) -> subprocess.Popen:
             "--concurrency",
             "16",
         ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
     )
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -127,8 +127,12 @@ async def closed_loop(url, texts, workers, seconds) -> dict:
             i = w
             while time.perf_counter() < stop:
                 t = time.perf_counter()
-                r = await client.post("/v1/classify", json={"text": texts[i % len(texts)]})
-                if r.status_code == 200:
+                try:
+                    r = await client.post("/v1/classify", json={"text": texts[i % len(texts)]})
+                    ok = r.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                if ok:
                     latencies.append(time.perf_counter() - t)
                 else:
                     errors += 1
@@ -183,14 +187,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         db, port = Path(tmp) / "load.db", free_port()
         url = f"http://127.0.0.1:{port}"
-        proc = start(db, port, args.embedder)
+        server_log = (Path(tmp) / "server.log").open("wb")
+        proc = start(db, port, args.embedder, server_log)
         try:
             texts = mixed_texts(pool, int(args.rate * args.seconds))
             report["mixed"] = asyncio.run(open_loop(url, texts, args.rate, args.seconds))
             seen = list(dict.fromkeys(texts))
             report["all_hits"] = asyncio.run(closed_loop(url, seen, 16, 10))
             fresh = [t for t in pool[1000:] if t not in set(seen)][:1400]
-            report["retraining"] = asyncio.run(during_retraining(url, seen, fresh, 40, 30))
+            report["retraining"] = asyncio.run(during_retraining(url, seen, fresh, 12, 40))
+            if proc.poll() is not None:  # the server died: say why, do not go on
+                server_log.close()
+                raise SystemExit((Path(tmp) / "server.log").read_text()[-3000:])
             # 3. SIGKILL under load, then restart
             record: dict[str, int] = {}
             kill_texts = mixed_texts(pool[2400:], 400, seed=1)
