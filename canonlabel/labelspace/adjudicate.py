@@ -4,9 +4,10 @@ Names and member centroids settle most groupings; a pair of groups whose combine
 similarity falls just short of the threshold is the case they cannot settle (synonyms
 such as ``refund`` / ``reimbursement``). For such pairs, the closest first, the LLM is
 shown each group's most used raw label with that raw label's most typical member texts
-and answers ``same`` or ``different``; the answer is kept under those two raw labels. Up to :data:`PAIRS_PER_CALL` pairs share one call, as numbered lines
-(a GBNF grammar binds local models to exactly that shape; remote answers are parsed
-leniently and an unreadable line leaves its pair undecided), so a budget of a few calls
+and answers ``same`` or ``different``; the answer is kept under those two raw labels.
+Up to :data:`PAIRS_PER_CALL` pairs share one call, as numbered lines (a GBNF grammar
+binds local models to exactly that shape; remote answers are parsed leniently and an
+unreadable line leaves its pair undecided), so a budget of a few calls
 per consolidation settles dozens of pairs (``CANONLABEL_ADJUDICATION_BATCH`` pairs per
 call; local models are held to what fits their context). Labelers that cannot do free
 completions are asked one closed question per pair. Answers are kept in the store, so a

@@ -9,8 +9,8 @@ Raw labels are sorted by name and clustered with average linkage on that similar
 at ``threshold`` (no random state, so the result depends only on the set of raw labels and
 their members). Beyond :data:`DENSE_UNITS` raw labels the n × n matrix is never built:
 the same groups come from clustering each connected component of the pairs that could
-reach the cut on its own, found in row blocks. The cut is high on purpose: below it, name and member evidence cannot tell
-synonyms from close but distinct intents, so borderline pairs of groups are put to the LLM
+reach the cut on its own, found in row blocks. The cut is high on purpose: below it, name
+and member evidence cannot tell synonyms from close but distinct intents, so borderline pairs of groups are put to the LLM
 (:mod:`~canonlabel.labelspace.adjudicate`) and joined where it says they are the same. Hand curation is respected: the raw labels of a pinned label (renamed,
 merged or split by hand) form one block that is never broken up, two pinned blocks never
 end up in one group, and a pinned label keeps its name.
