@@ -39,6 +39,7 @@ from canonlabel.thresholds import (
     CONFIDENCE_GRID,
     SIMILARITY_GRID,
     AuditedThresholds,
+    bin_of,
     joint_thresholds,
     wilson_interval,
 )
@@ -242,7 +243,7 @@ class Router:
         with chance 1 - (1 - e)², so e = 1 - sqrt(1 - rate). An answer that is always
         right still disagrees with such an LLM e of the time: no bound below e holds."""
         _, audited, wrong = self.cache.counts(self.space.resolve)
-        first = int(np.searchsorted(self.cache.grid, NEAR_DUPLICATE - 1e-9))
+        first = bin_of(NEAR_DUPLICATE, self.cache.grid)
         n, e = int(audited[first:].sum()), int(wrong[first:].sum())
         if not n:
             return {"near_duplicate_audits": 0, "rate": None, "llm_error": None}
