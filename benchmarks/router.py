@@ -51,6 +51,14 @@ def run(data: EvalData, labeler, settings: Settings, seed: int = 0) -> dict:
             for i, r in zip(chunk, results):
                 sources[i] = r.source or "failed"
             calls_at.append(clf.counters["llm_calls"])
+            if len(calls_at) % 16 == 0:  # long bundled runs: show they are alive
+                done = pos + len(chunk)
+                print(
+                    f"  {done:,} items, {calls_at[-1]:,} LLM calls, "
+                    f"{time.perf_counter() - start:.0f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
         if clf.router is not None:
             clf.router.wait()
         clf.consolidate()

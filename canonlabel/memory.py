@@ -197,6 +197,8 @@ class Memory:
             self.sync(force=True)
 
     def close(self) -> None:
+        if self.router is not None:
+            self.router.wait()  # a head being fitted is saved, not written to a closed store
         self.store.close()
 
     def consolidate(self, *, dry_run: bool = False, adjudication_budget: int | None = None) -> dict:

@@ -166,3 +166,35 @@ def test_llm_budget_caps_calls_and_fails_the_rest(make_clf):
     assert len(failed) == 5 and all("budget" in r.error for r in failed)
     assert clf.store.count("SELECT count(*) FROM items") == 3  # failures are not stored...
     assert BudgetError.__name__ == "BudgetError"
+
+
+def test_closing_while_a_head_is_fitted_saves_it(make_clf, monkeypatch):
+    """`close()` right after the batch that started a fit: the fit lands in the store
+    instead of failing on a closed connection in its thread."""
+    import threading
+    import time
+
+    from canonlabel import router
+    from canonlabel.store import SqliteStore
+    from canonlabel.testing import FakeLabeler
+
+    slow_fit = router.SoftmaxHead.fit
+
+    def fit(self, X, y):
+        time.sleep(0.5)  # still fitting when close() comes
+        return slow_fit(self, X, y)
+
+    monkeypatch.setattr(router.SoftmaxHead, "fit", fit)
+    failures = []
+    monkeypatch.setattr(threading, "excepthook", failures.append)
+    clf, _ = make_clf(
+        labeler=FakeLabeler(_topic_rule), router_min_items=40, router_retrain_every=40
+    )
+    clf.classify_many(_texts(12))
+    assert clf.router._training is not None and clf.router._training.is_alive()
+    path = clf.store.path
+    clf.close()
+    assert not failures
+    reopened = SqliteStore(path)
+    assert reopened.count("SELECT count(*) FROM router_versions") == 1
+    reopened.close()
