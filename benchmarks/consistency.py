@@ -59,6 +59,8 @@ def run_canonlabel(data: EvalData, order, labeler, settings: Settings) -> tuple[
         clf = Classifier.open(settings=s, embedder=data.embedder, labeler=labeler)
         for i in order:  # one at a time: each item sees everything before it
             clf.classify_many([data.texts[i]], [str(i)])
+            if clf.router is not None:  # each fit lands before the next item: the run
+                clf.router.wait()  # depends on the order alone, not on thread timing
         if hasattr(clf, "consolidate"):  # (absent before consolidation existed)
             clf.consolidate()  # what the end of a `classify` job does
         calls = clf.counters["llm_calls"]  # adjudication questions included

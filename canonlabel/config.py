@@ -66,7 +66,7 @@ class Settings(BaseSettings):
         200, ge=0, description="most LLM calls on borderline groups per consolidation (0: none)"
     )
     adjudication_share: float = Field(
-        0.05,
+        0.08,
         ge=0,
         le=1,
         description="adjudication calls in all, as a share of the LLM labelling calls so far",

@@ -201,6 +201,49 @@ def test_batched_answers_are_parsed_leniently_and_hostile_lines_ignored():
     assert grammar.count('answer "\\n"') == 3 and 'answer ::= "same" | "different"' in grammar
 
 
+class Scripted(SimulatedLLM):
+    """The simulated LLM, with the raw label of some texts fixed in advance."""
+
+    def __init__(self, gold, names: dict[str, str]):
+        super().__init__(gold)
+        self.names = names
+
+    def _answer(self, request):
+        if request.text in self.names:
+            self.calls += 1
+            return LabelResponse(self.names[request.text], Usage(1, 1))
+        return super()._answer(request)
+
+
+@pytest.mark.parametrize("other", ["lost_or_stolen_card", "card_arrival"])
+def test_same_is_not_transitive_through_one_generic_raw_label(tmp_path, other):
+    """`waiting_generic` was said to be like both sides; the sides join only if their own
+    most used raw labels are judged the same too (asked, then kept)."""
+    gold = corpus()
+    side_a = [t for t, i in gold.items() if i == "card_arrival"][:6]
+    side_b = [t for t, i in gold.items() if i == other and t not in side_a][-6:]
+    names = {t: "card_delivery_question" for t in side_a[1:]}
+    names |= {t: "unrelated_side_matter" for t in side_b[1:]}
+    names |= {side_a[0]: "waiting_generic", side_b[0]: "waiting_generic"}
+    llm = Scripted(gold, names)
+    clf = build(
+        tmp_path, f"t{other}", side_a + side_b, gold, labeler=llm, consolidate_threshold=0.99
+    )
+    with clf.store.write() as c:
+        for pair in (
+            "card_delivery_question|waiting_generic",
+            "unrelated_side_matter|waiting_generic",
+        ):
+            c.execute("INSERT INTO adjudications VALUES (?, 1, 0)", (pair,))
+    clf.consolidate(adjudication_budget=3)
+    labels = final_labels(clf)
+    heads = clf.store.adjudications()["card_delivery_question|unrelated_side_matter"]
+    assert heads == (other == "card_arrival")  # the heads' pair was asked
+    joined = labels[side_a[1]] == labels[side_b[1]]
+    assert joined == heads
+    assert labels[side_a[0]] == labels[side_a[1]]  # the generic one joins the first side
+
+
 def test_adjudication_without_free_completion_asks_one_closed_question_per_pair(tmp_path):
     class ClosedOnly(SimulatedLLM):
         def complete(self, prompt, *, grammar=None, max_tokens=256):

@@ -5,6 +5,9 @@ similarity falls just short of the threshold is the case they cannot settle (syn
 such as ``refund`` / ``reimbursement``). For such pairs, the closest first, the LLM is
 shown each group's most used raw label with that raw label's most typical member texts
 and answers ``same`` or ``different``; the answer is kept under those two raw labels.
+A ``same`` joins the two groups' components only when it is about the components' heads
+(their most used groups) or the heads were judged the same as well (asked next), so that
+one generic raw label like both sides cannot chain two intents together.
 Up to :data:`PAIRS_PER_CALL` pairs share one call, as numbered lines (a GBNF grammar
 binds local models to exactly that shape; remote answers are parsed leniently and an
 unreadable line leaves its pair undecided), so a budget of a few calls
@@ -114,15 +117,16 @@ def ask(
     budget: int,
     per_call: int = PAIRS_PER_CALL,
     settled: Callable[[str], bool] = lambda key: False,
-    answered: Callable[[str, bool], None] = lambda key, same: None,
+    answered: Callable[[str, bool], Sequence] = lambda key, same: (),
     controls: Sequence[tuple[tuple[Shown, Shown], bool]] = (),
     parallel: int = 1,
 ) -> int:
     """Put ``pairs`` (key, what to show), closest first, to the LLM in calls of
     ``per_call``, at most ``budget`` calls, ``parallel`` at a time; a pair that is
     ``settled`` by the time its call is filled (already joined through earlier answers)
-    is skipped. Each answer is stored and passed to ``answered``. Returns the calls made;
-    a failed call leaves its pairs undecided.
+    is skipped. Each answer is stored and passed to ``answered``, which may return
+    follow-up pairs, asked before the rest. Returns the calls made; a failed call leaves
+    its pairs undecided.
 
     ``controls`` are pairs whose answer is known (a label against itself, against
     placeholder text), mixed into every batched call at positions that vary: a call that
@@ -149,7 +153,7 @@ def ask(
             new = {keys[i]: same for i, same in got.items()}
             _store(store, new)
             for key, same in new.items():
-                answered(key, same)
+                queue[:0] = answered(key, same)
     return calls
 
 
@@ -245,22 +249,56 @@ class Adjudication:
         # later, so it must be about them, not about group-mates that may move away (a
         # "same" judged on a mixed group's texts would otherwise chain intents together).
         self._top_centroids = pooled(ev.member_sums, [[i] for i in tops]) if tops else None
-        self.links = _Links([any(ev.current[i] in space.pinned for i in r) for r in self.rows])
+        self.links = _Links(
+            [any(ev.current[i] in space.pinned for i in r) for r in self.rows],
+            [int(sum(ev.uses[i] for i in r)) for r in self.rows],
+        )
         self.raws = [[ev.raw_labels[i] for i in r] for r in self.rows]
         self._examples: dict[int, list[str]] = {}
+        self.stored: dict[str, bool] = {}
         if len(self.rows) < 2:
             return
         group_of = {raw: g for g, raws in enumerate(self.raws) for raw in raws}
-        stored = self.store.adjudications()
+        self.stored = stored = self.store.adjudications()
+        checks: dict[str, tuple[int, int]] = {}  # joins waiting for their heads' answer
         for key, same in sorted(stored.items()):
             a, _, b = key.partition("|")
             if same and a in group_of and b in group_of:
-                self.links.join(group_of[a], group_of[b])
+                check = self._claim(group_of[a], group_of[b])
+                if check is not None:
+                    checks.setdefault(self._key(*check), check)
         names, self.content = pooled(ev.core, self.rows), pooled(ev.member_sums, self.rows)
+        self.pair_of.update(checks)
         for g, h, _ in borderline_pairs(names, self.content, name_weight, floor, 2.0):
-            key = "|".join(sorted((self.top[g], self.top[h])))
+            key = self._key(g, h)
             if key not in stored and not (self.links.pinned[g] and self.links.pinned[h]):
                 self.pair_of.setdefault(key, (g, h))
+
+    def _key(self, g: int, h: int) -> str:
+        return "|".join(sorted((self.top[g], self.top[h])))
+
+    def _claim(self, g: int, h: int) -> tuple[int, int] | None:
+        """Apply a ``same`` answer about groups ``g`` and ``h``: their components join when
+        it was about the two components' heads (most used groups), or when the heads were
+        also judged the same. Returns the heads' pair when that is still to be asked.
+
+        Without this, "same" is transitive through any small group: one generic raw label
+        (``waiting_transaction``, used once for a card payment and once for a transfer)
+        that is like both sides joins two intents that nobody judged alike."""
+        links = self.links
+        a, b = links.find(g), links.find(h)
+        if a == b:
+            return None
+        ha, hb = links.head[a], links.head[b]
+        if {ha, hb} == {g, h}:
+            links.join(g, h)
+            return None
+        known = self.stored.get(self._key(ha, hb))
+        if known is None:
+            return (ha, hb)
+        if known:
+            links.join(g, h)
+        return None
 
     def _shown(self, g: int) -> Shown:
         if g not in self._examples:
@@ -285,17 +323,26 @@ class Adjudication:
         """New questions, closest pairs first, skipping pairs already joined; returns the
         LLM calls made (at most ``budget``, ``parallel`` at a time)."""
         links, pair_of = self.links, self.pair_of
+
+        def question(g: int, h: int) -> tuple[str, Callable]:
+            return self._key(g, h), lambda: (self._shown(g), self._shown(h))
+
+        def answered(key: str, same: bool) -> list:
+            self.stored[key] = same
+            check = self._claim(*pair_of[key]) if same else None
+            if check is None:
+                return []
+            pair_of.setdefault(self._key(*check), check)
+            return [question(*check)]
+
         return ask(
             self.store,
             labeler,
-            [
-                (k, lambda g=g, h=h: (self._shown(g), self._shown(h)))
-                for k, (g, h) in pair_of.items()
-            ],
+            [question(g, h) for g, h in pair_of.values()],
             budget,
             per_call,
             settled=lambda k: links.joined(*pair_of[k]),
-            answered=lambda k, same: same and links.join(*pair_of[k]),
+            answered=answered,
             controls=self.controls() if per_call > 2 else (),
             parallel=parallel,
         )
@@ -311,9 +358,11 @@ class Adjudication:
 class _Links:
     """Union-find over groups in which two groups curated by hand never meet."""
 
-    def __init__(self, pinned: list[bool]) -> None:
+    def __init__(self, pinned: list[bool], weight: list[int]) -> None:
         self.parent = list(range(len(pinned)))
         self.pinned = pinned
+        self.weight = weight  # items per group; a component's head is its heaviest group
+        self.head = list(range(len(pinned)))
 
     def find(self, g: int) -> int:
         while self.parent[g] != g:
@@ -328,5 +377,8 @@ class _Links:
     def join(self, g: int, h: int) -> None:
         a, b = self.find(g), self.find(h)
         if a != b and not (self.pinned[a] and self.pinned[b]):
-            self.parent[max(a, b)] = min(a, b)
-            self.pinned[min(a, b)] = self.pinned[a] or self.pinned[b]
+            heads = (self.head[a], self.head[b])
+            root = min(a, b)
+            self.parent[max(a, b)] = root
+            self.pinned[root] = self.pinned[a] or self.pinned[b]
+            self.head[root] = max(heads, key=lambda x: (self.weight[x], -x))
