@@ -28,7 +28,6 @@ the LLM, and the gate that holds the semantic cache to the same error bound.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import math
 import threading
@@ -36,6 +35,7 @@ import time
 
 import numpy as np
 
+from canonlabel.blas import small_product
 from canonlabel.thresholds import (
     CONFIDENCE_GRID,
     SIMILARITY_GRID,
@@ -46,35 +46,6 @@ from canonlabel.thresholds import (
 )
 
 NEAR_DUPLICATE = 0.96  # similarity from which two texts are near-duplicates (a grid edge)
-
-
-_BLAS: list = []  # the threadpoolctl controller, made once (it scans loaded libraries)
-_BLAS_LOCK = threading.Lock()  # limits restore what they found: never two at once
-
-
-@contextlib.contextmanager
-def _one_blas_thread(rows: int):
-    """BLAS on one thread, for batches big enough to be split.
-
-    The head's product (batch × 384 × labels) is tiny; split over BLAS threads, it waits
-    for cores the embedder's threads still hold and took 2–30 ms a batch under load,
-    against 0.2 ms on one thread."""
-    if rows < 8:  # BLAS keeps such products on one thread anyway
-        yield
-        return
-    with _BLAS_LOCK:
-        if not _BLAS:
-            try:
-                from threadpoolctl import ThreadpoolController
-
-                _BLAS.append(ThreadpoolController())
-            except ImportError:  # (installed with scikit-learn, which fitted the head)
-                _BLAS.append(None)
-        if _BLAS[0] is None:
-            yield
-            return
-        with _BLAS[0].limit(limits=1, user_api="blas"):
-            yield
 
 
 class SoftmaxHead:
@@ -98,7 +69,7 @@ class SoftmaxHead:
         return self
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        with _one_blas_thread(len(X)):
+        with small_product(len(X), len(self.coef_), X.shape[1]):
             z = X @ self.coef_.T + self.intercept_
         z -= z.max(axis=1, keepdims=True)
         np.exp(z, out=z)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from canonlabel.blas import small_product
 from canonlabel.index.base import VectorIndex
 
 
@@ -49,7 +50,8 @@ class ExactIndex(VectorIndex):
         keys = np.full((nq, k), -1, dtype=np.int64)
         if self._n == 0 or nq == 0:
             return sims, keys
-        scores = queries @ self._vectors[: self._n].T
+        with small_product(nq, self._n, self.dim):
+            scores = queries @ self._vectors[: self._n].T
         kk = min(k, self._n)
         if kk == 1:
             top = scores.argmax(axis=1)[:, None]
