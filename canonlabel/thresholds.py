@@ -153,8 +153,10 @@ class AuditedThresholds:
         if math.isinf(t):
             return {"error": None, "upper_95": None}
         seen, audited, wrong = self._counts(self._audits, self._seen.values(), resolve)
-        est, upper, _ = region_bounds(seen, audited, wrong)
+        est, upper, m = region_bounds(seen, audited, wrong)
         i = int(np.searchsorted(self.grid, t))
+        if i >= len(m) or m[i] == 0:  # no audit there yet: the prior is not an estimate
+            return {"error": None, "upper_95": None}
         return {"error": round(float(est[i]), 4), "upper_95": round(float(upper[i]), 4)}
 
     def lowest_error(self, resolve: Resolve) -> float | None:

@@ -198,3 +198,12 @@ def test_closing_while_a_head_is_fitted_saves_it(make_clf, monkeypatch):
     reopened = SqliteStore(path)
     assert reopened.count("SELECT count(*) FROM router_versions") == 1
     reopened.close()
+
+
+def test_no_audits_means_no_error_estimate_not_a_prior_of_one():
+    cache = AuditedThresholds(0.05, 20, SIMILARITY_GRID, default=0.8)
+    cache.seen([1, 2], [0.9, 0.85])
+    assert cache.estimated_error(lambda x: x) == {"error": None, "upper_95": None}
+    for _ in range(30):
+        cache.add(1, 1, 0.9, lambda x: x)
+    assert cache.estimated_error(lambda x: x)["error"] is not None
