@@ -73,6 +73,40 @@ def _out(result) -> dict:
     return data
 
 
+class BodyLimit:
+    """413 for a request body over ``limit`` bytes, declared or streamed (a chunked body
+    has no length to check up front, so the bytes are counted as they arrive).
+
+    Plain ASGI: the ``@app.middleware`` form runs every request through an extra task
+    and stream, a third of the event loop's time under all-hit load."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            response = JSONResponse({"detail": self.message}, status_code=413)
+            return await response(scope, receive, send)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise HTTPException(413, self.message)
+            return message
+
+        await self.app(scope, counted, send)
+
+    @property
+    def message(self) -> str:
+        return f"request body over {self.limit} bytes; send smaller batches"
+
+
 def create_app(settings: Settings | None = None, *, classifier=None) -> FastAPI:
     """Build the app; the store is opened in the lifespan (or ``classifier`` is used)."""
     settings = settings or Settings()
@@ -108,18 +142,7 @@ def create_app(settings: Settings | None = None, *, classifier=None) -> FastAPI:
         ]
         return JSONResponse({"detail": errors}, status_code=422)
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > settings.max_body_bytes:
-            return JSONResponse(
-                {
-                    "detail": f"request body over {settings.max_body_bytes} "
-                    "bytes; send smaller batches"
-                },
-                status_code=413,
-            )
-        return await call_next(request)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
 
     def auth(admin: bool):
         async def check(request: Request) -> None:

@@ -101,6 +101,17 @@ def test_size_limits(tmp_path):
             headers={"content-type": "application/json"},
         )
         assert r.status_code == 413 and "body" in r.json()["detail"]
+
+        async def chunked():  # no content-length: the bytes are counted as they come
+            yield b'{"text": "'
+            for _ in range(10):
+                yield b"x" * 1000
+            yield b'"}'
+
+        r = await c.post(
+            "/v1/classify", content=chunked(), headers={"content-type": "application/json"}
+        )
+        assert r.status_code == 413 and "body" in r.json()["detail"]
         assert (await c.post("/v1/classify", json={"txt": "a"})).status_code == 422
 
     run(app, go)
