@@ -78,7 +78,7 @@ class BodyLimit:
     has no length to check up front, so the bytes are counted as they arrive).
 
     Plain ASGI: the ``@app.middleware`` form runs every request through an extra task
-    and stream, a third of the event loop's time under all-hit load."""
+    and stream (14% of the event loop's samples in a profile under all-hit load)."""
 
     def __init__(self, app, limit: int) -> None:
         self.app, self.limit = app, limit
