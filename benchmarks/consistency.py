@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -53,6 +54,9 @@ def load(spec: str) -> tuple[str, list[str], list[str]]:
     return f"{name}:{split}:{len(rows)}", [r["text"] for r in rows], [r["labels"][0] for r in rows]
 
 
+KEEP: Path | None = None  # --keep-stores: where each run's store is copied for inspection
+
+
 def run_canonlabel(data: EvalData, order, labeler, settings: Settings) -> tuple[list[str], int]:
     with tempfile.TemporaryDirectory() as tmp:
         s = settings.model_copy(update={"db": Path(tmp) / "bench.db"})
@@ -69,6 +73,9 @@ def run_canonlabel(data: EvalData, order, labeler, settings: Settings) -> tuple[
             for ext, label_id in clf.store.conn.execute("SELECT ext_id, label_id FROM items")
         }
         clf.close()
+        if KEEP is not None:
+            KEEP.mkdir(parents=True, exist_ok=True)
+            shutil.copy(s.db, KEEP / f"run{len(list(KEEP.glob('run*.db'))):03d}.db")
     return [final.get(i, f"_failed_{i}") for i in range(len(data.texts))], calls
 
 
@@ -179,7 +186,10 @@ def main() -> None:
     ap.add_argument("--settings", default="{}", help="JSON overrides for canonlabel's settings")
     ap.add_argument("--llm-cache", default=None, help="SQLite answer cache (bundled stack reruns)")
     ap.add_argument("--out", default="benchmarks/results/consistency.json")
+    ap.add_argument("--keep-stores", type=Path, default=None, help="copy each store here")
     args = ap.parse_args()
+    global KEEP
+    KEEP = args.keep_stores
     settings = Settings().model_copy(update=json.loads(args.settings))
     embedder = make_embedder("minilm", settings)
     report = {"settings": json.loads(args.settings), "llm": args.llm, "runs": []}

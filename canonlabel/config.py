@@ -56,20 +56,22 @@ class Settings(BaseSettings):
     consolidate_growth: float = Field(
         0.25, ge=0, description="...or after this share of the raw labels, if more"
     )
-    consolidate_threshold: float = Field(
-        0.85,
+    consolidate_threshold: float | None = Field(
+        None,
         ge=0,
         le=1,
-        description="combined similarity at which raw labels are grouped without asking",
+        description="combined similarity at which raw labels are grouped without asking "
+        "(default: the LLM's own, else 0.85)",
     )
     adjudication_budget: int = Field(
         200, ge=0, description="most LLM calls on borderline groups per consolidation (0: none)"
     )
-    adjudication_share: float = Field(
-        0.08,
+    adjudication_share: float | None = Field(
+        None,
         ge=0,
         le=1,
-        description="adjudication calls in all, as a share of the LLM labelling calls so far",
+        description="adjudication calls in all, as a share of the LLM labelling calls so far "
+        "(default: the LLM's own, else 0.08)",
     )
     adjudication_floor: float = Field(
         0.4, ge=0, le=1, description="lowest combined similarity a pair is put to the LLM at"
@@ -77,8 +79,12 @@ class Settings(BaseSettings):
     adjudication_batch: int = Field(
         16, ge=1, le=50, description="borderline pairs judged in one LLM call"
     )
-    consolidate_name_weight: float = Field(
-        0.6, ge=0, le=1, description="weight of name similarity against member similarity"
+    consolidate_name_weight: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="weight of name similarity against member similarity "
+        "(default: the LLM's own, else 0.6)",
     )
     router: bool = Field(
         True, description="a head trained online answers confident items without the LLM"

@@ -8,10 +8,11 @@ knows how to ask the LLM once (with validation and one re-ask). The engine works
 from __future__ import annotations
 
 import functools
+import json
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -32,7 +33,7 @@ from canonlabel.labelspace import LabelSpace, consolidate
 from canonlabel.llm import Labeler
 from canonlabel.router import Router
 from canonlabel.store import Store, StoredItem
-from canonlabel.types import LabelRequest, Result, Usage
+from canonlabel.types import Grouping, LabelRequest, Result, Usage
 
 
 def _release_memory() -> None:
@@ -105,13 +106,27 @@ class Memory:
             store.lock_writer(self.settings.lock_wait)
         store.bind_embedder(self.embedder.id, self.dim, write=not self.read_only)
         if not self.read_only:
-            store.set_meta(
-                {
-                    "labeler": self.labeler.id,
-                    "min_similarity": self.settings.min_similarity,
-                    "label_similarity": self.settings.label_similarity,
-                }
-            )
+            meta: dict[str, object] = {
+                "min_similarity": self.settings.min_similarity,
+                "label_similarity": self.settings.label_similarity,
+            }
+            if self.labeler.id != "none":  # a command that loads no LLM keeps the record
+                grouping = getattr(self.labeler, "grouping", None)
+                meta |= {"labeler": self.labeler.id, "grouping": grouping and asdict(grouping)}
+            store.set_meta(meta)
+
+    def grouping(self) -> Grouping:
+        """Consolidation's settings: what the user set, else the labelling LLM's own (as
+        the store recorded it, so a later command that loads no LLM groups the same way),
+        else the generic defaults."""
+        s = self.settings
+        recorded = json.loads(self.store.meta().get("grouping", "null") or "null")
+        base = Grouping(**recorded) if recorded else Grouping()
+        return Grouping(
+            base.name_weight if s.consolidate_name_weight is None else s.consolidate_name_weight,
+            base.threshold if s.consolidate_threshold is None else s.consolidate_threshold,
+            base.adjudication_share if s.adjudication_share is None else s.adjudication_share,
+        )
 
     def reload(self) -> None:
         """Rebuild the in-memory label space and cache from the store."""
@@ -224,16 +239,18 @@ class Memory:
         s = self.settings
         spent = int(float(self.store.meta().get("adjudication_calls", 0)))
         paid = self.store.count("SELECT count(*) FROM items WHERE source = 'llm'")
-        return max(0, min(s.adjudication_budget, int(s.adjudication_share * paid) - spent)), spent
+        share = self.grouping().adjudication_share
+        return max(0, min(s.adjudication_budget, int(share * paid) - spent)), spent
 
     def _consolidate(self, dry_run: bool, budget: int | None = None) -> dict:
         s = self.settings
         known = len(self.space.aliases)
         allowance, _ = self._adjudication_allowance()
+        grouping = self.grouping()
         report = consolidate(
             self.space,
-            name_weight=s.consolidate_name_weight,
-            threshold=s.consolidate_threshold,
+            name_weight=grouping.name_weight,
+            threshold=grouping.threshold,
             labeler=self.labeler,
             adjudication_budget=allowance if budget is None else budget,
             adjudication_floor=s.adjudication_floor,
@@ -262,11 +279,12 @@ class Memory:
         if allowance == 0:
             return None
         self.sync(force=True)
+        grouping = self.grouping()
         adj = borderline(
             self.space,
             gather(self.space),
-            name_weight=s.consolidate_name_weight,
-            threshold=s.consolidate_threshold,
+            name_weight=grouping.name_weight,
+            threshold=grouping.threshold,
             floor=s.adjudication_floor,
         )
         if not adj.pair_of:

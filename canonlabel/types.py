@@ -10,6 +10,21 @@ STAGES = ("normalise", "embed", "search", "llm", "canonicalise", "store")
 
 
 @dataclass(frozen=True)
+class Grouping:
+    """How consolidation groups raw labels: the weight of name similarity against member
+    similarity, the combined similarity grouped without asking, and the share of LLM
+    labelling calls it may spend on adjudicating borderline pairs.
+
+    The defaults suit an instruction-following LLM whose names say what a text is about.
+    A labeler whose names mostly echo the text's words, and which cannot judge whether
+    two labels mean the same, declares its own (see ``Labeler.grouping``)."""
+
+    name_weight: float = 0.6
+    threshold: float = 0.85
+    adjudication_share: float = 0.08
+
+
+@dataclass(frozen=True)
 class Usage:
     """LLM token usage of one call (zero when no LLM was asked)."""
 

@@ -438,3 +438,40 @@ def test_simulated_llm_reads_a_clipped_example_as_the_whole_text():
     out = llm.complete(adjudicate.batch_question(pairs)).output
     assert adjudicate.parse(out, 2) == {0: True, 1: False}
     assert llm.intent("I transferred money") is None  # too short to stand for one text
+
+
+def test_an_llm_that_declares_its_grouping_is_grouped_its_way_and_settings_win(tmp_path):
+    """A labeler may declare how its raw labels group (the bundled 270M model does: by
+    their texts, without adjudication). The store records it, so a later command that
+    loads no LLM groups the same way; an explicit setting still wins."""
+    from canonlabel.types import Grouping
+
+    gold = corpus()
+
+    class Echoing(SimulatedLLM):
+        grouping = Grouping(name_weight=0.0, threshold=0.3, adjudication_share=0.0)
+
+    llm = Echoing(gold, inconsistency=0.7)
+    clf = build(tmp_path, "g", sorted(gold), gold, labeler=llm)
+    assert clf.grouping() == Echoing.grouping
+    generic = build(tmp_path, "n", sorted(gold), gold)
+    assert generic.grouping() == Grouping()
+    calls = llm.calls
+    report = clf.consolidate()
+    assert report["adjudication_calls"] == 0 and llm.calls == calls  # nothing to adjudicate
+    generic.consolidate()
+    # members alone at a low cut: fewer labels than the generic grouping leaves
+    assert len(clf.space) < len(generic.space)
+    clf.close()
+
+    class NoLLM:
+        id = "none"
+
+    reopened = Classifier.open(
+        settings=Settings(db=tmp_path / "g.db"), embedder=HashEmbedder(), labeler=NoLLM()
+    )
+    _OPENED.append(reopened)
+    assert reopened.grouping() == Echoing.grouping
+    mine = Settings(db=tmp_path / "g.db", consolidate_threshold=0.9)
+    reopened.settings = mine
+    assert reopened.grouping() == Grouping(0.0, 0.9, 0.0)

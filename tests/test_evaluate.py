@@ -7,6 +7,7 @@ from canonlabel import Settings
 from canonlabel.calibrate import recommend_cache, recommend_labels, sweep_cache, sweep_labels
 from canonlabel.evaluate import EvalData, evaluate
 from canonlabel.testing import FakeLabeler, HashEmbedder
+from canonlabel.types import Grouping
 from tests.conftest import run_cli
 
 DATA = Path(__file__).parent / "data" / "banking77_200.jsonl"
@@ -71,7 +72,7 @@ def test_small_end_to_end_eval_with_fake_llm(tmp_path):
     assert s["llm-only"]["llm_calls"] == 200 and s["llm-only"]["hit_rate"] == 0
     # the cache saves labelling calls; adjudication (counted too) spends a bounded share
     labelling = s["canonlabel"]["llm_calls"] - s["canonlabel"]["adjudication_calls"]
-    share = Settings().adjudication_share
+    share = Grouping().adjudication_share  # the FakeLabeler declares none of its own
     assert labelling < 200 and s["canonlabel"]["adjudication_calls"] <= share * labelling + 1
     assert s["canonlabel"]["hit_precision"] is not None
     for name in s:

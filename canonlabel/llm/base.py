@@ -3,7 +3,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
-from canonlabel.types import LabelRequest, LabelResponse
+from canonlabel.types import Grouping, LabelRequest, LabelResponse
 
 
 class Labeler(ABC):
@@ -15,6 +15,7 @@ class Labeler(ABC):
     """
 
     id: str = "labeler"
+    grouping: Grouping | None = None  # consolidation defaults for this LLM (None: generic)
 
     @abstractmethod
     def label_batch(self, requests: Sequence[LabelRequest]) -> list[LabelResponse]:
