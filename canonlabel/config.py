@@ -38,7 +38,12 @@ class Settings(BaseSettings):
     embedder_api_key: str | None = None
     min_similarity: float = Field(0.8, ge=0, le=1, description="semantic cache threshold")
     label_similarity: float = Field(0.70, ge=0, le=1, description="raw-label merge threshold")
-    candidates: int = Field(3, ge=0, le=50, description="existing labels shown to the LLM")
+    candidates: int | None = Field(
+        None,
+        ge=0,
+        le=50,
+        description="existing labels shown to the LLM (default: the LLM's own, else 3)",
+    )
     candidate_source: CandidateSource = "embedding"
     candidate_min_similarity: float = Field(
         0.70, ge=-1, le=1, description="embedding candidates less similar than this are not shown"

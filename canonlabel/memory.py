@@ -333,8 +333,16 @@ class Memory:
         """The existing canonical labels shown to the LLM for this text."""
         s = self.settings
         return self.space.candidates(
-            text, vector, s.candidates, s.candidate_source, s.candidate_min_similarity
+            text, vector, self.shown_candidates(), s.candidate_source, s.candidate_min_similarity
         )
+
+    def shown_candidates(self) -> int:
+        """How many existing labels the LLM is shown: the setting, else the LLM's own
+        (0 for the bundled 270M model), else 3."""
+        if self.settings.candidates is not None:
+            return self.settings.candidates
+        own = getattr(self.labeler, "candidates", None)
+        return 3 if own is None else own
 
     def ask(
         self, text: str, candidates: tuple[str, ...], vector: np.ndarray | None = None

@@ -450,12 +450,16 @@ def test_an_llm_that_declares_its_grouping_is_grouped_its_way_and_settings_win(t
 
     class Echoing(SimulatedLLM):
         grouping = Grouping(name_weight=0.0, threshold=0.3, adjudication_share=0.0)
+        candidates = 0
 
     llm = Echoing(gold, inconsistency=0.7)
     clf = build(tmp_path, "g", sorted(gold), gold, labeler=llm)
-    assert clf.grouping() == Echoing.grouping
     generic = build(tmp_path, "n", sorted(gold), gold)
-    assert generic.grouping() == Grouping()
+    assert clf.grouping() == Echoing.grouping and generic.grouping() == Grouping()
+    unset = {"candidates": None}  # build() shows none; unset, the LLM's own count applies
+    clf.settings = clf.settings.model_copy(update=unset)
+    generic.settings = generic.settings.model_copy(update=unset)
+    assert clf.shown_candidates() == 0 and generic.shown_candidates() == 3
     calls = llm.calls
     report = clf.consolidate()
     assert report["adjudication_calls"] == 0 and llm.calls == calls  # nothing to adjudicate
@@ -472,6 +476,6 @@ def test_an_llm_that_declares_its_grouping_is_grouped_its_way_and_settings_win(t
     )
     _OPENED.append(reopened)
     assert reopened.grouping() == Echoing.grouping
-    mine = Settings(db=tmp_path / "g.db", consolidate_threshold=0.9)
+    mine = Settings(db=tmp_path / "g.db", consolidate_threshold=0.9, candidates=2)
     reopened.settings = mine
-    assert reopened.grouping() == Grouping(0.0, 0.9, 0.0)
+    assert reopened.grouping() == Grouping(0.0, 0.9, 0.0) and reopened.shown_candidates() == 2

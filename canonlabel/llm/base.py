@@ -16,6 +16,7 @@ class Labeler(ABC):
 
     id: str = "labeler"
     grouping: Grouping | None = None  # consolidation defaults for this LLM (None: generic)
+    candidates: int | None = None  # existing labels best shown to it (None: generic, 3)
 
     @abstractmethod
     def label_batch(self, requests: Sequence[LabelRequest]) -> list[LabelResponse]:

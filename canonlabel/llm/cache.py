@@ -23,7 +23,7 @@ class CachingLabeler(Labeler):
     def __init__(self, base: Labeler, path: str | Path) -> None:
         self.base = base
         self.id = base.id
-        self.grouping = base.grouping
+        self.grouping, self.candidates = base.grouping, base.candidates
         self.max_pairs = getattr(base, "max_pairs", 50)  # what one adjudication call may hold
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)

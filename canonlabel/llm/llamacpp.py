@@ -84,8 +84,10 @@ def bundled_gemma_path(cache_dir: Path) -> Path:
 # The bundled 270M base model names a text mostly by echoing its words, and its verdicts
 # on "do these two labels mean the same" are no better than chance. So its raw labels are
 # grouped mainly by the texts they were given (member centroids) at a lower cut, and
-# nothing is spent on adjudication. Chosen on Banking77 test (300 texts, 3 orders) and
-# checked on NLU++ banking test; see the README's consistency section.
+# nothing is spent on adjudication. It is shown no existing labels either: it copies one
+# whatever the text says, which made its raw labels depend on arrival order. Chosen on
+# Banking77 test (300 texts, 3 orders), checked on NLU++ banking test; see the README's
+# consistency section.
 BUNDLED_GROUPING = Grouping(name_weight=0.2, threshold=0.6, adjudication_share=0.0)
 
 
@@ -112,6 +114,7 @@ class LlamaCppLabeler(Labeler):
             model_path = bundled_gemma_path(cache_dir or default_cache_dir())
             self.id = "llama.cpp:gemma-3-270m-q4_k_m"
             self.grouping = BUNDLED_GROUPING
+            self.candidates = 0  # shown labels, it copies one whatever the text says
         else:
             self.id = f"llama.cpp:{Path(model_path).name}"
         self.model_path = Path(model_path)
