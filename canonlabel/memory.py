@@ -258,6 +258,7 @@ class Memory:
             adjudication_parallel=s.concurrency,
             dry_run=dry_run,
         )
+        report["grouping"] = asdict(grouping)  # which defaults applied (the LLM's or yours)
         if not dry_run:
             self.consolidated_at = known
             self.counters["consolidations"] += 1
