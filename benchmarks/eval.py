@@ -26,6 +26,7 @@ from canonlabel.embed.cache import cached
 from canonlabel.evaluate import STRATEGIES, EvalData, evaluate
 from canonlabel.io import read_labelled
 from canonlabel.llm import make_labeler
+from canonlabel.memory import shown_candidates
 from canonlabel.report import markdown_table, write_eval_report
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -57,7 +58,7 @@ def main() -> None:
         f"LLM `{labeler.id}`, embedder `{embedder.id}`, thresholds "
         f"min_similarity={settings.min_similarity}, "
         f"label_similarity={settings.label_similarity}, candidates="
-        f"{settings.candidates}, {args.repeats} shuffled runs for consistency.",
+        f"{shown_candidates(settings, labeler)}, {args.repeats} shuffled runs for consistency.",
         "",
     ]
     for name in args.datasets.split(","):

@@ -364,6 +364,7 @@ def eval_(
     from canonlabel.evaluate import EvalData, evaluate
     from canonlabel.io import read_labelled
     from canonlabel.llm import make_labeler
+    from canonlabel.memory import shown_candidates
     from canonlabel.report import markdown_table, write_eval_report
 
     try:
@@ -399,9 +400,10 @@ def eval_(
         f"{f' limit={limit}' if limit else ''}",
         "llm": labeler.id,
         "embedder": emb.id,
-        "settings": {
-            k: getattr(settings, k)
-            for k in ("min_similarity", "label_similarity", "candidates", "candidate_source")
+        "settings": {k: getattr(settings, k) for k in ("min_similarity", "label_similarity")}
+        | {
+            "candidates": shown_candidates(settings, labeler),
+            "candidate_source": settings.candidate_source,
         },
     }
     paths = write_eval_report(report, out)

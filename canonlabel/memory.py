@@ -36,6 +36,15 @@ from canonlabel.store import Store, StoredItem
 from canonlabel.types import Grouping, LabelRequest, Result, Usage
 
 
+def shown_candidates(settings: Settings, labeler) -> int:
+    """How many existing labels the LLM is shown: the setting, else the LLM's own (0 for
+    the bundled 270M model), else 3."""
+    if settings.candidates is not None:
+        return settings.candidates
+    own = getattr(labeler, "candidates", None)
+    return 3 if own is None else own
+
+
 def _release_memory() -> None:
     """Give the O(R²) similarity matrices of a consolidation back to the OS.
 
@@ -338,12 +347,8 @@ class Memory:
         )
 
     def shown_candidates(self) -> int:
-        """How many existing labels the LLM is shown: the setting, else the LLM's own
-        (0 for the bundled 270M model), else 3."""
-        if self.settings.candidates is not None:
-            return self.settings.candidates
-        own = getattr(self.labeler, "candidates", None)
-        return 3 if own is None else own
+        """How many existing labels the LLM is shown (see :func:`shown_candidates`)."""
+        return shown_candidates(self.settings, self.labeler)
 
     def ask(
         self, text: str, candidates: tuple[str, ...], vector: np.ndarray | None = None
