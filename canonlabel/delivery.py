@@ -97,8 +97,10 @@ class Delivery:
             timings=it.timings,
         )
         row = self._row(it, stored, raw, source, sim, matched)
-        if self.settings.store_hits and source == "cache":
-            row.update(vector=it.vector, cached=True)
+        if source == "cache":
+            # Kept with or without store_hits: a hit's text is evidence of what its raw
+            # label is used for (consolidation), whichever item happened to be asked.
+            row.update(vector=it.vector, cached=self.settings.store_hits)
         return it, result, row
 
     def _commit_hits(self, hits) -> None:

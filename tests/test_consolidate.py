@@ -480,3 +480,24 @@ def test_an_llm_that_declares_its_grouping_is_grouped_its_way_and_settings_win(t
     mine = Settings(db=tmp_path / "g.db", consolidate_threshold=0.9, candidates=2)
     reopened.settings = mine
     assert reopened.grouping() == Grouping(0.0, 0.9, 0.0) and reopened.shown_candidates() == 2
+
+
+def test_a_cache_hit_counts_as_a_member_of_the_raw_label_it_reused(tmp_path):
+    """Which of two near-duplicates is asked depends on arrival order; the raw label's
+    member evidence must not, so the hit's text counts as well (and is not cached)."""
+    from canonlabel.labelspace.evidence import gather
+
+    first = "card arrive arrived delivery post mail waiting"
+    second = first + " please"
+    clf = build(
+        tmp_path, "hits", [first, second], corpus(), FakeLabeler(), min_similarity=0.5, router=False
+    )
+    sources = dict(clf.store.conn.execute("SELECT ext_id, source FROM items"))
+    assert sources == {first: "llm", second: "cache"}
+    cached = dict(clf.store.conn.execute("SELECT ext_id, cached FROM items"))
+    assert cached[second] == 0  # evidence only: store_hits decides what joins the cache
+    ev = gather(clf.space)
+    (row,) = [i for i, r in enumerate(ev.raw_labels) if r == clf.classify(first).raw_label]
+    assert ev.members[row] == 2
+    expected = clf.embedder.embed([first, second]).sum(0)
+    assert abs(ev.member_sums[row] - expected).max() < 1e-5

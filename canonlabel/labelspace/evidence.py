@@ -8,8 +8,11 @@ Three kinds, each independent of arrival order:
   when the texts of the raw labels that use it lie close together (a high mean resultant
   length of their embeddings), and filler when they are spread like the whole store. A raw
   label's core name keeps its informative words; its embedding is the name evidence.
-* **members** — the centroid of the texts the LLM gave each raw label (what the label is
-  *used for*, not what it is called).
+* **members** — the centroid of the texts labelled with each raw label, by the LLM or by a
+  semantic-cache hit that reused it (what the label is *used for*, not what it is called).
+  Hits count because which of two near-duplicate texts was asked and which reused the
+  answer depends on arrival order; counting both makes a raw label's centroid the same
+  whichever came first.
 * **shared neighbours** — two raw labels whose nearest raw labels are the same ones belong
   together even when their own similarity falls short (a fragment of an intent sits among
   the other fragments of it).
@@ -44,7 +47,7 @@ class Evidence:
     current: np.ndarray  # root label id each raw label belongs to now
     name_vectors: np.ndarray  # unit embeddings of the raw names (representatives)
     member_sums: np.ndarray  # sum of member text vectors
-    members: np.ndarray  # LLM-labelled items per raw label
+    members: np.ndarray  # items labelled with each raw label (LLM answers and cache hits)
     uses: np.ndarray  # all items per raw label (members and the hits that reused them)
     new_vectors: dict[str, np.ndarray] = field(default_factory=dict)  # to store
     cores: list[str] = field(default_factory=list)  # informative words of each raw label
@@ -53,12 +56,14 @@ class Evidence:
 
 def gather(space: LabelSpace) -> Evidence:
     """Read the evidence: each raw label's name embedding, the vectors of the items
-    labelled with it that still follow its alias (items moved by hand are left alone), and
+    labelled with it (LLM answers and the cache hits that reused them) that still follow
+    its alias (items moved by hand are left alone), and
     its core name's embedding."""
     store = space.store
     rows = store.query(
-        "SELECT raw_label, label_id, vector FROM items WHERE cached = 1 AND vector IS NOT NULL "
-        "AND source IN ('llm', 'cluster') AND raw_label IS NOT NULL"
+        "SELECT raw_label, label_id, vector FROM items WHERE vector IS NOT NULL "
+        "AND raw_label IS NOT NULL "
+        "AND (source = 'cache' OR (cached = 1 AND source IN ('llm', 'cluster')))"
     )
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = defaultdict(int)
