@@ -47,9 +47,11 @@ from canonlabel.labelspace.evidence import (
 )
 from canonlabel.labelspace.space import LabelSpace
 from canonlabel.store import to_blob
+from canonlabel.types import Grouping
 
-NAME_WEIGHT = 0.6
-THRESHOLD = 0.85  # grouped without asking; below, down to a floor, the LLM adjudicates
+# The generic grouping (one definition: canonlabel.types.Grouping). THRESHOLD is grouped
+# without asking; below it, down to a floor, the LLM adjudicates.
+NAME_WEIGHT, THRESHOLD = Grouping().name_weight, Grouping().threshold
 DENSE_UNITS = 4000  # units clustered on one dense matrix (4,000² float64: 128 MB)
 
 __all__ = ["Evidence", "consolidate", "gather", "group", "plan", "revert"]
