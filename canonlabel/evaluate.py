@@ -247,7 +247,7 @@ def _router_error(summary: dict | None) -> dict | None:
     """The router's and the cache's estimated disagreement with the LLM path."""
     if not summary:
         return None
-    keys = ("audits", "disagreed", "pooled_threshold", "error", "upper_95")
+    keys = ("audits", "disagreed", "pooled_threshold", "pooled_agreeing_only", "error", "upper_95")
     return {
         "head": {k: summary.get(k) for k in keys},
         "cache": {k: (summary.get("cache") or {}).get(k) for k in keys},

@@ -8,7 +8,6 @@ a near-duplicate leader already waiting for the LLM.
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from typing import TYPE_CHECKING
@@ -109,67 +108,89 @@ class Lookup(Delivery):
             it.vector = vector
             it.timings["embed"] = elapsed / len(todo)
 
-    def _route(self, pending: list[Item], hits) -> list[Item]:
+    def _route(self, pending: list[Item], near: list, hits) -> tuple[list[Item], list]:
         """Items the router answers become ``model`` hits (but an ``audit_rate`` share of
         them goes to the LLM instead); every other item carries the router's guess, so
-        the LLM's answer audits it for free. Returns the items left for cache and LLM."""
+        the LLM's answer audits it for free. ``near``: each item's nearest cached
+        neighbour (stored label, similarity) or None. Returns the items left for cache
+        and LLM, with their neighbours."""
         router = self.clf.router
         if router is None:
-            return pending
+            return pending, near
         start = time.perf_counter()
         labels, confs = router.predict(np.stack([it.vector for it in pending]))
-        router.scored(labels[labels >= 0], confs[labels >= 0])
-        rest = []
-        for it, label, conf in zip(pending, labels.tolist(), confs.tolist()):
-            if label < 0:
+        scores = [
+            router.head_score(label, conf, n and n[0]) if label >= 0 else conf
+            for label, conf, n in zip(labels.tolist(), confs.tolist(), near)
+        ]
+        router.scored(labels[labels >= 0], np.asarray(scores)[labels >= 0])
+        rest, rest_near = [], []
+        for it, n, label, conf, score in zip(
+            pending, near, labels.tolist(), confs.tolist(), scores
+        ):
+            if label >= 0:
+                it.guess = (label, score)  # a free audit if it goes to the LLM
+            if label < 0 or not router.answers(label, score):
                 rest.append(it)
-                continue
-            it.guess = (label, conf)  # a free audit if it goes to the LLM
-            if not router.answers(label, conf):
-                rest.append(it)
+                rest_near.append(n)
             elif self._audit_now():
                 self._lead(it)  # straight to the LLM: an audit of what the router would say
             else:
                 hits.append(self._hit(it, label, None, "model", conf, None))
         self.clf.counters["route_seconds"] += time.perf_counter() - start
-        return rest
+        return rest, rest_near
 
-    def _search(self, pending: list[Item], hits) -> None:
-        pending = self._route(pending, hits)
-        if not pending:
-            return
+    def _neighbours(self, pending: list[Item]) -> list[tuple[int, float, int] | None]:
+        """Each item's nearest cached neighbour: (stored label, similarity, item id)."""
         clf = self.clf
         start = time.perf_counter()
         sims, keys = clf.cache.search(np.stack([it.vector for it in pending]), 1)
+        labels = clf.item_labels([int(k) for k in keys[:, 0] if k >= 0])
         per_item = (time.perf_counter() - start) / len(pending)
-        found = keys[:, 0] >= 0
-        near = clf.item_labels(keys[found, 0].tolist())
-        if clf.router is not None and found.any():
-            clf.router.cache_scored([near[int(k)] for k in keys[found, 0]], sims[found, 0])
-        follow_at = self._cache_threshold(None)
+        for it in pending:
+            it.timings["search"] += per_item
+        return [
+            (labels[int(k)], float(sim), int(k)) if k >= 0 else None
+            for sim, k in zip(sims[:, 0].tolist(), keys[:, 0].tolist())
+        ]
+
+    def _search(self, pending: list[Item], hits) -> None:
+        pending, near = self._route(pending, self._neighbours(pending), hits)
+        if not pending:
+            return
+        router = self.clf.router
+        scores = [
+            None if n is None else self._cache_score(it, n[0], n[1]) for it, n in zip(pending, near)
+        ]
+        if router is not None:
+            found = [(n[0], s) for n, s in zip(near, scores) if n is not None]
+            if found:
+                router.cache_scored(*zip(*found, strict=True))
+        follow_at = self.settings.min_similarity if router is None else router.follow_threshold()
         cache_hits: list[tuple[Item, int, float]] = []
-        for j, it in enumerate(pending):
+        for it, n, score in zip(pending, near, scores):
             start = time.perf_counter()
             lead_sim, lead = -1.0, None
             if self._leaders:
-                scores = self._leader_vecs[: len(self._leaders)] @ it.vector
-                best = int(scores.argmax())
-                lead_sim, lead = float(scores[best]), self._leaders[best]
-            it.timings["search"] += per_item + time.perf_counter() - start
-            key, cache_sim = int(keys[j, 0]), float(sims[j, 0])
-            at = self._cache_threshold(near[key]) if key >= 0 else math.inf
-            if key >= 0:
-                it.near = (near[key], cache_sim)  # a free audit if it goes to the LLM
-            if key >= 0 and cache_sim >= at and cache_sim >= lead_sim:
+                sims = self._leader_vecs[: len(self._leaders)] @ it.vector
+                best = int(sims.argmax())
+                lead_sim, lead = float(sims[best]), self._leaders[best]
+            it.timings["search"] += time.perf_counter() - start
+            if n is not None:
+                it.near = (n[0], score)  # a free audit if it goes to the LLM
+            if n is not None and n[1] >= lead_sim and self._cache_answers(n[0], n[1], score):
                 if self._audit_now():
                     self._lead(it)
                 else:
-                    cache_hits.append((it, key, cache_sim))
+                    cache_hits.append((it, n[2], n[1]))
             elif lead is not None and lead_sim >= follow_at:
                 lead.followers.append((it, lead_sim, "cache"))
             else:
                 self._lead(it)
-        raws = clf.store.raw_labels([item_id for _, item_id, _ in cache_hits])
+        self._cache_hits(cache_hits, {n[2]: n[0] for n in near if n is not None}, hits)
+
+    def _cache_hits(self, cache_hits, near: dict[int, int], hits) -> None:
+        raws = self.clf.store.raw_labels([item_id for _, item_id, _ in cache_hits])
         for it, item_id, sim in cache_hits:
             label_id = near[item_id]
             hits.append(self._hit(it, label_id, raws[item_id], "cache", sim, item_id))
@@ -179,13 +200,19 @@ class Lookup(Delivery):
                 for f, f_sim, how in followers_of(it)
             ]
 
-    def _cache_threshold(self, stored_label: int | None) -> float:
-        """Similarity a cache hit needs: the audited one per label under the router,
-        else ``min_similarity``."""
+    def _cache_score(self, it: Item, stored_label: int, similarity: float) -> float:
         router = self.clf.router
         if router is None:
-            return self.settings.min_similarity
-        return router.cache_threshold(stored_label)
+            return similarity
+        return router.cache_score(stored_label, similarity, it.guess and it.guess[0])
+
+    def _cache_answers(self, stored_label: int, similarity: float, score: float) -> bool:
+        """Whether the neighbour answers: under the router, its audited (laned) threshold
+        per label; else ``min_similarity``."""
+        router = self.clf.router
+        if router is None:
+            return similarity >= self.settings.min_similarity
+        return router.cache_answers(stored_label, score)
 
     def _audit_now(self) -> bool:
         """Whether this would-be non-LLM answer goes to the LLM too, as a random audit."""

@@ -16,9 +16,10 @@ the LLM, and the gate that holds the semantic cache to the same error bound.
   corrects its item.
 * **Thresholds.** :class:`~canonlabel.thresholds.AuditedThresholds`: per label, the
   lowest confidence (router) or similarity (cache) whose audits keep the upper bound of
-  disagreement at or under ``max_error``. The cache keeps ``min_similarity`` until its
-  audits certify a threshold of their own; a disagreeing audit raises (tightens) its
-  label's threshold at once.
+  disagreement at or under ``max_error``, in two lanes: answers on which the head and
+  the nearest cached neighbour agree, and the rest (see :mod:`canonlabel.thresholds`).
+  The cache keeps ``min_similarity`` until its audits certify a threshold of their own;
+  a disagreeing audit raises (tightens) its label's threshold at once.
 * **When nothing is certified.** An LLM that is wrong e of the time disagrees with even
   an always-right answer e of the time, so below e no bound holds; the cache's audits on
   near-duplicate texts estimate e. When a trained head and enough audits still certify
@@ -40,8 +41,10 @@ from canonlabel.thresholds import (
     CONFIDENCE_GRID,
     SIMILARITY_GRID,
     AuditedThresholds,
-    bin_of,
     joint_thresholds,
+    laned,
+    lanes,
+    plain,
     wilson_interval,
 )
 
@@ -90,9 +93,11 @@ class Router:
         self.version = 0
         self.trained_on = 0
         s = settings
-        self.confidence = AuditedThresholds(s.max_error, s.router_min_audits, CONFIDENCE_GRID)
+        self.confidence = AuditedThresholds(
+            s.max_error, s.router_min_audits, lanes(CONFIDENCE_GRID)
+        )
         self.cache = AuditedThresholds(
-            s.max_error, s.router_min_audits, SIMILARITY_GRID, default=s.min_similarity
+            s.max_error, s.router_min_audits, lanes(SIMILARITY_GRID), default=s.min_similarity
         )
         self._hits = _Reservoir(space.dim, s.router_max_items)
         self._audits = 0
@@ -112,18 +117,30 @@ class Router:
         labels = np.array([self.space.resolve(int(c)) for c in self.head.classes_[top]])
         return labels, P[np.arange(len(P)), top]
 
-    def threshold_for(self, label: int) -> float:
-        return self.confidence.threshold_for(label)
+    def head_score(self, label: int, confidence: float, near: int | None) -> float:
+        """The head's confidence in its lane: agreeing when the nearest cached neighbour's
+        (stored) label ``near`` resolves to the head's ``label``."""
+        agrees = near is not None and self.space.resolve(near) == label
+        return laned(confidence, agrees, CONFIDENCE_GRID)
 
-    def answers(self, label: int, confidence: float) -> bool:
-        return label >= 0 and confidence >= self.threshold_for(label)
+    def cache_score(self, near: int, similarity: float, guess: int | None) -> float:
+        """The neighbour's similarity in its lane: agreeing when the head's ``guess``
+        names the neighbour's label."""
+        agrees = guess is not None and self.space.resolve(near) == guess
+        return laned(similarity, agrees, SIMILARITY_GRID)
 
-    def cache_threshold(self, label: int | None) -> float:
-        """Similarity a cache hit on ``label`` needs (a follower of an in-flight leader,
-        whose label is not known yet: the pooled one)."""
-        if label is None:
-            return self.cache.threshold_for(-1)
-        return self.cache.threshold_for(self.space.resolve(label))
+    def answers(self, label: int, score: float) -> bool:
+        return label >= 0 and self.confidence.admits(label, score)
+
+    def cache_answers(self, label: int, score: float) -> bool:
+        """Whether a cached neighbour with stored ``label`` at (laned) ``score`` answers."""
+        return self.cache.admits(self.space.resolve(label), score)
+
+    def follow_threshold(self) -> float:
+        """Similarity at which a near-duplicate follows an in-flight leader. Nothing can
+        agree with an answer not given yet, so it needs the plain lane's threshold."""
+        t, agreeing = plain(self.cache.threshold_for(-1))
+        return math.inf if agreeing else t
 
     # -- audits ---------------------------------------------------------------------------
     def scored(self, labels, confidences) -> None:
@@ -245,8 +262,8 @@ class Router:
         with chance 1 - (1 - e)², so e = 1 - sqrt(1 - rate). An answer that is always
         right still disagrees with such an LLM e of the time: no bound below e holds."""
         _, audited, wrong = self.cache.counts(self.space.resolve)
-        first = bin_of(NEAR_DUPLICATE, self.cache.grid)
-        n, e = int(audited[first:].sum()), int(wrong[first:].sum())
+        near = np.array([plain(t)[0] >= NEAR_DUPLICATE - 1e-9 for t in self.cache.grid])
+        n, e = int(audited[near].sum()), int(wrong[near].sum())
         if not n:
             return {"near_duplicate_audits": 0, "rate": None, "llm_error": None}
         low, high = wilson_interval(e, n)

@@ -8,9 +8,13 @@ import numpy as np
 
 from canonlabel.errors import BudgetError
 from canonlabel.thresholds import (
+    CONFIDENCE_GRID,
     SIMILARITY_GRID,
     AuditedThresholds,
     joint_thresholds,
+    laned,
+    lanes,
+    plain,
     region_bounds,
     threshold,
     wilson_interval,
@@ -94,6 +98,53 @@ def test_joint_bound_keeps_current_thresholds_while_their_estimate_holds():
     assert joint_thresholds([router, gate], lambda x: x)[1] == math.inf  # not loosened...
     current = [math.inf, 0.96]
     assert joint_thresholds([router, gate], lambda x: x, current)[1] == 0.96  # ...nor shut
+
+
+def test_answers_the_head_and_the_neighbour_agree_on_are_certified_in_their_own_lane():
+    """Where the head and the nearest cached neighbour agree, answers are judged on their
+    own audits: that lane answers while the plain lane, at the same score, cannot keep
+    the bound."""
+    head = AuditedThresholds(0.05, 10, lanes(CONFIDENCE_GRID))
+    cache = AuditedThresholds(0.05, 10, lanes(SIMILARITY_GRID), default=0.8)
+    agreeing, alone = laned(0.75, True, CONFIDENCE_GRID), laned(0.75, False, CONFIDENCE_GRID)
+    assert plain(agreeing) == (0.75, True) and plain(alone) == (0.75, False)
+    assert laned(0.2, True, CONFIDENCE_GRID) == 0.2  # under the grid: unscored either way
+    _fill(head, agreeing, 300, 3)  # 1% wrong where the neighbour agrees
+    _fill(head, alone, 300, 120)  # 40% wrong where it does not
+    _fill(head, laned(0.99, False, CONFIDENCE_GRID), 100, 20)  # even sure ones: 20%
+    t, _ = joint_thresholds([head, cache], lambda x: x)
+    head.set_pooled(t)
+    assert head.admits(1, agreeing) and not head.admits(1, alone)
+    assert not head.admits(1, laned(0.99, False, CONFIDENCE_GRID))
+    assert head.summary(lambda x: x)["pooled_agreeing_only"] is True
+    assert head.summary(lambda x: x)["pooled_threshold"] <= 0.75
+
+
+def test_the_cache_default_is_a_plain_similarity_whatever_the_lane():
+    """Before audits judge the cache, ``min_similarity`` applies to the similarity
+    itself: agreement does not let a far neighbour through."""
+    cache = AuditedThresholds(0.05, 10, lanes(SIMILARITY_GRID), default=0.8)
+    assert cache.admits(1, laned(0.85, True, SIMILARITY_GRID))
+    assert cache.admits(1, laned(0.85, False, SIMILARITY_GRID))
+    assert not cache.admits(1, laned(0.75, True, SIMILARITY_GRID))
+
+
+def test_the_router_scores_each_path_in_the_lane_the_other_puts_it():
+    from types import SimpleNamespace
+
+    from canonlabel import Settings
+    from canonlabel.router import Router
+
+    router = Router(Settings(), SimpleNamespace(dim=4, resolve=lambda x: {7: 1}.get(x, x)))
+    assert router.head_score(1, 0.9, near=7) == laned(0.9, True, CONFIDENCE_GRID)  # 7 -> 1
+    assert router.head_score(1, 0.9, near=2) == 0.9
+    assert router.head_score(1, 0.9, near=None) == 0.9
+    assert router.cache_score(7, 0.9, guess=1) == laned(0.9, True, SIMILARITY_GRID)
+    assert router.cache_score(7, 0.9, guess=None) == 0.9
+    assert router.follow_threshold() == 0.8  # the default, before any audit
+    router.cache.set_pooled(laned(0.85, True, SIMILARITY_GRID))
+    router.cache._audits.extend([(1, 1, 0)] * 100)  # the pool is ready
+    assert math.isinf(router.follow_threshold())  # only agreeing answers are certified
 
 
 def test_an_llm_that_disagrees_with_itself_is_reported_not_silently_paid_for():
