@@ -115,7 +115,9 @@ def classify(
     ] = None,
     max_error: Annotated[
         float | None,
-        typer.Option(help="bound on non-LLM answers' disagreement with the LLM [0.10]"),
+        typer.Option(
+            help="bound on non-LLM answers' disagreement with the LLM [0.05; bundled model 0.10]"
+        ),
     ] = None,
     audit_rate: Annotated[
         float | None, typer.Option(help="share of router answers audited by the LLM [0.02]")

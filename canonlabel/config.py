@@ -107,8 +107,12 @@ class Settings(BaseSettings):
     router_min_audits: int = Field(
         20, ge=1, description="audits a label needs before it gets its own threshold"
     )
-    max_error: float = Field(
-        0.10, gt=0, lt=1, description="bound on disagreement of non-LLM answers with the LLM"
+    max_error: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="bound on disagreement of non-LLM answers with the LLM "
+        "(default: the LLM's own, else 0.05)",
     )
     audit_rate: float = Field(
         0.02, ge=0, le=1, description="share of router answers also sent to the LLM to audit"

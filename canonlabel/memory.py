@@ -45,6 +45,15 @@ def shown_candidates(settings: Settings, labeler) -> int:
     return 3 if own is None else own
 
 
+def error_bound(settings: Settings, labeler) -> float:
+    """The router's bound on non-LLM answers: the setting, else the LLM's own (0.10 for
+    the bundled 270M model, which disagrees with itself about 9% of the time), else 0.05."""
+    if settings.max_error is not None:
+        return settings.max_error
+    own = getattr(labeler, "max_error", None)
+    return 0.05 if own is None else own
+
+
 def _release_memory() -> None:
     """Give the O(R²) similarity matrices of a consolidation back to the OS.
 
@@ -143,7 +152,11 @@ class Memory:
         self.space = LabelSpace.load(self.store, self.dim, self.embedder, cached)
         self._load_cache(cached)
         self.consolidated_at = len(self.space.aliases)  # raw labels at the last consolidation
-        self.router = Router(self.settings, self.space) if self.settings.router else None
+        self.router = (
+            Router(self.settings, self.space, error_bound(self.settings, self.labeler))
+            if self.settings.router
+            else None
+        )
         self.categories: dict[int, str] = dict(
             self.store.query("SELECT label_id, category FROM label_categories")
         )

@@ -87,17 +87,15 @@ class SoftmaxHead:
 class Router:
     """Online head, audits and thresholds; used by the engine on its own thread."""
 
-    def __init__(self, settings, space) -> None:
-        self.settings, self.space = settings, space
+    def __init__(self, settings, space, max_error: float) -> None:
+        self.settings, self.space, self.max_error = settings, space, max_error
         self.head: SoftmaxHead | None = None
         self.version = 0
         self.trained_on = 0
         s = settings
-        self.confidence = AuditedThresholds(
-            s.max_error, s.router_min_audits, lanes(CONFIDENCE_GRID)
-        )
+        self.confidence = AuditedThresholds(max_error, s.router_min_audits, lanes(CONFIDENCE_GRID))
         self.cache = AuditedThresholds(
-            s.max_error, s.router_min_audits, lanes(SIMILARITY_GRID), default=s.min_similarity
+            max_error, s.router_min_audits, lanes(SIMILARITY_GRID), default=s.min_similarity
         )
         self._hits = _Reservoir(space.dim, s.router_max_items)
         self._audits = 0
@@ -248,6 +246,7 @@ class Router:
         return {
             "version": self.version,
             "trained_on": self.trained_on,
+            "max_error": self.max_error,
             **self.confidence.summary(resolve),
             "cache": self.cache.summary(resolve),
             "llm_self_disagreement": self.self_disagreement(),
@@ -289,7 +288,7 @@ class Router:
             return None
         own = self.self_disagreement()["llm_error"]
         return (
-            f"no answer without the LLM is certified at max_error {self.settings.max_error:.0%}"
+            f"no answer without the LLM is certified at max_error {self.max_error:.0%}"
             f", so every item goes to the LLM: the head's most confident answers disagree "
             f"with the LLM path {best[0]:.0%} of the time, the cache's {best[1]:.0%}"
             + (f", and near-duplicates put the LLM's own error near {own:.0%}" if own else "")

@@ -78,6 +78,8 @@ def test_local_llm_labels_real_texts_with_grammar():
         label = clean_label(out)
         assert 1 <= label.count("_") + 1 <= 5
     assert lab.id == "llama.cpp:gemma-3-270m-q4_k_m"
+    # what it declares about itself: no candidates shown, held to a 10% bound
+    assert lab.candidates == 0 and lab.max_error == 0.10
 
 
 def test_grammar_admits_candidates_and_new_labels():

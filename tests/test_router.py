@@ -135,7 +135,7 @@ def test_the_router_scores_each_path_in_the_lane_the_other_puts_it():
     from canonlabel import Settings
     from canonlabel.router import Router
 
-    router = Router(Settings(), SimpleNamespace(dim=4, resolve=lambda x: {7: 1}.get(x, x)))
+    router = Router(Settings(), SimpleNamespace(dim=4, resolve=lambda x: {7: 1}.get(x, x)), 0.05)
     assert router.head_score(1, 0.9, near=7) == laned(0.9, True, CONFIDENCE_GRID)  # 7 -> 1
     assert router.head_score(1, 0.9, near=2) == 0.9
     assert router.head_score(1, 0.9, near=None) == 0.9
@@ -154,7 +154,7 @@ def test_an_llm_that_disagrees_with_itself_is_reported_not_silently_paid_for():
     from canonlabel.router import Router, SoftmaxHead
 
     def audited(max_error: float) -> Router:
-        router = Router(Settings(max_error=max_error), SimpleNamespace(dim=4, resolve=int))
+        router = Router(Settings(), SimpleNamespace(dim=4, resolve=int), max_error)
         router.head = SoftmaxHead()  # a trained head (its weights play no part here)
         for k in range(100):  # near-duplicate texts, labelled apart a fifth of the time
             router.cache.seen([1], [0.97])
@@ -258,3 +258,20 @@ def test_no_audits_means_no_error_estimate_not_a_prior_of_one():
     for _ in range(30):
         cache.add(1, 1, 0.9, lambda x: x)
     assert cache.estimated_error(lambda x: x)["error"] is not None
+
+
+def test_the_error_bound_is_the_setting_else_the_llms_own_else_five_percent(make_clf):
+    """A labeler may declare the bound worth holding it to (the bundled 270M model, which
+    disagrees with itself about 9% of the time, declares 10%: at 5% nothing would ever
+    be certified); an explicit setting wins; others get 5%."""
+    from canonlabel.testing import FakeLabeler
+
+    class Noisy(FakeLabeler):
+        max_error = 0.10
+
+    generic, _ = make_clf("g.db")
+    own, _ = make_clf("o.db", labeler=Noisy())
+    chosen, _ = make_clf("c.db", labeler=Noisy(), max_error=0.2)
+    assert generic.router.max_error == 0.05 and own.router.max_error == 0.10
+    assert chosen.router.max_error == 0.2 and chosen.router.confidence.max_error == 0.2
+    assert own.router.summary()["max_error"] == 0.10

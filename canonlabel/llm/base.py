@@ -17,6 +17,7 @@ class Labeler(ABC):
     id: str = "labeler"
     grouping: Grouping | None = None  # consolidation defaults for this LLM (None: generic)
     candidates: int | None = None  # existing labels best shown to it (None: generic, 3)
+    max_error: float | None = None  # the router's bound worth holding it to (None: 0.05)
 
     @abstractmethod
     def label_batch(self, requests: Sequence[LabelRequest]) -> list[LabelResponse]:

@@ -24,6 +24,7 @@ class CachingLabeler(Labeler):
         self.base = base
         self.id = base.id
         self.grouping, self.candidates = base.grouping, base.candidates
+        self.max_error = base.max_error
         self.max_pairs = getattr(base, "max_pairs", 50)  # what one adjudication call may hold
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)

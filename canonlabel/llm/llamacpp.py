@@ -116,6 +116,9 @@ class LlamaCppLabeler(Labeler):
             self.id = "llama.cpp:gemma-3-270m-q4_k_m"
             self.grouping = BUNDLED_GROUPING
             self.candidates = 0  # shown labels, it copies one whatever the text says
+            # its answers on near-duplicate texts disagree ~9% of the time, so no answer
+            # without it is ever certified at 5% (1,000 Banking77 texts: 97% LLM calls)
+            self.max_error = 0.10
         else:
             self.id = f"llama.cpp:{Path(model_path).name}"
         self.model_path = Path(model_path)
