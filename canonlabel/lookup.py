@@ -112,7 +112,7 @@ class Lookup(Delivery):
         """Items the router answers become ``model`` hits (but an ``audit_rate`` share of
         them goes to the LLM instead); every other item carries the router's guess, so
         the LLM's answer audits it for free. ``near``: each item's nearest cached
-        neighbour (stored label, similarity) or None. Returns the items left for cache
+        neighbour (stored label, similarity, item id) or None. Returns the items left for cache
         and LLM, with their neighbours."""
         router = self.clf.router
         if router is None:
@@ -167,7 +167,7 @@ class Lookup(Delivery):
             if found:
                 router.cache_scored(*zip(*found, strict=True))
         follow_at = self.settings.min_similarity if router is None else router.follow_threshold()
-        cache_hits: list[tuple[Item, int, float]] = []
+        cache_hits: list[tuple[Item, int, int, float]] = []
         for it, n, score in zip(pending, near, scores):
             start = time.perf_counter()
             lead_sim, lead = -1.0, None
@@ -182,17 +182,17 @@ class Lookup(Delivery):
                 if self._audit_now():
                     self._lead(it)
                 else:
-                    cache_hits.append((it, n[2], n[1]))
+                    cache_hits.append((it, n[0], n[2], n[1]))
             elif lead is not None and lead_sim >= follow_at:
                 lead.followers.append((it, lead_sim, "cache"))
             else:
                 self._lead(it)
-        self._cache_hits(cache_hits, {n[2]: n[0] for n in near if n is not None}, hits)
+        self._cache_hits(cache_hits, hits)
 
-    def _cache_hits(self, cache_hits, near: dict[int, int], hits) -> None:
-        raws = self.clf.store.raw_labels([item_id for _, item_id, _ in cache_hits])
-        for it, item_id, sim in cache_hits:
-            label_id = near[item_id]
+    def _cache_hits(self, cache_hits, hits) -> None:
+        """Rows for items the cache answers: (item, stored label, matched item, similarity)."""
+        raws = self.clf.store.raw_labels([item_id for _, _, item_id, _ in cache_hits])
+        for it, label_id, item_id, sim in cache_hits:
             hits.append(self._hit(it, label_id, raws[item_id], "cache", sim, item_id))
             # exact duplicates later in the batch follow this item, not an LLM call
             hits += [
