@@ -203,7 +203,11 @@ class Engine(Lookup):
             if self.clf.store.shared and not self._claim(it):
                 continue
             candidates = self.clf.candidates(it.text, it.vector)
-            if it.guess is not None:  # the router's guess is the likeliest existing label
+            # The router's guess is the likeliest existing label, but only an LLM that is
+            # shown labels sees it: one that copies whatever it is shown (the bundled 270M
+            # model) would answer by the guess, so its audits would confirm the head and
+            # the same text's raw label would depend on what came before it.
+            if it.guess is not None and self.clf.shown_candidates() > 0:
                 guess = self.clf.space.name(it.guess[0])
                 if guess not in candidates:
                     candidates = (guess, *candidates)

@@ -203,6 +203,40 @@ def test_router_trains_online_answers_confident_items_and_is_audited(make_clf):
     assert clf.store.count("SELECT count(*) FROM router_versions") >= 1
 
 
+def _routed(make_clf, db, **settings):
+    from canonlabel.testing import FakeLabeler
+
+    llm = FakeLabeler(_topic_rule)
+    clf, _ = make_clf(
+        db=db,
+        labeler=llm,
+        min_similarity=0.99,
+        router_min_items=40,
+        router_retrain_every=40,
+        router_min_audits=10,
+        max_error=0.2,
+        audit_rate=1.0,  # every confident answer goes to the LLM with its guess
+        consolidate_every=0,
+        **settings,
+    )
+    texts = _texts(40)
+    for start in range(0, len(texts), 16):
+        clf.classify_many(texts[start : start + 16])
+        clf.router.wait()
+    assert clf.counters["audits"] > 0
+    return llm
+
+
+def test_the_guess_is_shown_only_to_an_llm_that_is_shown_labels(make_clf):
+    """An LLM shown no labels (the bundled model copies what it is shown) must answer
+    from the text alone: its audits then check the head instead of echoing it, and a
+    text's raw label does not depend on what the stream held before it."""
+    assert all(r.candidates == () for r in _routed(make_clf, "a.db", candidates=0).history)
+    # no label is similar enough to be shown on its own merit: what is shown is the guess
+    shown = _routed(make_clf, "b.db", candidates=1, candidate_min_similarity=1.0).history
+    assert any(len(r.candidates) == 1 for r in shown)
+
+
 def test_router_stays_quiet_without_enough_evidence(make_clf):
     clf, llm = make_clf(router_min_items=10_000)
     clf.classify_many(_texts(10))
