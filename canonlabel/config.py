@@ -66,7 +66,8 @@ class Settings(BaseSettings):
         ge=0,
         le=1,
         description="combined similarity at which raw labels are grouped without asking "
-        "(default: the LLM's own, else 0.85)",
+        "(default: the LLM's own, else 0.85; grouping by items: the mean resultant length "
+        "a label's members keep)",
     )
     adjudication_budget: int = Field(
         200, ge=0, description="most LLM calls on borderline groups per consolidation (0: none)"
@@ -90,6 +91,13 @@ class Settings(BaseSettings):
         le=1,
         description="weight of name similarity against member similarity "
         "(default: the LLM's own, else 0.6)",
+    )
+    consolidate_by: Literal["raw_labels", "items"] | None = Field(
+        None,
+        description="what consolidation groups: raw labels, moved whole, or the items "
+        "themselves, for an LLM whose raw labels mix unrelated texts (default: the LLM's "
+        "own, else raw_labels; with items the threshold is the coherence a label's "
+        "members must keep)",
     )
     router: bool = Field(
         True, description="a head trained online answers confident items without the LLM"

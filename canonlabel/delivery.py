@@ -35,7 +35,7 @@ class Item:
     # what the router and the cache would say, audited if the item goes to the LLM:
     # (router label, confidence) and (nearest cached item's stored label, similarity)
     guess: tuple[int, float] | None = None
-    near: tuple[int, float] | None = None
+    near: tuple[int, float, int] | None = None  # ... and that item's id
 
 
 def failure(text: str, ext_id: str | None, error: Exception, timings=None) -> Result:
@@ -101,6 +101,8 @@ class Delivery:
             # Kept with or without store_hits: a hit's text is evidence of what its raw
             # label is used for (consolidation), whichever item happened to be asked.
             row.update(vector=it.vector, cached=self.settings.store_hits)
+        elif source == "model":  # kept for consolidation by items (it regroups every item)
+            row.update(vector=it.vector)
         return it, result, row
 
     def _commit_hits(self, hits) -> None:

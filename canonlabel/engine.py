@@ -325,7 +325,7 @@ class Engine(Lookup):
         self._add_to_cache([item_id], [label_id], [it.vector])
         self._cache_hit_rows(followers)
         self._learn(followers)
-        self._audited(it, label_id)
+        self._audited(it, label_id, item_id)
         result = Result(
             text=it.text,
             label=clf.space.names[label_id],

@@ -177,7 +177,7 @@ class Lookup(Delivery):
                 lead_sim, lead = float(sims[best]), self._leaders[best]
             it.timings["search"] += time.perf_counter() - start
             if n is not None:
-                it.near = (n[0], score)  # a free audit if it goes to the LLM
+                it.near = (n[0], score, n[2])  # a free audit if it goes to the LLM
             if n is not None and n[1] >= lead_sim and self._cache_answers(n[0], n[1], score):
                 if self._audit_now():
                     self._lead(it)
@@ -222,12 +222,13 @@ class Lookup(Delivery):
         self.clf.counters["audits"] += 1
         return True
 
-    def _audited(self, it: Item, label_id: int) -> None:
-        """The LLM answered ``it``: judge what the router and the cache would have said."""
+    def _audited(self, it: Item, label_id: int, item_id: int | None = None) -> None:
+        """The LLM answered ``it`` (stored as ``item_id``): judge what the router and the
+        cache would have said."""
         router = self.clf.router
         if router is None:
             return
         if it.guess is not None:
-            router.audit(it.guess[0], it.guess[1], label_id)
+            router.audit(it.guess[0], it.guess[1], label_id, item_id)
         if it.near is not None:
-            router.audit_cache(it.near[0], it.near[1], label_id)
+            router.audit_cache(it.near[0], it.near[1], label_id, item_id, it.near[2])

@@ -30,6 +30,7 @@ from canonlabel.errors import (
 )
 from canonlabel.index import ExactIndex
 from canonlabel.labelspace import LabelSpace, consolidate
+from canonlabel.labelspace.regroup import consolidate_items
 from canonlabel.llm import Labeler
 from canonlabel.router import Router
 from canonlabel.store import Store, StoredItem
@@ -144,6 +145,7 @@ class Memory:
             base.name_weight if s.consolidate_name_weight is None else s.consolidate_name_weight,
             base.threshold if s.consolidate_threshold is None else s.consolidate_threshold,
             base.adjudication_share if s.adjudication_share is None else s.adjudication_share,
+            base.by if s.consolidate_by is None else s.consolidate_by,
         )
 
     def reload(self) -> None:
@@ -265,11 +267,31 @@ class Memory:
         return max(0, min(s.adjudication_budget, int(share * paid) - spent)), spent
 
     def _consolidate(self, dry_run: bool, budget: int | None = None) -> dict:
-        s = self.settings
         known = len(self.space.aliases)
-        allowance, _ = self._adjudication_allowance()
         grouping = self.grouping()
-        report = consolidate(
+        if grouping.by == "items":
+            report = consolidate_items(
+                self.space,
+                name_weight=grouping.name_weight,
+                threshold=grouping.threshold,
+                dry_run=dry_run,
+            )
+        else:
+            report = self._consolidate_raw_labels(grouping, dry_run, budget)
+        report["grouping"] = asdict(grouping)  # which defaults applied (the LLM's or yours)
+        if not dry_run:
+            self.consolidated_at = known
+            self.counters["consolidations"] += 1
+            if self.router is not None:
+                self.router.refresh()
+        _release_memory()
+        self.record_adjudication(report["adjudication_calls"])
+        return report
+
+    def _consolidate_raw_labels(self, grouping: Grouping, dry_run: bool, budget) -> dict:
+        s = self.settings
+        allowance, _ = self._adjudication_allowance()
+        return consolidate(
             self.space,
             name_weight=grouping.name_weight,
             threshold=grouping.threshold,
@@ -280,15 +302,6 @@ class Memory:
             adjudication_parallel=s.concurrency,
             dry_run=dry_run,
         )
-        report["grouping"] = asdict(grouping)  # which defaults applied (the LLM's or yours)
-        if not dry_run:
-            self.consolidated_at = known
-            self.counters["consolidations"] += 1
-            if self.router is not None:
-                self.router.refresh()
-        _release_memory()
-        self.record_adjudication(report["adjudication_calls"])
-        return report
 
     def adjudication_job(self) -> Callable[[], int] | None:
         """The LLM questions a consolidation due now would ask, as a function another

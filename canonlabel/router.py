@@ -33,6 +33,7 @@ import io
 import math
 import threading
 import time
+from collections import OrderedDict
 
 import numpy as np
 
@@ -99,6 +100,9 @@ class Router:
         )
         self._hits = _Reservoir(space.dim, s.router_max_items)
         self._audits = 0
+        # audited item -> its label when answered (if the item has left the cache since);
+        # the audits' windows hold 20,000 each, so twice that many is all they can refer to
+        self._answered: OrderedDict[int, int] = OrderedDict()
         self._training: threading.Thread | None = None
         self._fitted: tuple[SoftmaxHead, int] | None = None
         self.train_seconds = 0.0
@@ -149,17 +153,48 @@ class Router:
         """The cache found these items' nearest neighbours (stored ``labels``)."""
         self.cache.seen(labels, similarities)
 
-    def audit(self, label: int, confidence: float, truth: int) -> bool:
-        """Record one audit of the head; returns whether it agreed with the LLM path."""
-        agreed = self.confidence.add(label, truth, confidence, self.space.resolve)
+    def audit(self, label: int, confidence: float, truth: int, item: int | None = None) -> bool:
+        """Record one audit of the head; returns whether it agreed with the LLM path.
+        With the audited ``item``'s id, the truth is the label that item has when judged
+        (see :meth:`judge`), else ``truth`` as the label space resolves it."""
+        agreed = self.confidence.add(label, self._truth(truth, item), confidence, self.judge)
         self._audited()
         return agreed
 
-    def audit_cache(self, label: int, similarity: float, truth: int) -> bool:
-        """Record one audit of the semantic cache (its nearest neighbour's label)."""
-        agreed = self.cache.add(label, truth, similarity, self.space.resolve)
+    def audit_cache(
+        self,
+        label: int,
+        similarity: float,
+        truth: int,
+        item: int | None = None,
+        neighbour: int | None = None,
+    ) -> bool:
+        """Record one audit of the semantic cache (its nearest neighbour's label). With the
+        ``neighbour``'s item id, what the cache said is judged as that item's label then."""
+        guess = self._truth(label, neighbour)
+        agreed = self.cache.add(guess, self._truth(truth, item), similarity, self.judge)
         self._audited()
         return agreed
+
+    def _truth(self, label: int, item: int | None) -> int:
+        if item is None:
+            return label
+        self._answered[item] = label
+        if len(self._answered) > 40_000:
+            self._answered.popitem(last=False)
+        return -item - 1  # an item reference, told apart from label ids by its sign
+
+    def judge(self, ref: int) -> int:
+        """The root label of a label id, or of an audited item as it stands now: a
+        consolidation that moves items one by one (grouping by items) moves an item away
+        from the label its raw label had, and the LLM path's answer is where it went."""
+        if ref >= 0:
+            return self.space.resolve(ref)
+        item = -ref - 1
+        label = self.space.item_label.get(item)
+        if label is None:
+            label = self._answered.get(item)
+        return -1 if label is None else self.space.resolve(label)
 
     def _audited(self) -> None:
         self._audits += 1
@@ -170,14 +205,14 @@ class Router:
         """One bound on router and cache answers together (see ``joint_thresholds``)."""
         parts = [self.confidence, self.cache]
         current = [part.threshold_for(-1) for part in parts]
-        chosen = joint_thresholds(parts, self.space.resolve, current)
+        chosen = joint_thresholds(parts, self.judge, current)
         for part, t in zip(parts, chosen, strict=True):
             part.set_pooled(t)
 
     def refresh(self) -> None:
         """After the label space changed (consolidation, curation): re-judge every audit."""
-        self.confidence.refresh(self.space.resolve)
-        self.cache.refresh(self.space.resolve)
+        self.confidence.refresh(self.judge)
+        self.cache.refresh(self.judge)
         self._update_pooled()
 
     # -- training -------------------------------------------------------------------------
@@ -242,7 +277,7 @@ class Router:
             self._training = None  # it found nothing to fit
 
     def summary(self) -> dict:
-        resolve = self.space.resolve
+        resolve = self.judge
         return {
             "version": self.version,
             "trained_on": self.trained_on,
@@ -260,7 +295,7 @@ class Router:
         error that implies: two answers, each wrong with chance e independently, differ
         with chance 1 - (1 - e)², so e = 1 - sqrt(1 - rate). An answer that is always
         right still disagrees with such an LLM e of the time: no bound below e holds."""
-        _, audited, wrong = self.cache.counts(self.space.resolve)
+        _, audited, wrong = self.cache.counts(self.judge)
         near = np.array([plain(t)[0] >= NEAR_DUPLICATE - 1e-9 for t in self.cache.grid])
         n, e = int(audited[near].sum()), int(wrong[near].sum())
         if not n:
@@ -283,7 +318,7 @@ class Router:
             return None
         if any(not math.isinf(p.threshold_for(-1)) for p in parts):
             return None
-        best = [p.lowest_error(self.space.resolve) for p in parts]
+        best = [p.lowest_error(self.judge) for p in parts]
         if any(b is None for b in best):
             return None
         own = self.self_disagreement()["llm_error"]

@@ -22,6 +22,7 @@ class Grouping:
     name_weight: float = 0.6
     threshold: float = 0.85
     adjudication_share: float = 0.08
+    by: str = "raw_labels"  # or "items" (see canonlabel.labelspace.regroup)
 
 
 @dataclass(frozen=True)

@@ -463,7 +463,12 @@ def test_an_llm_that_declares_its_grouping_is_grouped_its_way_and_settings_win(t
     calls = llm.calls
     report = clf.consolidate()
     assert report["adjudication_calls"] == 0 and llm.calls == calls  # nothing to adjudicate
-    assert report["grouping"] == {"name_weight": 0.0, "threshold": 0.3, "adjudication_share": 0.0}
+    assert report["grouping"] == {
+        "name_weight": 0.0,
+        "threshold": 0.3,
+        "adjudication_share": 0.0,
+        "by": "raw_labels",
+    }
     generic.consolidate()
     # members alone at a low cut: fewer labels than the generic grouping leaves
     assert len(clf.space) < len(generic.space)

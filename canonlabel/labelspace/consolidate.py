@@ -404,6 +404,13 @@ def revert(space: LabelSpace, entry: int, detail: dict) -> dict:
     with space.rewrite() as c:
         for old, _ in detail["merges"]:
             c.execute("UPDATE labels SET merged_into = NULL WHERE id = ?", (old,))
+        for item, stored, moved_to in reversed(detail.get("items", [])):  # by items
+            c.execute(
+                "UPDATE items SET label_id = ? WHERE id = ? AND label_id = ?",
+                (stored, item, moved_to),
+            )
+        for raw, stored, _ in reversed(detail.get("aliases", [])):
+            c.execute("UPDATE aliases SET label_id = ? WHERE raw_label = ?", (stored, raw))
         for raw, stored, moved_to in reversed(detail["moves"]):
             c.execute("UPDATE aliases SET label_id = ? WHERE raw_label = ?", (stored, raw))
             c.execute(
@@ -434,7 +441,7 @@ def revert(space: LabelSpace, entry: int, detail: dict) -> dict:
     return {
         "kind": "undo",
         "consolidation": entry,
-        "moves": len(detail["moves"]),
+        "moves": len(detail["moves"]) + len(detail.get("items", [])),
         "merges": len(detail["merges"]),
         "renames": len(detail["renames"]),
     }
