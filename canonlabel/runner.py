@@ -21,6 +21,7 @@ from rich.progress import (
 
 from canonlabel.config import Settings
 from canonlabel.io import check_output, count_lines, read_records, usable_text
+from canonlabel.normalize import text_key
 from canonlabel.types import Result
 
 CHUNK = 256
@@ -180,25 +181,58 @@ def failed_record_row(text: str | None, ext_id: str | None, line: int, error: st
 
 def relabel_output(path: Path, clf) -> int:
     """Bring rows written during the job up to the final label space (consolidation may
-    have moved raw labels since); returns the number of rows whose label changed."""
-    space, changed = clf.space, 0
+    have moved raw labels, or items one by one, since); returns the number of rows whose
+    label changed."""
+    changed = 0
     tmp = path.with_name(path.name + ".tmp")
     with path.open(encoding="utf-8") as src, tmp.open("w", encoding="utf-8") as dst:
-        for line in src:
-            row = json.loads(line)
-            raw, label_id = row.get("raw_label"), row.get("label_id")
-            if label_id is not None and row.get("source") != "model":
-                owner = space.aliases.get(raw, label_id)
-                now = space.resolve(owner if owner in space.names else label_id)
-                if now != label_id or space.names[now] != row.get("label"):
-                    row["label_id"], row["label"] = now, space.names[now]
-                    if clf.categories:
-                        row["category"] = clf.categories.get(now)
+        while lines := list(islice(src, 500)):
+            rows = [json.loads(line) for line in lines]
+            stored = _stored_labels(clf, rows)
+            for line, row in zip(lines, rows, strict=True):
+                if _relabel(clf, row, stored):
                     changed += 1
-                line = json.dumps(row, ensure_ascii=False) + "\n"
-            dst.write(line)
+                    line = json.dumps(row, ensure_ascii=False) + "\n"
+                dst.write(line)
     os.replace(tmp, path)
     return changed
+
+
+def _stored_labels(clf, rows: list[dict]) -> dict[tuple, int]:
+    """The stored label of each row's item, by (id, text key) and by text key alone."""
+    keys = sorted({text_key(r["text"]) for r in rows if r.get("label_id") is not None})
+    found: dict[tuple, int] = {}
+    if keys:
+        marks = ",".join("?" * len(keys))
+        for ext_id, key, label_id in clf.store.query(
+            f"SELECT ext_id, text_key, label_id FROM items WHERE text_key IN ({marks}) ORDER BY id",
+            keys,
+        ):
+            found.setdefault((ext_id, key), label_id)
+            found.setdefault((None, key), label_id)
+    return found
+
+
+def _relabel(clf, row: dict, stored: dict[tuple, int]) -> bool:
+    space = clf.space
+    raw, label_id = row.get("raw_label"), row.get("label_id")
+    if label_id is None:
+        return False
+    key = text_key(row["text"])
+    item = stored.get((row.get("id"), key), stored.get((None, key)))
+    if item is not None:
+        now = space.resolve(item)
+    elif row.get("source") != "model":  # (a distilled model's rows are not stored)
+        owner = space.aliases.get(raw, label_id)
+        now = space.resolve(owner if owner in space.names else label_id)
+    else:
+        return False
+    if now == label_id and space.names[now] == row.get("label"):
+        return False
+    row["label_id"], row["label"] = now, space.names[now]
+    if clf.categories:
+        row["category"] = clf.categories.get(now)
+    return True
 
 
 def _row(clf, result: Result) -> dict:

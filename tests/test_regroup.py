@@ -101,3 +101,35 @@ def test_the_coherence_cut_does_not_depend_on_row_order():
     assert same(a) == {frozenset(perm[np.flatnonzero(b == c)]) for c in np.unique(b)}
     assert len(same(a)) == 5
     assert cluster(x, 0.8, dense_items=30).max() + 1 >= 5  # reduced first, same rule
+
+
+def test_a_classify_job_writes_each_item_where_grouping_by_items_put_it(tmp_path, monkeypatch):
+    """Items move one by one, so the job's output follows each item, not its raw label."""
+    import json
+
+    from canonlabel.runner import run_classify
+
+    gold = corpus()
+    monkeypatch.setattr(FakeLabeler, "from_spec", classmethod(lambda cls, arg: _sloppy(gold)))
+    src = tmp_path / "in.jsonl"
+    lines = [json.dumps({"id": f"t{i}", "text": text}) for i, text in enumerate(sorted(corpus()))]
+    src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    settings = Settings(
+        db=tmp_path / "job.db",
+        llm="fake",
+        embedder="hash",
+        consolidate_by="items",
+        consolidate_threshold=0.6,
+        consolidate_name_weight=0.0,
+        router=False,
+    )
+    run_classify(str(src), out, settings)
+    clf = Classifier.open(settings=settings, labeler=FakeLabeler())
+    _OPENED.append(clf)
+    stored = final_labels(clf)
+    rows = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
+    assert len({r["label"] for r in rows}) == len(INTENTS)  # "card_issue" was split
+    assert {r["id"]: r["label"] for r in rows} == {
+        f"t{i}": stored[f"t{i}"] for i in range(len(rows))
+    }
