@@ -5,12 +5,21 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pytest
 
 from canonlabel import Classifier, Settings
 from canonlabel.labelspace.regroup import cluster
 from canonlabel.testing import FakeLabeler, HashEmbedder
 from canonlabel.types import Grouping
 from tests.test_consolidate import _OPENED, INTENTS, corpus, final_labels
+
+
+@pytest.fixture(autouse=True)
+def _close_classifiers():
+    yield
+    while _OPENED:
+        _OPENED.pop().close()
+
 
 BY_ITEMS = Grouping(name_weight=0.1, threshold=0.6, adjudication_share=0.0, by="items")
 
