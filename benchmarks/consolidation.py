@@ -73,7 +73,6 @@ def measure(data: EvalData, gold: list[str], by: str = "raw_labels") -> dict:
 
 def synthetic(r: int, dim: int = 384, per_topic: int = 5, seed: int = 0) -> dict:
     """Seconds and peak resident memory of grouping ``r`` synthetic raw labels."""
-    import resource
 
     import numpy as np
 
@@ -89,13 +88,22 @@ def synthetic(r: int, dim: int = 384, per_topic: int = 5, seed: int = 0) -> dict
     raws = [f"r{i:07d}" for i in range(r)]
     ev = Evidence(raws, np.arange(r) + 1, names, sums, np.full(r, 3.0), np.full(r, 3.0))
     ev.cores, ev.core = raws, names
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    start = time.perf_counter()
-    assigned = group(ev, set())
+    assigned, cost = _timed(lambda: group(ev, set()))
     return {
         "raw_labels": r,
         "groups": len(np.unique(assigned)),
         "topics": int(topic.max() + 1),
+    } | cost
+
+
+def _timed(fn) -> tuple:
+    """``fn()``, with its seconds and the growth of this process's peak resident memory."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    out = fn()
+    return out, {
         "seconds": round(time.perf_counter() - start, 2),
         "peak_rss_growth_mb": round(
             (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024, 1
@@ -106,7 +114,6 @@ def synthetic(r: int, dim: int = 384, per_topic: int = 5, seed: int = 0) -> dict
 def synthetic_items(n: int, dim: int = 384, per_topic: int = 50, seed: int = 0) -> dict:
     """Seconds and peak resident memory of clustering ``n`` synthetic items by Ward's
     criterion with the coherence cut (grouping by items; reduced first beyond 8,000)."""
-    import resource
 
     import numpy as np
 
@@ -117,18 +124,8 @@ def synthetic_items(n: int, dim: int = 384, per_topic: int = 50, seed: int = 0) 
     topic = np.arange(n) // per_topic
     x = axes[topic] / np.sqrt(dim) + 0.03 * rng.standard_normal((n, dim), dtype=np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    start = time.perf_counter()
-    assigned = cluster(x, 0.8)
-    return {
-        "items": n,
-        "labels": len(np.unique(assigned)),
-        "topics": int(topic.max() + 1),
-        "seconds": round(time.perf_counter() - start, 2),
-        "peak_rss_growth_mb": round(
-            (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024, 1
-        ),
-    }
+    assigned, cost = _timed(lambda: cluster(x, 0.8))
+    return {"items": n, "labels": len(np.unique(assigned)), "topics": int(topic.max() + 1)} | cost
 
 
 def main() -> None:

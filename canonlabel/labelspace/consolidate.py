@@ -252,19 +252,26 @@ def _plan_names(space: LabelSpace, result: Plan, ev: Evidence, groups) -> None:
                 rows[j],
             ),
         )
-        name = next(
-            (ev.raw_labels[rows[j]] for j in order if ev.raw_labels[rows[j]] not in used),
-            None,
-        )
-        if name is None:  # every candidate is another label's name
-            name = _free(ev.raw_labels[rows[order[0]]], used)
-        used.add(name)
-        result.names.append(name)
-        if target is not None and space.names[target] != name:
-            result.renames.append((target, space.names[target], name))
+        assign_name(space, result, target, [ev.raw_labels[rows[j]] for j in order], used)
+    give_up_names(space, result, away)
+
+
+def assign_name(space: LabelSpace, result, target: int | None, ranked: list[str], used):
+    """Name a group (``result`` has ``names`` and ``renames``) by the first of ``ranked``
+    no other label holds, else a numbered variant of the first; a kept label is renamed."""
+    name = next((r for r in ranked if r not in used), None) or _free(ranked[0], used)
+    used.add(name)
+    result.names.append(name)
+    if target is not None and space.names[target] != name:
+        result.renames.append((target, space.names[target], name))
+
+
+def give_up_names(space: LabelSpace, result, away: set[int]) -> None:
+    """Labels that stop being roots give up names a group took (``~`` never appears in a
+    label name)."""
     chosen = set(result.names)
     for label_id in sorted(away):
-        if space.names[label_id] in chosen:  # "~" never appears in a label name
+        if space.names[label_id] in chosen:
             old = space.names[label_id]
             result.renames.append((label_id, old, f"{old[:50]}~{label_id}"))
 
@@ -336,35 +343,46 @@ def consolidate(
 
 def _apply(space: LabelSpace, ev: Evidence, result: Plan) -> int:
     """Write a plan in one transaction and log it; returns the log entry id."""
-    store = space.store
     detail: dict = {"moves": [], "merges": [], "renames": [], "created": [], "vectors": {}}
     with space.rewrite() as c:
         for raw, vector in ev.new_vectors.items():
             c.execute("UPDATE aliases SET vector = ? WHERE raw_label = ?", (to_blob(vector), raw))
-        reps = _representatives(ev, result)
-        _rename(c, [(i, new) for i, _, new in result.renames])  # frees names for new labels
-        detail["renames"] = [[i, old] for i, old, _ in result.renames]
-        ids = list(result.targets)
-        for g, target in enumerate(ids):
-            if target is None:
-                ids[g] = store.insert_label(c, result.names[g], reps[g])
-                detail["created"].append(ids[g])
-            else:
-                detail["vectors"][str(target)] = _b64(space.representative(target))
-                c.execute("UPDATE labels SET vector = ? WHERE id = ?", (to_blob(reps[g]), target))
+        ids = write_labels(space, c, result, _representatives(ev, result), detail)
         for raw, old, g in result.moves:
             stored = space.aliases[raw]
             _move(space, c, raw, old, ids[g])
             detail["moves"].append([raw, stored, ids[g]])
-        for old, g in result.merges:
-            c.execute("UPDATE labels SET merged_into = ? WHERE id = ?", (ids[g], old))
-            detail["merges"].append([old, ids[g]])
-        entry = c.execute(
+        return log_consolidation(c, result.merges, ids, detail)
+
+
+def write_labels(space: LabelSpace, c, result, reps, detail: dict) -> list[int]:
+    """Renames first (they free names for new labels), then each group's label: created,
+    or its representative replaced (the old one logged). Returns the label id per group."""
+    _rename(c, [(i, new) for i, _, new in result.renames])
+    detail["renames"] = [[i, old] for i, old, _ in result.renames]
+    ids = list(result.targets)
+    for g, target in enumerate(ids):
+        if target is None:
+            ids[g] = space.store.insert_label(c, result.names[g], reps[g])
+            detail["created"].append(ids[g])
+        else:
+            detail["vectors"][str(target)] = _b64(space.representative(target))
+            c.execute("UPDATE labels SET vector = ? WHERE id = ?", (to_blob(reps[g]), target))
+    return ids
+
+
+def log_consolidation(c, merges, ids: list[int], detail: dict) -> int:
+    """Point old labels at their groups and log the consolidation; returns the entry id."""
+    for old, g in merges:
+        c.execute("UPDATE labels SET merged_into = ? WHERE id = ?", (ids[g], old))
+        detail["merges"].append([old, ids[g]])
+    return int(
+        c.execute(
             "INSERT INTO merges (kind, into_label, created_at, detail) "
             "VALUES ('consolidate', 0, ?, ?) RETURNING id",
             (time.time(), json.dumps(detail)),
         ).fetchone()[0]
-    return int(entry)
+    )
 
 
 def _representatives(ev: Evidence, result: Plan) -> list[np.ndarray]:

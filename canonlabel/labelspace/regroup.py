@@ -27,16 +27,21 @@ transaction, logged as a ``consolidate`` entry that ``canonlabel undo`` reverses
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from canonlabel.labelspace.consolidate import (
+    assign_name,
+    give_up_names,
+    log_consolidation,
+    write_labels,
+)
 from canonlabel.labelspace.evidence import core_names, word_weights
 from canonlabel.labelspace.space import LabelSpace
-from canonlabel.store import from_blobs, to_blob
+from canonlabel.store import from_blobs
 
 DENSE_ITEMS = 4000  # items clustered directly (Ward: O(n²) time and memory, ~3 s at 4,000)
 
@@ -211,23 +216,8 @@ def _name(space: LabelSpace, items: Items, result: ItemPlan, taken: set[int]) ->
             ranked = [raws[j] for j in order]
         else:
             ranked = [space.names[target]] if target is not None else ["unnamed"]
-        name = next((r for r in ranked if r not in used), None) or _free(ranked[0], used)
-        used.add(name)
-        result.names.append(name)
-        if target is not None and space.names[target] != name:
-            result.renames.append((target, space.names[target], name))
-    chosen = set(result.names)
-    for label_id in sorted(away):
-        if space.names[label_id] in chosen:  # "~" never appears in a label name
-            old = space.names[label_id]
-            result.renames.append((label_id, old, f"{old[:50]}~{label_id}"))
-
-
-def _free(base: str, used: set[str]) -> str:
-    n = 2
-    while f"{base}_{n}"[:60] in used:
-        n += 1
-    return f"{base}_{n}"[:60]
+        assign_name(space, result, target, ranked, used)
+    give_up_names(space, result, away)
 
 
 def alias_targets(items: Items, result: ItemPlan) -> dict[str, int]:
@@ -276,23 +266,12 @@ def consolidate_items(
 
 def _apply(space: LabelSpace, items: Items, result: ItemPlan, aliases: dict[str, int]) -> int:
     """Write a plan in one transaction and log it; returns the log entry id."""
-    from canonlabel.labelspace.consolidate import _b64, _rename
-
     store = space.store
     detail: dict = {"moves": [], "merges": [], "renames": [], "created": [], "vectors": {}}
     detail |= {"items": [], "aliases": []}
     reps = _representatives(space, items, result, aliases)
     with space.rewrite() as c:
-        _rename(c, [(i, new) for i, _, new in result.renames])
-        detail["renames"] = [[i, old] for i, old, _ in result.renames]
-        ids = list(result.targets)
-        for k, target in enumerate(ids):
-            if target is None:
-                ids[k] = store.insert_label(c, result.names[k], reps[k])
-                detail["created"].append(ids[k])
-            else:
-                detail["vectors"][str(target)] = _b64(space.representative(target))
-                c.execute("UPDATE labels SET vector = ? WHERE id = ?", (to_blob(reps[k]), target))
+        ids = write_labels(space, c, result, reps, detail)
         stored = dict(store.query("SELECT id, label_id FROM items WHERE vector IS NOT NULL"))
         for k, rows in enumerate(result.clusters):
             for item in items.ids[rows].tolist():
@@ -304,15 +283,7 @@ def _apply(space: LabelSpace, items: Items, result: ItemPlan, aliases: dict[str,
             if now is not None and now != new:
                 c.execute("UPDATE aliases SET label_id = ? WHERE raw_label = ?", (new, raw))
                 detail["aliases"].append([raw, now, new])
-        for old, k in result.merges:
-            c.execute("UPDATE labels SET merged_into = ? WHERE id = ?", (ids[k], old))
-            detail["merges"].append([old, ids[k]])
-        entry = c.execute(
-            "INSERT INTO merges (kind, into_label, created_at, detail) "
-            "VALUES ('consolidate', 0, ?, ?) RETURNING id",
-            (time.time(), json.dumps(detail)),
-        ).fetchone()[0]
-    return int(entry)
+        return log_consolidation(c, result.merges, ids, detail)
 
 
 def _representatives(space, items: Items, result: ItemPlan, aliases) -> list[np.ndarray]:
