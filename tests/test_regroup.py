@@ -97,6 +97,7 @@ def test_grouping_by_items_is_undone_exactly_and_leaves_pinned_labels_alone(tmp_
     members = {t for t, n in final_labels(clf).items() if n == "card_problems"}
     clf.consolidate()
     assert {t for t, n in final_labels(clf).items() if n == "card_problems"} == members
+    assert clf.space.resolve(clf.space.aliases["card_issue"]) == pinned.id
 
 
 def test_the_coherence_cut_does_not_depend_on_row_order():

@@ -280,7 +280,7 @@ def _apply(space: LabelSpace, items: Items, result: ItemPlan, aliases: dict[str,
                     detail["items"].append([item, stored[item], ids[k]])
         for raw in sorted(aliases):
             now, new = space.aliases.get(raw), ids[aliases[raw]]
-            if now is not None and now != new:
+            if now is not None and now != new and space.resolve(now) not in space.pinned:
                 c.execute("UPDATE aliases SET label_id = ? WHERE raw_label = ?", (new, raw))
                 detail["aliases"].append([raw, now, new])
         return log_consolidation(c, result.merges, ids, detail)
