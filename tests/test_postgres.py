@@ -113,3 +113,31 @@ def test_a_lost_connection_is_a_transient_error(pg_url):
         assert store.count("SELECT 1") == 1  # the pool replaces the connection
     finally:
         store.close()
+
+
+def test_grouping_by_items_on_a_shared_store_is_seen_by_others_and_undone(open_clf):
+    from tests.test_consolidate import INTENTS, corpus
+    from tests.test_regroup import _sloppy
+
+    gold = corpus()
+    texts = sorted(gold)
+    a = open_clf(
+        labeler=_sloppy(gold),
+        min_similarity=0.99,
+        router=False,
+        consolidate_by="items",
+        consolidate_threshold=0.6,
+        consolidate_name_weight=0.0,
+    )
+    b = open_clf()
+    a.classify_many(texts, texts)
+    query = "SELECT ext_id, label_id FROM items"
+    before = dict(a.store.query(query))
+    report = a.consolidate()
+    assert report["by"] == "items" and report["moved_items"] > 0
+    after = dict(a.store.query(query))
+    assert len({a.space.resolve(label) for label in after.values()}) == len(INTENTS)
+    b.space.refresh()  # the other process reads the rewritten label space
+    assert {b.space.resolve(label) for label in after.values()} <= set(b.space.names)
+    a.undo()
+    assert dict(a.store.query(query)) == before
