@@ -84,10 +84,13 @@ def test_grouping_by_items_splits_a_raw_label_given_to_unrelated_texts(tmp_path)
 def test_grouping_by_items_is_undone_exactly_and_leaves_pinned_labels_alone(tmp_path):
     gold = corpus()
     clf = _build(tmp_path, "u", sorted(gold), gold)
+    moved = next(t for t in sorted(gold) if gold[t] == "card_arrival")
+    assert clf.classify(moved, id="twin").source == "exact"
     before = final_labels(clf)
     aliases = {r: clf.space.resolve(i) for r, i in clf.space.aliases.items()}
     clf.consolidate()
     assert final_labels(clf) != before
+    assert final_labels(clf)["twin"] == final_labels(clf)[moved]  # a duplicate follows
     clf.undo()
     assert final_labels(clf) == before
     assert {r: clf.space.resolve(i) for r, i in clf.space.aliases.items()} == aliases

@@ -66,12 +66,19 @@ class ItemPlan:
     renames: list[tuple[int, str, str]] = field(default_factory=list)
 
 
+# Every item with a vector; an exact duplicate (stored without one) takes its original's,
+# so it lands wherever the original does.
+ITEMS = (
+    "SELECT i.id, i.label_id, i.raw_label, COALESCE(i.vector, m.vector) FROM items i "
+    "LEFT JOIN items m ON m.id = i.matched_item WHERE COALESCE(i.vector, m.vector) IS NOT NULL"
+)
+
+
 def gather_items(space: LabelSpace) -> Items:
-    """Every item with a vector outside pinned labels, sorted by vector (order-invariant),
-    and the core-name embedding of each raw label they carry."""
-    rows = space.store.query(
-        "SELECT id, label_id, raw_label, vector FROM items WHERE vector IS NOT NULL"
-    )
+    """Every item with a vector (its own, or an exact duplicate's original's) outside
+    pinned labels, sorted by vector (order-invariant), and the core-name embedding of each
+    raw label they carry."""
+    rows = space.store.query(ITEMS)
     rows = [r for r in rows if space.resolve(r[1]) not in space.pinned]
     rows.sort(key=lambda r: (bytes(r[3]), r[2] or "", r[0]))
     vectors = from_blobs([r[3] for r in rows], space.dim).astype(np.float64)
@@ -272,7 +279,7 @@ def _apply(space: LabelSpace, items: Items, result: ItemPlan, aliases: dict[str,
     reps = _representatives(space, items, result, aliases)
     with space.rewrite() as c:
         ids = write_labels(space, c, result, reps, detail)
-        stored = dict(store.query("SELECT id, label_id FROM items WHERE vector IS NOT NULL"))
+        stored = {r[0]: r[1] for r in store.query(ITEMS)}
         for k, rows in enumerate(result.clusters):
             for item in items.ids[rows].tolist():
                 if stored[item] != ids[k]:
