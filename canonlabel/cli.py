@@ -588,11 +588,19 @@ def consolidate(
         typer.Option(help="LLM calls on borderline groups, each judging several pairs (0: none)"),
     ] = 0,
     threshold: Annotated[
-        float | None, typer.Option(help="combined similarity at which raw labels group")
+        float | None,
+        typer.Option(
+            help="combined similarity at which raw labels group (--by items: the coherence "
+            "a label's members keep)"
+        ),
+    ] = None,
+    by: Annotated[
+        str | None,
+        typer.Option(help="raw_labels | items (default: the labelling LLM's own, as stored)"),
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="report, change nothing")] = False,
 ) -> None:
-    """Regroup every raw label by name and member evidence, order-invariantly (logged;
+    """Regroup every raw label (or, --by items, every item) order-invariantly (logged;
     `canonlabel undo` reverts it). Runs by itself during and after `classify`."""
     _curate(
         db,
@@ -601,6 +609,7 @@ def consolidate(
         llm=llm,
         need_llm=adjudicate > 0,  # otherwise no model is loaded
         consolidate_threshold=threshold,
+        consolidate_by=by,
     )
 
 

@@ -283,6 +283,8 @@ def test_consolidate_cli_dry_run_then_undo(tmp_path):
     assert r.returncode == 0, r.stderr
     r = run_cli("consolidate", "--dry-run", *common)
     assert r.returncode == 0 and json.loads(r.stdout)["dry_run"] is True
+    r = run_cli("consolidate", "--dry-run", "--by", "items", "--threshold", "0.6", *common)
+    assert r.returncode == 0 and json.loads(r.stdout)["by"] == "items", r.stderr
     r = run_cli("consolidate", *common)
     assert r.returncode == 0, r.stderr
     r = run_cli("undo", *common)
