@@ -194,7 +194,8 @@ class Router:
         label = self.space.item_label.get(item)
         if label is None:
             label = self._answered.get(item)
-        return -1 if label is None else self.space.resolve(label)
+        # an item forgotten on both counts stays its own reference: unknown never agrees
+        return ref if label is None else self.space.resolve(label)
 
     def _audited(self) -> None:
         self._audits += 1

@@ -51,6 +51,7 @@ class Items:
     """The items consolidation regroups (those not under a pinned label), sorted."""
 
     ids: np.ndarray
+    stored: np.ndarray  # label id on the item's row
     labels: np.ndarray  # current root label per item
     raw: list[str | None]
     vectors: np.ndarray  # unit text vectors
@@ -85,6 +86,7 @@ def gather_items(space: LabelSpace) -> Items:
     vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     items = Items(
         np.array([r[0] for r in rows], dtype=np.int64),
+        np.array([r[1] for r in rows], dtype=np.int64),
         np.array([space.resolve(r[1]) for r in rows], dtype=np.int64),
         [r[2] for r in rows],
         vectors,
@@ -106,6 +108,8 @@ def gather_items(space: LabelSpace) -> Items:
 
 def features(items: Items, name_weight: float) -> np.ndarray:
     """Text vectors blended with their raw label's core name (unit rows)."""
+    if name_weight == 0:
+        return items.vectors
     names = (
         np.stack(
             [
@@ -273,18 +277,16 @@ def consolidate_items(
 
 def _apply(space: LabelSpace, items: Items, result: ItemPlan, aliases: dict[str, int]) -> int:
     """Write a plan in one transaction and log it; returns the log entry id."""
-    store = space.store
     detail: dict = {"moves": [], "merges": [], "renames": [], "created": [], "vectors": {}}
     detail |= {"items": [], "aliases": []}
     reps = _representatives(space, items, result, aliases)
     with space.rewrite() as c:
         ids = write_labels(space, c, result, reps, detail)
-        stored = {r[0]: r[1] for r in store.query(ITEMS)}
         for k, rows in enumerate(result.clusters):
-            for item in items.ids[rows].tolist():
-                if stored[item] != ids[k]:
+            for item, stored in zip(items.ids[rows].tolist(), items.stored[rows].tolist()):
+                if stored != ids[k]:
                     c.execute("UPDATE items SET label_id = ? WHERE id = ?", (ids[k], item))
-                    detail["items"].append([item, stored[item], ids[k]])
+                    detail["items"].append([item, stored, ids[k]])
         for raw in sorted(aliases):
             now, new = space.aliases.get(raw), ids[aliases[raw]]
             if now is not None and now != new and space.resolve(now) not in space.pinned:
@@ -300,9 +302,13 @@ def _representatives(space, items: Items, result: ItemPlan, aliases) -> list[np.
 
     known = space.store.alias_vectors(space.dim)
     uses = Counter(r for r in items.raw if r is not None)
+    pointing: dict[int, list[str]] = defaultdict(list)
+    for raw, k in sorted(aliases.items()):
+        if raw in known:
+            pointing[k].append(raw)
     out = []
     for k, name in enumerate(result.names):
-        raws = [r for r, c in aliases.items() if c == k and r in known]
+        raws = pointing.get(k)
         if raws:
             v = np.sum([uses[r] * np.asarray(known[r], dtype=np.float64) for r in raws], axis=0)
         else:
