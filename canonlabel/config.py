@@ -122,6 +122,13 @@ class Settings(BaseSettings):
         description="bound on disagreement of non-LLM answers with the LLM "
         "(default: the LLM's own, else 0.05)",
     )
+    router_llm_floor: bool = Field(
+        False,
+        description="hold non-LLM answers to max_error *above* the LLM's own disagreement on "
+        "near-duplicate texts, for an LLM too noisy for any answer to meet max_error itself "
+        "(about half the calls when 10% of answers are wrong, at some cost in order "
+        "invariance)",
+    )
     audit_rate: float = Field(
         0.02, ge=0, le=1, description="share of router answers also sent to the LLM to audit"
     )

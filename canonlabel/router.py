@@ -25,6 +25,12 @@ the LLM, and the gate that holds the semantic cache to the same error bound.
   near-duplicate texts estimate e. When a trained head and enough audits still certify
   nothing, the summary's ``warning`` says so and what to do, instead of silently sending
   every item to the LLM.
+* **The LLM's floor** (``router_llm_floor``, off by default). For such an LLM the bound
+  can instead be ``max_error`` *above* the rate at which the LLM path labels
+  near-duplicate texts apart (the low end of its 95% interval, once
+  ``router_min_audits`` near-duplicates were audited): a non-LLM answer is then held to
+  "no less consistent than asking the LLM, within ``max_error``". It answers more
+  items, so which texts carry the LLM's own wrong answers depends more on arrival order.
 """
 
 from __future__ import annotations
@@ -205,6 +211,11 @@ class Router:
     def _update_pooled(self) -> None:
         """One bound on router and cache answers together (see ``joint_thresholds``)."""
         parts = [self.confidence, self.cache]
+        bound = self.bound()
+        if abs(bound - self.confidence.max_error) > 1e-9:
+            for part in parts:
+                part.max_error = bound
+                part.refresh(self.judge)
         current = [part.threshold_for(-1) for part in parts]
         chosen = joint_thresholds(parts, self.judge, current)
         for part, t in zip(parts, chosen, strict=True):
@@ -283,12 +294,31 @@ class Router:
             "version": self.version,
             "trained_on": self.trained_on,
             "max_error": self.max_error,
+            "bound": round(self.confidence.max_error, 4),
             **self.confidence.summary(resolve),
             "cache": self.cache.summary(resolve),
             "llm_self_disagreement": self.self_disagreement(),
             "warning": self.warning(),
             "train_seconds": round(self.train_seconds, 2),
         }
+
+    def floor(self) -> float:
+        """The LLM path's own disagreement on near-duplicate texts, at the low end of
+        its 95% interval (0 before ``router_min_audits`` of them): no answer can
+        disagree with the LLM less than the LLM disagrees with itself."""
+        if not getattr(self.settings, "router_llm_floor", False):
+            return 0.0
+        _, audited, wrong = self.cache.counts(self.judge)
+        near = self._near_duplicate_bins()
+        n, e = float(audited[near].sum()), float(wrong[near].sum())
+        return wilson_interval(e, n)[0] if n >= self.settings.router_min_audits else 0.0
+
+    def bound(self) -> float:
+        """The bound the audits hold answers to: ``max_error`` above the LLM's floor."""
+        return min(0.5, self.max_error + round(self.floor(), 2))
+
+    def _near_duplicate_bins(self) -> np.ndarray:
+        return np.array([plain(t)[0] >= NEAR_DUPLICATE - 1e-9 for t in self.cache.grid])
 
     def self_disagreement(self) -> dict:
         """How often the LLM path labels near-duplicate texts apart (the cache's audits
@@ -297,7 +327,7 @@ class Router:
         with chance 1 - (1 - e)², so e = 1 - sqrt(1 - rate). An answer that is always
         right still disagrees with such an LLM e of the time: no bound below e holds."""
         _, audited, wrong = self.cache.counts(self.judge)
-        near = np.array([plain(t)[0] >= NEAR_DUPLICATE - 1e-9 for t in self.cache.grid])
+        near = self._near_duplicate_bins()
         n, e = int(audited[near].sum()), int(wrong[near].sum())
         if not n:
             return {"near_duplicate_audits": 0, "rate": None, "llm_error": None}
@@ -328,8 +358,10 @@ class Router:
             f", so every item goes to the LLM: the head's most confident answers disagree "
             f"with the LLM path {best[0]:.0%} of the time, the cache's {best[1]:.0%}"
             + (f", and near-duplicates put the LLM's own error near {own:.0%}" if own else "")
-            + f". Raise --max-error (CANONLABEL_MAX_ERROR) above {min(best):.0%}, use a more "
-            "consistent LLM, or set CANONLABEL_ROUTER=0 for the fixed cache rule"
+            + f". Raise --max-error (CANONLABEL_MAX_ERROR) above {min(best):.0%}, set "
+            "CANONLABEL_ROUTER_LLM_FLOOR=1 to bound answers above the LLM's own "
+            "disagreement, use a more consistent LLM, or set CANONLABEL_ROUTER=0 for the "
+            "fixed cache rule"
         )
 
 

@@ -175,6 +175,40 @@ def test_an_llm_that_disagrees_with_itself_is_reported_not_silently_paid_for():
     assert audited(0.3).warning() is None  # a bound it can meet: paths answer, no warning
 
 
+def test_with_the_llm_floor_answers_are_bounded_above_the_llms_own_disagreement():
+    """An LLM that labels near-duplicates apart 20% of the time: at max_error 5% nothing
+    is certified, and with ``router_llm_floor`` the bound rises by the low end of that
+    rate's interval, so the head's surest answers (10% off the LLM) are certified."""
+    from types import SimpleNamespace
+
+    from canonlabel import Settings
+    from canonlabel.router import Router, SoftmaxHead
+
+    def audited(floor: bool, near_duplicates: int = 100) -> Router:
+        settings = Settings(router_llm_floor=floor)
+        router = Router(settings, SimpleNamespace(dim=4, resolve=int), 0.05)
+        router.head = SoftmaxHead()
+        for k in range(200):
+            if k < near_duplicates:
+                router.cache.seen([1], [0.97])
+                router.audit_cache(1, 0.97, 2 if k % 5 == 0 else 1)
+            router.confidence.seen([1], [0.99])
+            router.audit(1, 0.99, 2 if k % 10 == 0 else 1)
+        return router
+
+    off = audited(False)
+    assert off.bound() == 0.05 and off.summary()["bound"] == 0.05
+    assert math.isinf(off.confidence.threshold_for(-1)) and off.warning() is not None
+    assert "CANONLABEL_ROUTER_LLM_FLOOR=1" in off.warning()
+    on = audited(True)
+    low = on.self_disagreement()["interval_95"][0]
+    assert on.bound() == 0.05 + round(low, 2) and on.summary()["bound"] == on.bound()
+    assert not math.isinf(on.confidence.threshold_for(-1)) and on.warning() is None
+    assert on.answers(1, 0.99) and not off.answers(1, 0.99)
+    # too few near-duplicates to trust: no floor, whatever they say
+    assert audited(True, near_duplicates=10).bound() == 0.05
+
+
 def test_router_trains_online_answers_confident_items_and_is_audited(make_clf):
     from canonlabel.testing import FakeLabeler
 
