@@ -3,9 +3,10 @@
     .venv/bin/python benchmarks/router.py                                   # simulated LLM
     .venv/bin/python benchmarks/router.py --data tweeteval_emotion:train:5000
     .venv/bin/python benchmarks/router.py --llm local --data banking77:train:3000
+    .venv/bin/python benchmarks/router.py --error-rate 0.1 --modes off,on,floor
 
 The stream (shuffled, fed in chunks of 64 like a service's batches) runs with the router
-off and on (``--max-error``). Reported: LLM calls overall and in the last 2,000 items
+off, on (``--max-error``) and on with the LLM's floor (``floor``: ``router_llm_floor``). Reported: LLM calls overall and in the last 2,000 items
 (audits included), items answered by the router, cache and exact hits, ARI of the final
 labels against gold, and the offline disagreement of every non-LLM answer with what the
 simulated LLM says for that item: the item's intent against the majority intent of the
@@ -123,19 +124,25 @@ def main() -> None:
     parser.add_argument("--data", default="banking77:train:10000")
     parser.add_argument("--llm", default="simulated")
     parser.add_argument("--max-error", type=float, default=0.05)
-    parser.add_argument("--modes", default="off,on")
+    parser.add_argument("--modes", default="off,on", help="off, on, floor (comma-separated)")
+    parser.add_argument("--error-rate", type=float, default=0.0, help="simulated wrong share")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     name, texts, gold = load(args.data)
     embedder = make_embedder("minilm", Settings())
     data = EvalData.build(texts, gold, embedder)
     report = {"data": name, "llm": args.llm, "max_error": args.max_error}
+    if args.llm == "simulated":
+        report["error_rate"] = args.error_rate
     for mode in args.modes.split(","):
         if args.llm == "simulated":
-            labeler = SimulatedLLM(dict(zip(data.texts, data.gold)), inconsistency=0.5)
+            gold = dict(zip(data.texts, data.gold))
+            labeler = SimulatedLLM(gold, inconsistency=0.5, error_rate=args.error_rate)
         else:
             labeler = make_labeler(args.llm, Settings())
-        settings = Settings(router=mode == "on", max_error=args.max_error)
+        settings = Settings(
+            router=mode != "off", max_error=args.max_error, router_llm_floor=mode == "floor"
+        )
         report[f"router_{mode}"] = run(data, labeler, settings)
         print(json.dumps({mode: report[f"router_{mode}"]}, indent=1), flush=True)
     out = args.out or OUT / f"router_{args.llm}_{name.split(':')[0]}.json"
