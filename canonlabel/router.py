@@ -48,6 +48,7 @@ from canonlabel.thresholds import (
     CONFIDENCE_GRID,
     SIMILARITY_GRID,
     AuditedThresholds,
+    Z,
     joint_thresholds,
     laned,
     lanes,
@@ -304,14 +305,23 @@ class Router:
 
     def floor(self) -> float:
         """The LLM path's own disagreement on near-duplicate texts, at the low end of
-        its 95% interval (0 before ``router_min_audits`` of them): no answer can
-        disagree with the LLM less than the LLM disagrees with itself."""
+        its one-sided 95% interval (0 before ``router_min_audits`` of them): no answer
+        can disagree with the LLM less than the LLM disagrees with itself.
+
+        Post-stratified like the bound: near-duplicates the head or cache answer are
+        audited at ``audit_rate`` only, the rest all go to the LLM, so a plain rate would
+        be the rate of the hard ones, and would rise as more items are answered."""
         if not getattr(self.settings, "router_llm_floor", False):
             return 0.0
-        _, audited, wrong = self.cache.counts(self.judge)
+        seen, audited, wrong = self.cache.counts(self.judge)
         near = self._near_duplicate_bins()
-        n, e = float(audited[near].sum()), float(wrong[near].sum())
-        return wilson_interval(e, n)[0] if n >= self.settings.router_min_audits else 0.0
+        seen, audited, wrong = seen[near], audited[near], wrong[near]
+        total = seen.sum()
+        if audited.sum() < self.settings.router_min_audits or total <= 0:
+            return 0.0
+        p = wrong / (audited + 1.0)  # shrunk towards 0: this is a lower bound
+        spread = math.sqrt(float((seen**2 * p * (1 - p) / (audited + 1.0)).sum()))
+        return max(0.0, float((seen * p).sum() - Z * spread) / total)
 
     def bound(self) -> float:
         """The bound the audits hold answers to: ``max_error`` above the LLM's floor."""
