@@ -119,6 +119,13 @@ def classify(
             help="bound on non-LLM answers' disagreement with the LLM [0.05; bundled model 0.10]"
         ),
     ] = None,
+    llm_floor: Annotated[
+        bool | None,
+        typer.Option(
+            "--llm-floor/--no-llm-floor",
+            help="bound non-LLM answers above the LLM's own near-duplicate disagreement [off]",
+        ),
+    ] = None,
     audit_rate: Annotated[
         float | None, typer.Option(help="share of router answers audited by the LLM [0.02]")
     ] = None,
@@ -193,6 +200,7 @@ def classify(
             lock_wait=wait,
             router=online_router,
             max_error=max_error,
+            router_llm_floor=llm_floor,
             audit_rate=audit_rate,
             max_llm_calls=max_llm_calls,
         )

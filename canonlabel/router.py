@@ -296,6 +296,7 @@ class Router:
             "trained_on": self.trained_on,
             "max_error": self.max_error,
             "bound": round(self.confidence.max_error, 4),
+            "llm_floor": round(self.floor(), 4) if self.settings.router_llm_floor else None,
             **self.confidence.summary(resolve),
             "cache": self.cache.summary(resolve),
             "llm_self_disagreement": self.self_disagreement(),
