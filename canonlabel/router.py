@@ -27,8 +27,8 @@ the LLM, and the gate that holds the semantic cache to the same error bound.
   every item to the LLM.
 * **The LLM's floor** (``router_llm_floor``, off by default). For such an LLM the bound
   can instead be ``max_error`` *above* the rate at which the LLM path labels
-  near-duplicate texts apart (the low end of its 95% interval, once
-  ``router_min_audits`` near-duplicates were audited): a non-LLM answer is then held to
+  near-duplicate texts apart (post-stratified, the low end of its one-sided 95%
+  interval, once ``router_min_audits`` near-duplicates were audited): a non-LLM answer is then held to
   "no less consistent than asking the LLM, within ``max_error``". It answers more
   items, so which texts carry the LLM's own wrong answers depends more on arrival order.
 """
@@ -312,7 +312,7 @@ class Router:
         Post-stratified like the bound: near-duplicates the head or cache answer are
         audited at ``audit_rate`` only, the rest all go to the LLM, so a plain rate would
         be the rate of the hard ones, and would rise as more items are answered."""
-        if not getattr(self.settings, "router_llm_floor", False):
+        if not self.settings.router_llm_floor:
             return 0.0
         seen, audited, wrong = self.cache.counts(self.judge)
         near = self._near_duplicate_bins()
@@ -369,10 +369,14 @@ class Router:
             f", so every item goes to the LLM: the head's most confident answers disagree "
             f"with the LLM path {best[0]:.0%} of the time, the cache's {best[1]:.0%}"
             + (f", and near-duplicates put the LLM's own error near {own:.0%}" if own else "")
-            + f". Raise --max-error (CANONLABEL_MAX_ERROR) above {min(best):.0%}, set "
-            "CANONLABEL_ROUTER_LLM_FLOOR=1 to bound answers above the LLM's own "
-            "disagreement, use a more consistent LLM, or set CANONLABEL_ROUTER=0 for the "
-            "fixed cache rule"
+            + f". Raise --max-error (CANONLABEL_MAX_ERROR) above {min(best):.0%}, "
+            + (
+                ""
+                if self.settings.router_llm_floor
+                else "set CANONLABEL_ROUTER_LLM_FLOOR=1 to bound answers above the LLM's own "
+                "disagreement, "
+            )
+            + "use a more consistent LLM, or set CANONLABEL_ROUTER=0 for the fixed cache rule"
         )
 
 
