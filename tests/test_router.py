@@ -184,7 +184,7 @@ def test_with_the_llm_floor_answers_are_bounded_above_the_llms_own_disagreement(
     from canonlabel import Settings
     from canonlabel.router import Router, SoftmaxHead
 
-    def audited(floor: bool, near_duplicates: int = 100) -> Router:
+    def audited(floor: bool, near_duplicates: int = 100, head_wrong: int = 10) -> Router:
         settings = Settings(router_llm_floor=floor)
         router = Router(settings, SimpleNamespace(dim=4, resolve=int), 0.05)
         router.head = SoftmaxHead()
@@ -193,7 +193,7 @@ def test_with_the_llm_floor_answers_are_bounded_above_the_llms_own_disagreement(
                 router.cache.seen([1], [0.97])
                 router.audit_cache(1, 0.97, 2 if k % 5 == 0 else 1)
             router.confidence.seen([1], [0.99])
-            router.audit(1, 0.99, 2 if k % 10 == 0 else 1)
+            router.audit(1, 0.99, 2 if k % 100 < head_wrong else 1)
         return router
 
     off = audited(False)
@@ -206,6 +206,9 @@ def test_with_the_llm_floor_answers_are_bounded_above_the_llms_own_disagreement(
     assert on.answers(1, 0.99) and not off.answers(1, 0.99)
     # too few near-duplicates to trust: no floor, whatever they say
     assert audited(True, near_duplicates=10).bound() == 0.05
+    worse = audited(True, head_wrong=40)  # a head worse than the floor allows
+    assert math.isinf(worse.confidence.threshold_for(-1))
+    assert "CANONLABEL_ROUTER_LLM_FLOOR" not in worse.warning()  # it is on already
 
 
 def test_the_llm_floor_weighs_near_duplicates_by_how_many_were_seen_not_audited():
