@@ -6,7 +6,8 @@
     .venv/bin/python benchmarks/router.py --error-rate 0.1 --modes off,on,floor
 
 The stream (shuffled, fed in chunks of 64 like a service's batches) runs with the router
-off, on (``--max-error``) and on with the LLM's floor (``floor``: ``router_llm_floor``). Reported: LLM calls overall and in the last 2,000 items
+off, on (``--max-error``) and on with the LLM's floor (``floor``: ``router_llm_floor``).
+Reported: LLM calls overall and in the last 2,000 items
 (audits included), items answered by the router, cache and exact hits, ARI of the final
 labels against gold, and the offline disagreement of every non-LLM answer with what the
 simulated LLM says for that item: the item's intent against the majority intent of the

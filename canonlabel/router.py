@@ -28,9 +28,10 @@ the LLM, and the gate that holds the semantic cache to the same error bound.
 * **The LLM's floor** (``router_llm_floor``, off by default). For such an LLM the bound
   can instead be ``max_error`` *above* the rate at which the LLM path labels
   near-duplicate texts apart (post-stratified, the low end of its one-sided 95%
-  interval, once ``router_min_audits`` near-duplicates were audited): a non-LLM answer is then held to
-  "no less consistent than asking the LLM, within ``max_error``". It answers more
-  items, so which texts carry the LLM's own wrong answers depends more on arrival order.
+  interval, once ``router_min_audits`` near-duplicates were audited): a non-LLM answer
+  is then held to "no less consistent than asking the LLM, within ``max_error``". It
+  answers more items, so which texts carry the LLM's own wrong answers depends more on
+  arrival order.
 """
 
 from __future__ import annotations
