@@ -124,7 +124,7 @@ class Lookup(Delivery):
             for label, conf, n in zip(labels.tolist(), confs.tolist(), near)
         ]
         router.scored(labels[labels >= 0], np.asarray(scores)[labels >= 0])
-        rest, rest_near = [], []
+        rest, rest_near, answered = [], [], []
         for it, n, label, conf, score in zip(
             pending, near, labels.tolist(), confs.tolist(), scores
         ):
@@ -136,9 +136,28 @@ class Lookup(Delivery):
             elif self._audit_now():
                 self._lead(it)  # straight to the LLM: an audit of what the router would say
             else:
-                hits.append(self._hit(it, label, None, "model", conf, None))
+                answered.append((it, label, conf, n))
+        self._model_hits(answered, hits)
         self.clf.counters["route_seconds"] += time.perf_counter() - start
         return rest, rest_near
+
+    def _model_hits(self, answered, hits) -> None:
+        """Rows for items the head answers: (item, root label, confidence, neighbour).
+
+        One whose nearest cached neighbour holds the same label keeps that neighbour's
+        raw label and stored label id and names it as its match, as a cache hit does: a
+        consolidation or a split by hand that divides the label (two close intents a
+        name-only merge had joined) then takes the item where its nearest LLM-answered
+        text goes, instead of leaving it with whichever part keeps the id."""
+        resolve = self.clf.space.resolve
+        follows = [n is not None and resolve(n[0]) == label for _, label, _, n in answered]
+        ids = [n[2] for (_, _, _, n), f in zip(answered, follows) if f]
+        raws = self.clf.store.raw_labels(ids) if ids else {}
+        for (it, label, conf, n), follow in zip(answered, follows):
+            if follow and raws.get(n[2]) is not None:
+                hits.append(self._hit(it, n[0], raws[n[2]], "model", conf, n[2]))
+            else:
+                hits.append(self._hit(it, label, None, "model", conf, None))
 
     def _neighbours(self, pending: list[Item]) -> list[tuple[int, float, int] | None]:
         """Each item's nearest cached neighbour: (stored label, similarity, item id)."""

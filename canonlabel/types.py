@@ -45,8 +45,10 @@ class Result:
 
     ``label`` is the canonical label (``None`` when the item failed, and then
     ``error`` says why). ``raw_label`` is what the LLM said for this item, or for the
-    cached item it matched. ``similarity`` is the cosine similarity to the matched
-    item on a cache hit (1.0 on an exact hit, ``None`` on an LLM call).
+    cached item it matched (a router answer matches its nearest cached neighbour when
+    that holds the same label, else nothing). ``similarity`` is the cosine similarity to the
+    matched item on a cache hit (1.0 on an exact hit, the head's confidence on a router
+    answer, ``None`` on an LLM call).
     """
 
     text: str

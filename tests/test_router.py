@@ -366,3 +366,43 @@ def test_the_error_bound_is_the_setting_else_the_llms_own_else_five_percent(make
     assert generic.router.max_error == 0.05 and own.router.max_error == 0.10
     assert chosen.router.max_error == 0.2 and chosen.router.confidence.max_error == 0.2
     assert own.router.summary()["max_error"] == 0.10
+
+
+def test_a_router_answer_follows_its_nearest_llm_answered_text_when_its_label_splits(make_clf):
+    """Close intents a name-only merge joined come apart in a consolidation or a split by
+    hand; an item the head answered goes with its nearest LLM-answered text (whose raw
+    label it keeps, as a cache hit does), not with whichever part keeps the id."""
+    from canonlabel.testing import FakeLabeler
+
+    clf, _ = make_clf(
+        labeler=FakeLabeler(_topic_rule),
+        min_similarity=0.99,
+        router_min_items=40,
+        router_retrain_every=40,
+        router_min_audits=10,
+        max_error=0.2,
+        audit_rate=0.3,
+        consolidate_every=0,
+    )
+    texts = _texts(80)
+    for start in range(0, len(texts), 16):
+        clf.classify_many(texts[start : start + 16])
+        clf.router.wait()
+    rows = clf.store.query(
+        "SELECT i.id, i.raw_label, i.label_id, m.id, m.raw_label, m.label_id, m.source "
+        "FROM items i JOIN items m ON m.id = i.matched_item WHERE i.source = 'model' ORDER BY i.id"
+    )
+    assert rows, "no router answer matched a neighbour of its own label"
+    assert all(r[1] == r[4] and r[2] == r[5] and r[6] == "llm" for r in rows)
+    unmatched = clf.store.count(
+        "SELECT count(*) FROM items WHERE source = 'model' AND matched_item IS NULL"
+    )
+    assert unmatched == clf.store.count(
+        "SELECT count(*) FROM items WHERE source = 'model' AND raw_label IS NULL"
+    )
+    item, stored, matched = rows[-1][0], rows[-1][2], rows[-1][3]
+    created = clf.split(clf.space.resolve(stored), items=[matched])["created"][0]["id"]
+    now = dict(
+        clf.store.query("SELECT id, label_id FROM items WHERE id IN (?, ?)", (item, matched))
+    )
+    assert clf.space.resolve(now[item]) == clf.space.resolve(now[matched]) == created
