@@ -232,12 +232,12 @@ def test_the_llm_floor_weighs_near_duplicates_by_how_many_were_seen_not_audited(
     assert router.floor() < 0.03  # weighted by what was seen: ~1.5%, at its low end
 
 
-def test_router_trains_online_answers_confident_items_and_is_audited(make_clf):
+def _online(make_clf, n_per_topic: int = 80):
+    """A stream of the four topics through an online router that learns fast."""
     from canonlabel.testing import FakeLabeler
 
-    llm = FakeLabeler(_topic_rule)
     clf, _ = make_clf(
-        labeler=llm,
+        labeler=FakeLabeler(_topic_rule),
         min_similarity=0.99,  # no semantic cache: only the router can save calls
         router_min_items=40,
         router_retrain_every=40,
@@ -246,10 +246,15 @@ def test_router_trains_online_answers_confident_items_and_is_audited(make_clf):
         audit_rate=0.3,
         consolidate_every=0,
     )
-    texts = _texts(80)
+    texts = _texts(n_per_topic)
     for start in range(0, len(texts), 16):
         clf.classify_many(texts[start : start + 16])
         clf.router.wait()  # deterministic test: let each fit land
+    return clf, texts
+
+
+def test_router_trains_online_answers_confident_items_and_is_audited(make_clf):
+    clf, texts = _online(make_clf)
     summary = clf.router.summary()
     assert summary["version"] >= 1 and summary["audits"] > 0
     assert clf.counters["model_hits"] > 0, summary  # the router answered some items...
@@ -372,22 +377,7 @@ def test_a_router_answer_follows_its_nearest_llm_answered_text_when_its_label_sp
     """Close intents a name-only merge joined come apart in a consolidation or a split by
     hand; an item the head answered goes with its nearest LLM-answered text (whose raw
     label it keeps, as a cache hit does), not with whichever part keeps the id."""
-    from canonlabel.testing import FakeLabeler
-
-    clf, _ = make_clf(
-        labeler=FakeLabeler(_topic_rule),
-        min_similarity=0.99,
-        router_min_items=40,
-        router_retrain_every=40,
-        router_min_audits=10,
-        max_error=0.2,
-        audit_rate=0.3,
-        consolidate_every=0,
-    )
-    texts = _texts(80)
-    for start in range(0, len(texts), 16):
-        clf.classify_many(texts[start : start + 16])
-        clf.router.wait()
+    clf, _ = _online(make_clf)
     rows = clf.store.query(
         "SELECT i.id, i.raw_label, i.label_id, m.id, m.raw_label, m.label_id, m.source "
         "FROM items i JOIN items m ON m.id = i.matched_item WHERE i.source = 'model' ORDER BY i.id"
