@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     max_chars: int = Field(2000, ge=16, description="texts longer than this are truncated")
     concurrency: int = Field(1, ge=1, le=256)
     consolidate_every: int = Field(
-        50, ge=0, description="consolidate after this many new raw labels (0: only by hand)"
+        10, ge=0, description="consolidate after this many new raw labels (0: only by hand)"
     )
     consolidate_growth: float = Field(
         0.25, ge=0, description="...or after this share of the raw labels, if more"
