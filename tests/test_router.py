@@ -232,7 +232,7 @@ def test_the_llm_floor_weighs_near_duplicates_by_how_many_were_seen_not_audited(
     assert router.floor() < 0.03  # weighted by what was seen: ~1.5%, at its low end
 
 
-def _online(make_clf, n_per_topic: int = 80):
+def _online(make_clf):
     """A stream of the four topics through an online router that learns fast."""
     from canonlabel.testing import FakeLabeler
 
@@ -246,7 +246,7 @@ def _online(make_clf, n_per_topic: int = 80):
         audit_rate=0.3,
         consolidate_every=0,
     )
-    texts = _texts(n_per_topic)
+    texts = _texts(80)
     for start in range(0, len(texts), 16):
         clf.classify_many(texts[start : start + 16])
         clf.router.wait()  # deterministic test: let each fit land
