@@ -1,0 +1,50 @@
+"""``/v1/labels`` curation: merge, rename, split and undo (the admin token). Each runs
+alone on the service's worker thread (``exclusive``), between batches."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from canonlabel.routes.deps import admin, run
+
+router = APIRouter(prefix="/v1/labels", dependencies=[admin])
+
+
+class MergeIn(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+    from_: int = Field(alias="from")
+    into: int
+
+
+class RenameIn(BaseModel):
+    name: str
+
+
+class SplitIn(BaseModel):
+    k: int | None = None
+    aliases: list[str] | None = None
+    items: list[int] | None = None
+    name: str | None = None
+
+
+@router.post("/merge")
+async def merge(body: MergeIn, request: Request) -> dict:
+    return await run(request, lambda clf: clf.merge(body.from_, body.into), True)
+
+
+@router.post("/{label_id}/rename")
+async def rename(label_id: int, body: RenameIn, request: Request) -> dict:
+    return await run(request, lambda clf: clf.rename(label_id, body.name), True)
+
+
+@router.post("/{label_id}/split")
+async def split(label_id: int, body: SplitIn, request: Request) -> dict:
+    how = body.model_dump(exclude_none=True)
+    name = how.pop("name", None)
+    return await run(request, lambda clf: clf.split(label_id, name=name, **how), True)
+
+
+@router.post("/undo")
+async def undo(request: Request) -> dict:
+    return await run(request, lambda clf: clf.undo(), True)
