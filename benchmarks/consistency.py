@@ -175,12 +175,30 @@ def evaluate(data: EvalData, labeler, settings, strategies, shuffles: int) -> di
     return out
 
 
+def nearest_intents(data: EvalData, gold: list[str], k: int = 5) -> dict[str, list[str]]:
+    """Each intent's ``k`` nearest intents by the centroid of their texts' embeddings:
+    what a real model mostly mistakes an intent for."""
+    intents = sorted(set(gold))
+    index = {g: n for n, g in enumerate(intents)}
+    sums = np.zeros((len(intents), data.vectors.shape[1]))
+    np.add.at(sums, [index[g] for g in gold], data.vectors)
+    sums /= np.linalg.norm(sums, axis=1, keepdims=True)
+    sims = sums @ sums.T
+    np.fill_diagonal(sims, -np.inf)
+    return {g: [intents[j] for j in np.argsort(-sims[n])[:k]] for n, g in enumerate(intents)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--data", default=DEFAULT_DATA, help="name:split:N|all, comma-separated")
     ap.add_argument("--llm", default="simulated", help="simulated, or a labeler spec (local)")
     ap.add_argument("--error-rates", default="0,0.1", help="simulated LLM's wrong-intent shares")
     ap.add_argument("--inconsistency", type=float, default=0.5)
+    ap.add_argument(
+        "--error-kinds",
+        default="uniform",
+        help="uniform (any other intent) and/or confusable (one of the 5 nearest intents)",
+    )
     ap.add_argument("--shuffles", type=int, default=5)
     ap.add_argument("--strategies", default="canonlabel,seed,kmeans-k")
     ap.add_argument("--settings", default="{}", help="JSON overrides for canonlabel's settings")
@@ -199,19 +217,25 @@ def main() -> None:
         rates = (
             [float(x) for x in args.error_rates.split(",")] if args.llm == "simulated" else [None]
         )
-        for rate in rates:
+        runs = [(r, k) for r in rates for k in args.error_kinds.split(",") if r or k == "uniform"]
+        for rate, kind in runs if args.llm == "simulated" else [(None, None)]:
             if args.llm == "simulated":
                 from canonlabel.testing import SimulatedLLM
 
                 labeler = SimulatedLLM(
-                    dict(zip(data.texts, gold)), error_rate=rate, inconsistency=args.inconsistency
+                    dict(zip(data.texts, gold)),
+                    error_rate=rate,
+                    inconsistency=args.inconsistency,
+                    confusions=nearest_intents(data, gold) if kind == "confusable" else None,
                 )
             else:
                 llm_settings = settings.model_copy(update={"llm_cache": args.llm_cache})
                 labeler = make_labeler(args.llm, llm_settings)
-            print(f"{name} llm={args.llm} error_rate={rate}", flush=True)
+            print(f"{name} llm={args.llm} error_rate={rate} kind={kind}", flush=True)
             result = evaluate(data, labeler, settings, args.strategies.split(","), args.shuffles)
-            report["runs"].append({"data": name, "error_rate": rate, "strategies": result})
+            report["runs"].append(
+                {"data": name, "error_rate": rate, "error_kind": kind, "strategies": result}
+            )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
     print(markdown(report))
@@ -226,7 +250,7 @@ def markdown(report: dict) -> str:
     for run in report["runs"]:
         for strat, r in run["strategies"].items():
             lines.append(
-                f"| {run['data']} | {run['error_rate']} | {strat} | {r['labels']} ({r['gold_labels']}) "
+                f"| {run['data']} | {run['error_rate']} {run.get('error_kind') or ''} | {strat} | {r['labels']} ({r['gold_labels']}) "
                 f"| {r['nmi']} | {r['ari']} | {r['order_ari']} | {r['stable_share']} "
                 f"| {r['llm_calls']} | {r.get('name_similarity', '')} | {r.get('no_share', '')} |"
             )

@@ -16,7 +16,6 @@ gets one labelling actor on the driver's machine.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -25,7 +24,7 @@ import numpy as np
 
 from canonlabel.config import Settings
 from canonlabel.errors import MissingDependencyError
-from canonlabel.io import check_output, read_records
+from canonlabel.io import RowSpool, check_output, read_records
 from canonlabel.store import is_url
 
 BATCH = 256
@@ -152,16 +151,14 @@ def run_classify_ray(
         _Label, fn_constructor_kwargs={"settings": settings, "tally": tally},
         batch_size=size, concurrency=labelers, num_cpus=0.5, batch_format="numpy",
     )  # fmt: skip
-    sink = output.open("w", encoding="utf-8") if output else sys.stdout
-    try:
+    with RowSpool() as spool:
         for batch in ds.iter_batches(batch_size=BATCH, batch_format="numpy"):
-            sink.write("".join(r + "\n" for r in batch["row"]))
-            sink.flush()
-    finally:
-        if output:
-            sink.close()
-    counts = Counter(ray.get(tally.get.remote()))
-    summary = _finish(output, settings, counts, time.perf_counter() - start, labelers, console)
+            for r in batch["row"]:
+                spool.write(json.loads(r))
+        counts = Counter(ray.get(tally.get.remote()))
+        summary = _finish(
+            spool, output, settings, counts, time.perf_counter() - start, labelers, console
+        )
     _print_summary(console, summary)
     return summary
 
@@ -192,10 +189,10 @@ def _read(input: str, text_field: str, id_field: str, limit: int | None) -> list
     return rows
 
 
-def _finish(output, settings: Settings, counts: Counter, seconds: float, labelers, console):
-    """Consolidate and bring the output up to the final label space, on the driver."""
+def _finish(spool, output, settings: Settings, counts: Counter, seconds: float, labelers, console):
+    """Consolidate, then write the rows with the final label space, on the driver."""
     from canonlabel.pipeline import Classifier
-    from canonlabel.runner import _summary, relabel_output
+    from canonlabel.runner import _summary, deliver_rows
 
     # the labelling actors have exited; a SQLite writer lock may take a moment to free
     settings = settings.model_copy(update={"lock_wait": max(settings.lock_wait, 30.0)})
@@ -204,9 +201,8 @@ def _finish(output, settings: Settings, counts: Counter, seconds: float, labeler
         if settings.consolidate_every > 0:
             with console.status("consolidating labels..."):
                 clf.consolidate(adjudication_budget=None if clf.counters["llm_items"] else 0)
-            if output and clf.counters["consolidations"]:
-                relabel_output(output, clf)
-        return _summary(clf, seconds) | {"ray_labelers": labelers}
+        changed = deliver_rows(spool, output, clf)
+        return _summary(clf, seconds) | {"ray_labelers": labelers, "relabelled_rows": changed}
 
 
 def _ray():

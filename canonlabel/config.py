@@ -92,6 +92,11 @@ class Settings(BaseSettings):
         description="weight of name similarity against member similarity "
         "(default: the LLM's own, else 0.6)",
     )
+    consensus: bool = Field(
+        True,
+        description="move LLM answers the evidence contradicts to the consensus label at "
+        "every consolidation (off only to measure what it does)",
+    )
     consolidate_by: Literal["raw_labels", "items"] | None = Field(
         None,
         description="what consolidation groups: raw labels, moved whole, or the items "

@@ -79,15 +79,23 @@ class BackendError(CanonlabelError):
     """A backend (embedder or LLM) failed.
 
     ``retryable`` is True for failures that may pass on a later attempt
-    (rate limits, timeouts, 5xx); ``retry_after`` is the server's hint in seconds.
+    (rate limits, timeouts, 5xx); ``retry_after`` is the server's hint in seconds;
+    ``rejected`` is True when the endpoint refused the request itself (a field it does
+    not support), so another form of the request may pass.
     """
 
     def __init__(
-        self, message: str, *, retryable: bool = False, retry_after: float | None = None
+        self,
+        message: str,
+        *,
+        retryable: bool = False,
+        retry_after: float | None = None,
+        rejected: bool = False,
     ) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.retry_after = retry_after
+        self.rejected = rejected
 
 
 class LabelError(CanonlabelError):

@@ -63,6 +63,8 @@ class Run:
     matches: list[tuple[int, int]] = field(default_factory=list)
     llm_calls: int = 0
     adjudication_calls: int = 0  # of llm_calls: consolidation's questions
+    recheck_calls: int = 0  # of llm_calls: the consensus's second questions
+    llm_error_estimate: float = 0.0  # share of LLM answers the evidence contested
     tokens: int = 0
     seconds: float = 0.0
     audits: int = 0  # of llm_calls: items the router or cache would have answered
@@ -157,6 +159,8 @@ def run_canonlabel(data: EvalData, order, labeler: Labeler, settings: Settings) 
         run.matches = [(int(a), int(b)) for a, b in rows]
         run.llm_calls = clf.counters["llm_calls"]  # adjudication questions included
         run.adjudication_calls = clf.counters["adjudication_calls"]
+        run.recheck_calls = clf.counters["recheck_calls"]
+        run.llm_error_estimate = float(clf.store.meta().get("llm_error_estimate", 0.0))
         run.tokens = clf.counters["prompt_tokens"] + clf.counters["completion_tokens"]
         run.audits = clf.counters["audits"]
         run.router = clf.router.summary() if clf.router is not None else None
@@ -222,6 +226,8 @@ def summarize(data: EvalData, run: Run) -> dict:
         "failed": n - len(keep),
         "llm_calls": run.llm_calls,
         "adjudication_calls": run.adjudication_calls,
+        "recheck_calls": run.recheck_calls,
+        "llm_error_estimate": run.llm_error_estimate,
         "tokens": run.tokens,
         "hit_rate": round(hits / n, 4) if n else 0.0,
         "hit_precision": hit_precision(run.matches, data.gold),

@@ -29,20 +29,79 @@ class Record:
 
 
 def check_output(path: Path | None) -> Path | None:
-    """Fail before any work when ``path`` cannot be written (no directory, a directory)."""
+    """Fail before any work when ``path`` cannot be written (no directory, a directory).
+
+    An existing path (a file, a symlink's target, a FIFO, a device such as /dev/null)
+    only has to be writable itself: outputs are written in place, never replaced."""
     if path is None or str(path) == "-":
         return path
+    import os
+
     if path.is_dir():
         raise InputError(f"output {path} is a directory; pass a file path to -o")
+    if path.exists():
+        if not os.access(path, os.W_OK):
+            raise InputError(f"output {path} is not writable; pass another -o")
+        return path
     if not path.parent.is_dir():
         raise InputError(
             f"output directory {path.parent} does not exist; create it or pass another -o"
         )
-    import os
-
-    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise InputError(f"output {path} is not writable; pass another -o")
+    if not os.access(path.parent, os.W_OK):
+        raise InputError(f"output {path} cannot be created; pass another -o")
     return path
+
+
+class RowSpool:
+    """Output rows held in an anonymous temporary file until the job ends.
+
+    A job's rows may change label after they are made (consolidation), so they are
+    spooled and written to the destination once, in one pass, with their final labels.
+    The destination is opened for writing and nothing else: a regular file is
+    truncated and written, a symlink's target is written, a FIFO or a device
+    (/dev/stdout, /dev/null) receives the rows as a stream; nothing is ever renamed
+    over it or read back from it."""
+
+    def __init__(self) -> None:
+        import tempfile
+
+        self._file = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115 (closed by close())
+        self.rows = 0
+
+    def write(self, row: dict) -> None:
+        self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self.rows += 1
+
+    def deliver(self, output: Path | None, update=None, chunk: int = 500) -> int:
+        """Write every spooled row to ``output`` (stdout when None or "-"), each chunk
+        of rows passed through ``update(rows) -> changed`` first; returns how many rows
+        ``update`` changed."""
+        from itertools import islice
+
+        self._file.flush()
+        self._file.seek(0)
+        to_stdout = output is None or str(output) == "-"
+        sink = sys.stdout if to_stdout else open(output, "w", encoding="utf-8")  # noqa: SIM115
+        changed = 0
+        try:
+            while lines := list(islice(self._file, chunk)):
+                rows = [json.loads(line) for line in lines]
+                changed += update(rows) if update is not None else 0
+                sink.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+            sink.flush()
+        finally:
+            if not to_stdout:
+                sink.close()
+        return changed
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> RowSpool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def detect_format(path: str) -> str:

@@ -278,6 +278,8 @@ class Memory:
             )
         else:
             report = self._consolidate_raw_labels(grouping, dry_run, budget)
+        if self.settings.consensus:  # a budget of 0 (a finished job resumed) asks nothing
+            report["consensus"] = self._consensus(dry_run, ask=budget != 0)
         report["grouping"] = asdict(grouping)  # which defaults applied (the LLM's or yours)
         if not dry_run:
             self.consolidated_at = known
@@ -287,6 +289,62 @@ class Memory:
         _release_memory()
         self.record_adjudication(report["adjudication_calls"])
         return report
+
+    def _consensus(self, dry_run: bool, ask: bool = True) -> dict:
+        """Move the LLM answers that the evidence contradicts to the consensus label,
+        asking the LLM again about the contested ones the evidence alone does not settle
+        (see :mod:`canonlabel.labelspace.consensus`); returns what moved."""
+        from canonlabel.labelspace import consensus
+
+        ids, vectors, stored = self.store.cached_items(self.dim)
+        current = self.store.corrections()
+        resolve = self.space.resolve
+        answers = np.array(
+            [
+                resolve(current[i].answer_label) if i in current else resolve(label)
+                for i, label in zip(ids.tolist(), stored.tolist(), strict=True)
+            ],
+            dtype=np.int64,
+        )
+        found, contested = consensus.contests(ids, vectors, answers)
+        rechecks = self.store.rechecks()
+        asked = consensus.to_recheck(found, rechecks) if ask and not dry_run else []
+        if asked and self.labeler.id != "none":
+            rechecks |= {r.item_id: r for r in self._recheck(asked)}
+        moved, restored = consensus.plan(found, current, rechecks)
+        merged = 0
+        if not dry_run:
+            join = self.settings.label_similarity
+            merged = consensus.apply(self.space, moved, restored, contested, join)
+            self.counters["consensus_moved"] += len(moved)
+        return {
+            "emptied_merged": merged,
+            "contested": len(found),
+            "rechecked": len(asked),
+            "moved": len(moved),
+            "restored": len(restored),
+            "contested_share": round(contested, 4),
+        }
+
+    def _recheck(self, asked) -> list:
+        """Ask the LLM about contested items (one closed question each); the calls count
+        as LLM calls, and the answers are stored so no item is asked twice."""
+        from canonlabel.labelspace import consensus
+
+        texts = self.store.texts_by_id([c.item_id for c in asked])
+        requests = consensus.recheck_requests(self.space, texts, asked)
+        outputs: list[str | None] = []
+        for start in range(0, len(requests), 32):
+            chunk = requests[start : start + 32]
+            try:
+                outputs += [r.output for r in self.labeler.label_batch(chunk)]
+            except BackendError:
+                outputs += [None] * len(chunk)  # asked again at the next consolidation
+        self.counters["llm_calls"] += len(requests)
+        self.counters["recheck_calls"] += len(requests)
+        found = consensus.read_rechecks(self.space, asked, outputs)
+        self.store.save_rechecks([r for r, out in zip(found, outputs, strict=True) if out])
+        return found
 
     def _consolidate_raw_labels(self, grouping: Grouping, dry_run: bool, budget) -> dict:
         s = self.settings

@@ -144,20 +144,34 @@ class Classifier(Memory):
         return results, errors  # type: ignore[return-value]
 
     def labels(self) -> list[Label]:
-        """Canonical labels, most frequent first."""
+        """Canonical labels that hold items, most frequent first (a label the consensus
+        emptied, founded by stray answers, is not listed)."""
         counts: Counter[int] = Counter()
         for label_id, n in self.store.label_item_counts().items():
             counts[self.space.resolve(label_id)] += n
+        moved: Counter[int] = Counter()
+        for label_id, n in self.store.correction_counts().items():
+            moved[self.space.resolve(label_id)] += n
         aliases: dict[int, list[str]] = defaultdict(list)
         for raw, label_id in self.space.aliases.items():
             aliases[self.space.resolve(label_id)].append(raw)
         labels = [
             Label(
-                i, self.space.names[i], counts[i], tuple(sorted(aliases[i])), self.categories.get(i)
+                i,
+                self.space.names[i],
+                counts[i],
+                tuple(sorted(aliases[i])),
+                self.categories.get(i),
+                moved[i],
             )
             for i in self.space.roots()
+            if counts[i]
         ]
         return sorted(labels, key=lambda lab: (-lab.count, lab.id))
+
+    def label_count(self) -> int:
+        """How many canonical labels hold items."""
+        return len({self.space.resolve(i) for i in self.store.label_item_counts()})
 
     def label_detail(self, label_id: int, sample: int = 10) -> dict | None:
         """One label: name, count, aliases, a sample of member texts, merge history."""
@@ -209,8 +223,10 @@ class Classifier(Memory):
             "model_items": by_source.get("model", 0),
             "llm_items": by_source.get("llm", 0),
             "cached_items": len(self.cache),
-            "labels": len(self.space),
+            "labels": self.label_count(),
             "raw_labels": len(self.space.aliases),
+            "consensus_moved": sum(self.store.correction_counts().values()),
+            "llm_error_estimate": float(s.meta().get("llm_error_estimate", 0.0)),
             "merges": s.count("SELECT count(*) FROM merges WHERE undone = 0"),
             "failures": s.count("SELECT count(*) FROM failures"),
             "hit_rate": round(hits / items, 4) if items else 0.0,

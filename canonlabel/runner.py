@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from itertools import islice
@@ -20,7 +19,7 @@ from rich.progress import (
 )
 
 from canonlabel.config import Settings
-from canonlabel.io import check_output, count_lines, read_records, usable_text
+from canonlabel.io import RowSpool, check_output, count_lines, read_records, usable_text
 from canonlabel.normalize import text_key
 from canonlabel.types import Result
 
@@ -61,7 +60,7 @@ def run_classify(
 
             model = DistilledClassifier.load(router, embedder=clf.embedder)
     start = time.perf_counter()
-    sink = output.open("w", encoding="utf-8") if output else sys.stdout
+    spool = RowSpool()
     progress = Progress(
         TextColumn("[bold]classify"),
         BarColumn(),
@@ -72,35 +71,26 @@ def run_classify(
         console=console,
         disable=not console.is_terminal,
     )
-    try:
-        with clf, progress:
-            task = progress.add_task("classify", total=total, hit=0.0, llm=0)
-            while chunk := list(islice(records, CHUNK)):
-                for row in _classify_chunk(clf, chunk, model, router_threshold):
-                    sink.write(json.dumps(row, ensure_ascii=False) + "\n")
-                sink.flush()
-                c = clf.counters
-                answered = c["items"] - c["failed"]
-                hits = c["exact_hits"] + c["cache_hits"] + c["resumed"]
-                progress.update(
-                    task,
-                    advance=len(chunk),
-                    llm=c["llm_calls"],
-                    hit=hits / answered if answered else 0.0,
-                )
+    with clf, spool:
+        try:
+            with progress:
+                task = progress.add_task("classify", total=total, hit=0.0, llm=0)
+                while chunk := list(islice(records, CHUNK)):
+                    for row in _classify_chunk(clf, chunk, model, router_threshold):
+                        spool.write(row)
+                    _advance(progress, task, clf.counters, len(chunk))
             if clf.settings.consolidate_every > 0:
                 with console.status("consolidating labels..."):
                     # a job that labelled nothing new (a resumed, finished one) pays nothing
                     clf.consolidate(adjudication_budget=None if clf.counters["llm_items"] else 0)
-            if output and clf.counters["consolidations"]:
-                sink.close()
-                relabel_output(output, clf)
             summary = _summary(clf, time.perf_counter() - start)
-    except KeyboardInterrupt:
-        summary = _summary(clf, time.perf_counter() - start) | {"interrupted": True}
-    finally:
-        if output:
-            sink.close()
+        except KeyboardInterrupt:
+            summary = _summary(clf, time.perf_counter() - start) | {"interrupted": True}
+        finally:
+            # every row made, interrupted or not, reaches the output once, with the labels
+            # the store holds at the end (the store is still open here)
+            changed = deliver_rows(spool, output, clf)
+    summary["relabelled_rows"] = changed
     _print_summary(console, summary)
     if summary["reused_ids"]:
         console.print(
@@ -112,6 +102,14 @@ def run_classify(
     if warning:
         console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
     return summary
+
+
+def _advance(progress: Progress, task, c, n: int) -> None:
+    answered = c["items"] - c["failed"]
+    hits = c["exact_hits"] + c["cache_hits"] + c["resumed"]
+    progress.update(
+        task, advance=n, llm=c["llm_calls"], hit=hits / answered if answered else 0.0
+    )
 
 
 def _route(clf, model, threshold: float, records) -> dict[int, dict]:
@@ -179,38 +177,20 @@ def failed_record_row(text: str | None, ext_id: str | None, line: int, error: st
     ).output_row()
 
 
-def relabel_output(path: Path, clf) -> int:
-    """Bring rows written during the job up to the final label space (consolidation may
-    have moved raw labels, or items one by one, since); returns the number of rows whose
-    label changed."""
-    changed = 0
-    tmp = path.with_name(path.name + ".tmp")
-    with path.open(encoding="utf-8") as src, tmp.open("w", encoding="utf-8") as dst:
-        while lines := list(islice(src, 500)):
-            rows = [json.loads(line) for line in lines]
-            stored = _stored_labels(clf, rows)
-            for line, row in zip(lines, rows, strict=True):
-                if _relabel(clf, row, stored):
-                    changed += 1
-                    line = json.dumps(row, ensure_ascii=False) + "\n"
-                dst.write(line)
-    os.replace(tmp, path)
-    return changed
+def deliver_rows(spool: RowSpool, output: Path | None, clf) -> int:
+    """Write the spooled rows to ``output`` (stdout when None) with the labels the store
+    holds now (consolidation may have moved raw labels, or items one by one, since the
+    rows were made); returns the number of rows whose label changed."""
+    if not clf.counters["consolidations"]:
+        return spool.deliver(output)
+    return spool.deliver(output, lambda rows: relabel_rows(clf, rows))
 
 
-def _stored_labels(clf, rows: list[dict]) -> dict[tuple, int]:
-    """The stored label of each row's item, by (id, text key) and by text key alone."""
-    keys = sorted({text_key(r["text"]) for r in rows if r.get("label_id") is not None})
-    found: dict[tuple, int] = {}
-    if keys:
-        marks = ",".join("?" * len(keys))
-        for ext_id, key, label_id in clf.store.query(
-            f"SELECT ext_id, text_key, label_id FROM items WHERE text_key IN ({marks}) ORDER BY id",
-            keys,
-        ):
-            found.setdefault((ext_id, key), label_id)
-            found.setdefault((None, key), label_id)
-    return found
+def relabel_rows(clf, rows: list[dict]) -> int:
+    """Bring ``rows`` up to the final label space in place; returns how many changed."""
+    keys = [text_key(r["text"]) for r in rows if r.get("label_id") is not None]
+    stored = clf.store.item_labels(keys) if keys else {}
+    return sum(_relabel(clf, row, stored) for row in rows)
 
 
 def _relabel(clf, row: dict, stored: dict[tuple, int]) -> bool:
@@ -272,7 +252,9 @@ def _summary(clf, seconds: float) -> dict:
         "raw_labels": len(clf.space.aliases),
         "consolidations": c["consolidations"],
         "adjudication_calls": c["adjudication_calls"],
-        "labels": len(clf.space),
+        "labels": clf.label_count(),
+        "consensus_moved": c["consensus_moved"],
+        "llm_error_estimate": float(clf.store.meta().get("llm_error_estimate", 0.0)),
         "hit_rate": round(hits / (answered - c["resumed"]), 4) if answered > c["resumed"] else 0.0,
         "seconds": round(seconds, 2),
         "llm_seconds": round(c["llm_seconds"], 2),

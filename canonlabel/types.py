@@ -90,13 +90,15 @@ class Result:
 
 @dataclass(frozen=True)
 class Label:
-    """A canonical label with its stable id, member count and aliases (raw labels)."""
+    """A canonical label with its stable id, member count and aliases (raw labels).
+    ``moved``: members the consensus moved here against the LLM's answer."""
 
     id: int
     name: str
     count: int
     aliases: tuple[str, ...] = ()
     category: str | None = None
+    moved: int = 0
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ import pytest
 from canonlabel import Settings
 from canonlabel.runner import run_classify
 from canonlabel.store import open_store
+from canonlabel.testing import ledger_counts
 
 ray = pytest.importorskip("ray")
 DATA = Path(__file__).parent / "data" / "banking77_200.jsonl"
@@ -69,7 +69,7 @@ def test_ray_job_with_two_labellers_on_postgres(tmp_path, pg_url):
         llm_items = store.count("SELECT count(*) FROM items WHERE source = 'llm'")
     finally:
         store.close()
-    asked = Counter(ledger.read_text(encoding="utf-8").splitlines())
+    asked = ledger_counts(ledger)
     labelling_calls = summary["llm_calls"] - summary["adjudication_calls"]
     assert max(asked.values()) == 1 and sum(asked.values()) == llm_items == labelling_calls
 

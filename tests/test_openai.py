@@ -31,11 +31,12 @@ def test_structured_label_and_usage(server):
 
 
 def test_falls_back_to_plain_text_when_structured_output_is_unsupported(server):
-    server.script.append(("json400",))
+    server.script.extend([("json400",), ("json400",)])
     lab = labeler(server)
     assert lab.label(LabelRequest("x")).output == "card_delivery"
-    assert lab.structured is False
-    assert "response_format" not in server.requests[-1]["body"]
+    assert lab.form is None
+    forms = [r["body"].get("response_format", {}).get("type") for r in server.requests]
+    assert forms == ["json_schema", "json_object", None]  # llama.cpp's form tried between
 
 
 def test_429_and_500_are_retried_honouring_retry_after(server):

@@ -15,6 +15,12 @@ per consolidation settles dozens of pairs (``CANONLABEL_ADJUDICATION_BATCH`` pai
 call; local models are held to what fits their context). Labelers that cannot do free
 completions are asked one closed question per pair. Answers are kept in the store, so a
 pair is never paid for twice.
+
+A judge errs too, and its answer depends on the examples shown. So one answer never
+settles a pair: each pair is asked twice, the second time in the reverse order with other
+example texts, and a third time (other examples again) when the two disagree; the pair
+is decided when two answers agree (:func:`verdict`). With independent errors at rate e a
+pair is then decided wrongly about 3e² of the time instead of e.
 """
 
 from __future__ import annotations
@@ -94,6 +100,27 @@ def split_batch(prompt: str) -> list[tuple[str, str]]:
     return [
         (a.removeprefix("A: "), b) for a, _, b in (block.partition("\nB: ") for block in blocks)
     ]
+
+
+VARIANTS = 3  # questions a pair may get: two, and a third when they disagree
+
+
+def variant_key(key: str, variant: int) -> str:
+    """The stored key of a pair's ``variant``-th question (0: the pair's own key)."""
+    return key if variant == 0 else f"{key}#{variant + 1}"
+
+
+def verdict(stored: dict[str, bool], key: str) -> tuple[bool | None, int]:
+    """(decision, next question to ask) for pair ``key`` from its stored answers: the
+    answer two questions agree on, else None and the variant to ask next (``VARIANTS``
+    when none is left: the pair stays undecided, as groups apart)."""
+    answers = [stored.get(variant_key(key, v)) for v in range(VARIANTS)]
+    given = [a for a in answers if a is not None]
+    for value in (True, False):
+        if given.count(value) >= 2:
+            return value, VARIANTS
+    missing = [v for v, a in enumerate(answers) if a is None]
+    return None, missing[0] if missing else VARIANTS
 
 
 def borderline_pairs(
@@ -261,7 +288,8 @@ class Adjudication:
         group_of = {raw: g for g, raws in enumerate(self.raws) for raw in raws}
         self.stored = stored = self.store.adjudications()
         checks: dict[str, tuple[int, int]] = {}  # joins waiting for their heads' answer
-        for key, same in sorted(stored.items()):
+        for key in sorted({k.partition("#")[0] for k in stored}):
+            same, _ = verdict(stored, key)
             a, _, b = key.partition("|")
             if same and a in group_of and b in group_of:
                 check = self._claim(group_of[a], group_of[b])
@@ -271,7 +299,9 @@ class Adjudication:
         self.pair_of.update(checks)
         for g, h, _ in borderline_pairs(names, self.content, name_weight, floor, 2.0):
             key = self._key(g, h)
-            if key not in stored and not (self.links.pinned[g] and self.links.pinned[h]):
+            if verdict(stored, key)[1] < VARIANTS and not (
+                self.links.pinned[g] and self.links.pinned[h]
+            ):
                 self.pair_of.setdefault(key, (g, h))
 
     def _key(self, g: int, h: int) -> str:
@@ -293,18 +323,24 @@ class Adjudication:
         if {ha, hb} == {g, h}:
             links.join(g, h)
             return None
-        known = self.stored.get(self._key(ha, hb))
+        known, _ = verdict(self.stored, self._key(ha, hb))
         if known is None:
             return (ha, hb)
         if known:
             links.join(g, h)
         return None
 
-    def _shown(self, g: int) -> Shown:
+    def _shown(self, g: int, variant: int = 0) -> Shown:
+        """Group ``g`` as shown in a pair's ``variant``-th question: its top raw label and
+        the next most typical member texts (the first ones when there are too few)."""
         if g not in self._examples:
-            texts = self.store.typical_member_texts([self.top[g]], self._top_centroids[g], EXAMPLES)
+            texts = self.store.typical_member_texts(
+                [self.top[g]], self._top_centroids[g], EXAMPLES * VARIANTS
+            )
             self._examples[g] = texts
-        return self.top[g], self._examples[g]
+        texts = self._examples[g]
+        part = texts[EXAMPLES * variant : EXAMPLES * (variant + 1)]
+        return self.top[g], part or texts[:EXAMPLES]
 
     def controls(self) -> list[tuple[tuple[Shown, Shown], bool]]:
         """Two pairs with a known answer: the largest group against itself (other member
@@ -325,11 +361,19 @@ class Adjudication:
         links, pair_of = self.links, self.pair_of
 
         def question(g: int, h: int) -> tuple[str, Callable]:
-            return self._key(g, h), lambda: (self._shown(g), self._shown(h))
+            key = self._key(g, h)
+            v = verdict(self.stored, key)[1]
+            if v % 2:  # every other question shows the pair the other way round
+                return variant_key(key, v), lambda: (self._shown(h, v), self._shown(g, v))
+            return variant_key(key, v), lambda: (self._shown(g, v), self._shown(h, v))
 
-        def answered(key: str, same: bool) -> list:
-            self.stored[key] = same
-            check = self._claim(*pair_of[key]) if same else None
+        def answered(asked: str, same: bool) -> list:
+            self.stored[asked] = same
+            key = asked.partition("#")[0]
+            decided, following = verdict(self.stored, key)
+            if decided is None:
+                return [question(*pair_of[key])] if following < VARIANTS else []
+            check = self._claim(*pair_of[key]) if decided else None
             if check is None:
                 return []
             pair_of.setdefault(self._key(*check), check)
@@ -341,7 +385,7 @@ class Adjudication:
             [question(g, h) for g, h in pair_of.values()],
             budget,
             per_call,
-            settled=lambda k: links.joined(*pair_of[k]),
+            settled=lambda k: links.joined(*pair_of[k.partition("#")[0]]),
             answered=answered,
             controls=self.controls() if per_call > 2 else (),
             parallel=parallel,

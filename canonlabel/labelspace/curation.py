@@ -56,14 +56,20 @@ def merge(space: LabelSpace, source: int, into: int, *, pin: bool = True) -> dic
 
 
 def undo(space: LabelSpace) -> dict:
-    """Revert the most recent merge or consolidation that is not undone yet."""
+    """Revert the most recent merge, consolidation or consensus correction that is not
+    undone yet (undoing a correction keeps those items' LLM answers from then on)."""
     row = space.store.query_one(
         "SELECT id, from_label, into_label, kind, detail FROM merges "
-        "WHERE kind IN ('merge', 'consolidate') AND undone = 0 ORDER BY id DESC LIMIT 1"
+        "WHERE kind IN ('merge', 'consolidate', 'consensus') AND undone = 0 "
+        "ORDER BY id DESC LIMIT 1"
     )
     if row is None:
         raise CurationError("nothing to undo: no merge or consolidation is left")
     entry, source, into, kind, detail = row
+    if kind == "consensus":
+        from canonlabel.labelspace.consensus import revert as revert_consensus
+
+        return revert_consensus(space, entry, json.loads(detail))
     if kind == "consolidate":
         from canonlabel.labelspace.consolidate import revert
 

@@ -44,9 +44,13 @@ def make_client(*, base_url: str | None, api_key: str | None, timeout: float):
 class OpenAILabeler(Labeler):
     """Any OpenAI-compatible chat endpoint, temperature 0.
 
-    With ``structured=True`` it asks for a JSON-schema response and falls back to plain
-    text, once and for all, if the endpoint rejects ``response_format``.
+    With ``structured=True`` it asks for a JSON-schema response (``response_format``
+    ``json_schema``: OpenAI, vLLM, Ollama); an endpoint that rejects it is asked in
+    llama.cpp's form (``json_object`` with a ``schema``), and one that rejects that too
+    gets plain text, each step once and for all.
     """
+
+    _FORMS = ("json_schema", "json_object", None)
 
     def __init__(
         self,
@@ -65,7 +69,7 @@ class OpenAILabeler(Labeler):
         self.id = f"openai:{model}"
         self.client = client or make_client(base_url=base_url, api_key=api_key, timeout=timeout)
         self.max_retries = max_retries
-        self.structured = structured
+        self.form: str | None = "json_schema" if structured else None
         self.max_tokens = max_tokens
         self.concurrency = concurrency
 
@@ -78,20 +82,20 @@ class OpenAILabeler(Labeler):
     def _label_one(self, request: LabelRequest) -> LabelResponse:
         messages = chat_messages(request)
         enum = request.candidates if request.closed else ()
-        if self.structured:
+        while True:
+            form = self.form
             try:
                 response = self._create(
-                    messages, structured=True, enum=enum, max_labels=request.max_labels
+                    messages, form=form, enum=enum, max_labels=request.max_labels
                 )
+                break
             except BackendError as exc:
-                if "HTTP 400" not in str(exc) and "HTTP 422" not in str(exc):
+                if not exc.rejected or form is None:
                     raise
-                self.structured = False
-                response = self._create(messages, structured=False)
-        else:
-            response = self._create(messages, structured=False)
+                if self.form == form:  # another thread may have stepped down already
+                    self.form = self._FORMS[self._FORMS.index(form) + 1]
         content = response.choices[0].message.content or ""
-        if self.structured:
+        if form is not None:
             try:
                 value = json.loads(content).get("label", "")
                 content = ", ".join(value) if isinstance(value, list) else str(value)
@@ -109,7 +113,7 @@ class OpenAILabeler(Labeler):
         self, prompt: str, *, grammar: str | None = None, max_tokens: int = 256
     ) -> LabelResponse:
         response = self._create(
-            [{"role": "user", "content": prompt}], structured=False, max_tokens=max_tokens
+            [{"role": "user", "content": prompt}], form=None, max_tokens=max_tokens
         )
         usage = response.usage
         return LabelResponse(
@@ -123,7 +127,7 @@ class OpenAILabeler(Labeler):
         self,
         messages,
         *,
-        structured: bool,
+        form: str | None,
         enum: tuple[str, ...] = (),
         max_labels: int = 1,
         max_tokens: int | None = None,
@@ -134,7 +138,7 @@ class OpenAILabeler(Labeler):
             "temperature": 0,
             "max_tokens": max_tokens or self.max_tokens,
         }
-        if structured:
+        if form is not None:
             schema = _SCHEMA
             if enum:  # closed set: the endpoint cannot answer outside it
                 schema = json.loads(json.dumps(_SCHEMA))
@@ -142,7 +146,11 @@ class OpenAILabeler(Labeler):
                 if max_labels > 1:
                     item = {"type": "array", "items": item, "minItems": 1, "maxItems": max_labels}
                 schema["schema"]["properties"]["label"] = item
-            kwargs["response_format"] = {"type": "json_schema", "json_schema": schema}
+            kwargs["response_format"] = (
+                {"type": "json_schema", "json_schema": schema}
+                if form == "json_schema"
+                else {"type": "json_object", "schema": schema["schema"]}
+            )
         return call_with_retries(
             lambda: self.client.chat.completions.create(**kwargs), max_retries=self.max_retries
         )

@@ -30,16 +30,21 @@ def to_backend_error(exc: Exception) -> BackendError:
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
         retry_after = _retry_after(exc.response.headers if exc.response is not None else {})
-        retryable = status in (408, 409, 429) or status >= 500
+        # llama.cpp's Python server answers a request it cannot validate with HTTP 500:
+        # the same body would fail again, so that is a rejection, not a server fault
+        rejected = status in (400, 422) or (status >= 500 and _validation_error(exc.message))
+        retryable = not rejected and (status in (408, 409, 429) or status >= 500)
         hint = {
             401: "check the API key",
             403: "check the API key's permissions",
             404: "check the model name and base URL",
         }.get(status, "see the server's message")
         return BackendError(
-            f"endpoint answered HTTP {status}: {exc.message}; {hint}",
+            f"endpoint answered HTTP {status}{' (request rejected)' if rejected else ''}: "
+            f"{exc.message}; {hint}",
             retryable=retryable,
             retry_after=retry_after,
+            rejected=rejected,
         )
     if isinstance(exc, (json.JSONDecodeError, openai.APIResponseValidationError)):
         # a body cut short or mangled on the way
@@ -47,6 +52,11 @@ def to_backend_error(exc: Exception) -> BackendError:
             f"the endpoint sent a malformed response ({exc}); retrying", retryable=True
         )
     return BackendError(f"backend failed: {exc!r}", retryable=False)
+
+
+def _validation_error(message: str) -> bool:
+    text = message.lower()
+    return "validation error" in text and ("'body'" in text or '"body"' in text)
 
 
 def _retry_after(headers) -> float | None:

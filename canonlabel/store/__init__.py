@@ -11,6 +11,8 @@ from pathlib import Path
 
 from canonlabel.store.base import (
     SCHEMA_VERSION,
+    Correction,
+    Recheck,
     Store,
     StoredItem,
     Tx,
@@ -21,7 +23,9 @@ from canonlabel.store.sqlite import SqliteStore
 
 __all__ = [
     "SCHEMA_VERSION",
+    "Correction",
     "PostgresStore",
+    "Recheck",
     "SqliteStore",
     "Store",
     "StoredItem",

@@ -26,9 +26,31 @@ import numpy as np
 
 from canonlabel.errors import IncompatibleStoreError, TransientStoreError
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 T = TypeVar("T")
 EPOCH_KEY = "label_space_epoch"  # bumped by every change that rewrites existing labels
+
+
+@dataclass(frozen=True)
+class Correction:
+    """An LLM-answered item the consensus moved: from ``answer_label`` (the label of the
+    LLM's answer) to ``label_id``, with ``support`` (the evidence's share for it)."""
+
+    item_id: int
+    answer_label: int
+    label_id: int
+    support: float
+    kept: bool = False
+
+
+@dataclass(frozen=True)
+class Recheck:
+    """The LLM's second answer about a contested item: whether, asked to choose between
+    its first answer's label and ``label_id``, it chose ``label_id``."""
+
+    item_id: int
+    label_id: int
+    chose: bool
 
 
 @dataclass(frozen=True)
@@ -49,6 +71,28 @@ class Tx(Protocol):
     def execute(self, sql: str, params: Sequence[Any] = ...) -> Any: ...
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> Any: ...
+
+
+# Consensus corrections (canonlabel.labelspace.consensus): an LLM-answered item whose
+# label the evidence moved away from the LLM's answer. ``kept``: a person undid the move,
+# so the item keeps the LLM's answer from then on. (Same SQL on SQLite and PostgreSQL.)
+CORRECTIONS_TABLE = """
+CREATE TABLE corrections (
+    item_id BIGINT PRIMARY KEY,
+    answer_label BIGINT NOT NULL,
+    label_id BIGINT NOT NULL,
+    support REAL NOT NULL,
+    kept INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL
+);
+CREATE INDEX corrections_label ON corrections(label_id);
+CREATE TABLE rechecks (
+    item_id BIGINT PRIMARY KEY,
+    label_id BIGINT NOT NULL,
+    chose INTEGER NOT NULL,
+    created_at REAL NOT NULL
+);
+"""
 
 
 def to_blob(vector: np.ndarray) -> bytes:
@@ -359,6 +403,119 @@ class Store(ABC):
             for key, *rest in rows:
                 found.setdefault(key, _item(rest))
         return found
+
+    def item_labels(self, keys: Sequence[str]) -> dict[tuple[str | None, str], int]:
+        """The label of the items stored with each text key, by (ext id, text key) and,
+        for the first such item, by (None, text key)."""
+        found: dict[tuple[str | None, str], int] = {}
+        for chunk in _chunks(sorted(set(keys))):
+            rows = self.query(
+                f"SELECT ext_id, text_key, label_id FROM items WHERE text_key IN "
+                f"({_marks(len(chunk))}) AND label_id IS NOT NULL ORDER BY id",
+                chunk,
+            )
+            for ext_id, key, label_id in rows:
+                found.setdefault((ext_id, key), label_id)
+                found.setdefault((None, key), label_id)
+        return found
+
+    def corrections(self) -> dict[int, Correction]:
+        """Every consensus correction, by item id (see ``CORRECTIONS_TABLE``)."""
+        rows = self.query(
+            "SELECT item_id, answer_label, label_id, support, kept FROM corrections"
+        )
+        return {int(r[0]): Correction(int(r[0]), int(r[1]), int(r[2]), float(r[3]), bool(r[4]))
+                for r in rows}  # fmt: skip
+
+    def write_corrections(
+        self,
+        c: Tx,
+        moved: Sequence[Correction],
+        restored: Sequence[Correction],
+        *,
+        log: bool = True,
+    ) -> None:
+        """Move items back to the LLM's answer (``restored``), then to their consensus
+        label (``moved``; a ``kept`` one only records that a person kept the answer); the
+        cache hits that followed an item follow it. ``log``: one ``merges`` entry of kind
+        ``consensus`` that ``undo`` reverts."""
+        now = time.time()
+        for fix in restored:
+            c.execute("DELETE FROM corrections WHERE item_id = ?", (fix.item_id,))
+            self._relabel_item(c, fix.item_id, fix.label_id, fix.answer_label)
+        for fix in moved:
+            c.execute("DELETE FROM corrections WHERE item_id = ?", (fix.item_id,))
+            c.execute(
+                "INSERT INTO corrections (item_id, answer_label, label_id, support, kept, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (fix.item_id, fix.answer_label, fix.label_id, fix.support, int(fix.kept), now),
+            )
+            if not fix.kept:
+                self._relabel_item(c, fix.item_id, fix.answer_label, fix.label_id)
+        if not log:
+            return
+        detail = {
+            "moved": [[m.item_id, m.answer_label, m.label_id, m.support] for m in moved],
+            "restored": [[r.item_id, r.answer_label, r.label_id, r.support] for r in restored],
+        }
+        c.execute(
+            "INSERT INTO merges (kind, into_label, created_at, detail) "
+            "VALUES ('consensus', 0, ?, ?)",
+            (now, json.dumps(detail)),
+        )
+
+    @staticmethod
+    def _relabel_item(c: Tx, item: int, was: int, now: int) -> None:
+        c.execute("UPDATE items SET label_id = ? WHERE id = ?", (now, item))
+        c.execute(
+            "UPDATE items SET label_id = ? WHERE matched_item = ? AND label_id = ?",
+            (now, item, was),
+        )
+
+    def rechecks(self) -> dict[int, Recheck]:
+        """The LLM's second answers about contested items, by item id."""
+        rows = self.query("SELECT item_id, label_id, chose FROM rechecks")
+        return {int(r[0]): Recheck(int(r[0]), int(r[1]), bool(r[2])) for r in rows}
+
+    def save_rechecks(self, found: Sequence[Recheck]) -> None:
+        with self.write() as c:
+            for r in found:
+                c.execute("DELETE FROM rechecks WHERE item_id = ?", (r.item_id,))
+                c.execute(
+                    "INSERT INTO rechecks (item_id, label_id, chose, created_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    (r.item_id, r.label_id, int(r.chose), time.time()),
+                )
+
+    def texts_by_id(self, item_ids: Sequence[int]) -> dict[int, str]:
+        found: dict[int, str] = {}
+        for chunk in _chunks(list(item_ids)):
+            rows = self.query(
+                f"SELECT id, text FROM items WHERE id IN ({_marks(len(chunk))})", chunk
+            )
+            found.update((int(i), t) for i, t in rows)
+        return found
+
+    def merge_emptied(self, c: Tx, merges: Sequence[tuple[int, int, float]]) -> None:
+        """Merge labels left without items (``(label, into, similarity)``), logged as
+        kind ``emptied``."""
+        now = time.time()
+        for label, into, sim in merges:
+            c.execute("UPDATE labels SET merged_into = ? WHERE id = ?", (into, label))
+            c.execute(
+                "INSERT INTO merges (kind, from_label, into_label, similarity, created_at) "
+                "VALUES ('emptied', ?, ?, ?, ?)",
+                (label, into, sim, now),
+            )
+
+    def mark_undone(self, c: Tx, entry: int) -> None:
+        c.execute("UPDATE merges SET undone = 1 WHERE id = ?", (entry,))
+
+    def correction_counts(self) -> dict[int, int]:
+        """Members each label gained from consensus corrections (kept ones excluded)."""
+        return dict(self.query(
+            "SELECT label_id, count(*) FROM corrections WHERE kept = 0 GROUP BY label_id"
+        ))  # fmt: skip
 
     def raw_labels(self, item_ids: Sequence[int]) -> dict[int, str | None]:
         """Raw label of each item id (one query per 500 ids)."""

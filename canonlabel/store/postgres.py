@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from canonlabel.errors import MissingDependencyError, StoreError, TransientStoreError
-from canonlabel.store.base import SCHEMA_VERSION, Store, search_words
+from canonlabel.store.base import CORRECTIONS_TABLE, SCHEMA_VERSION, Store, search_words
 
 _LOCKS = 0x636C  # advisory lock class ids: 0x636C0000 + kind
 _LABEL_SPACE, _SCHEMA_LOCK, _CLAIM, _EXCLUSIVE = range(4)
@@ -123,7 +123,10 @@ CREATE TABLE router_versions (
     weights BYTEA NOT NULL, created_at DOUBLE PRECISION NOT NULL);
 CREATE TABLE projection (
     item_id BIGINT PRIMARY KEY, x DOUBLE PRECISION NOT NULL, y DOUBLE PRECISION NOT NULL);
-"""
+""" + CORRECTIONS_TABLE
+# Upgrades of a store made by an older canonlabel: version -> the SQL that makes it v+1
+# (PostgreSQL stores start at schema 7, the first one they had).
+_MIGRATIONS = {7: CORRECTIONS_TABLE}
 
 
 @functools.lru_cache(maxsize=512)
@@ -211,6 +214,11 @@ class PostgresStore(Store):
                 raise StoreError(
                     f"{self.location} holds tables that are not a canonlabel store of schema "
                     f"{SCHEMA_VERSION} or older; use another database or upgrade canonlabel"
+                )
+            for version in range(int(row[0]), SCHEMA_VERSION):
+                conn.execute(_MIGRATIONS[version])
+                conn.execute(
+                    "UPDATE meta SET value = %s WHERE key = 'schema_version'", (str(version + 1),)
                 )
 
     def close(self) -> None:

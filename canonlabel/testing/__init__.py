@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 
 from canonlabel.embed.hashing import HashEmbedder
@@ -89,6 +89,18 @@ def keyword_label(text: str, candidates: Sequence[str] = ()) -> str:
     return "_".join(([*words, "text"])[:2])
 
 
+def ledger_counts(path) -> Counter:
+    """How often each text was asked the labelling question, from a ``FakeLabeler`` log
+    (the consensus's closed second questions, logged as ``closed: TEXT``, left out)."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.exists():
+        return Counter()
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return Counter(x for x in lines if not x.startswith("closed: "))
+
+
 class FakeLabeler(Labeler):
     """Scriptable labeler: queued outputs first (:meth:`enqueue`), then ``rule``.
 
@@ -145,7 +157,8 @@ class FakeLabeler(Labeler):
             queued = self._queue.popleft() if self._queue else None
             if self.log:
                 with open(self.log, "a", encoding="utf-8") as fh:
-                    fh.write(request.text.replace("\n", " ") + "\n")
+                    kind = "closed: " if request.closed else ""  # another question
+                    fh.write(kind + request.text.replace("\n", " ") + "\n")
         if self.latency:
             time.sleep(self.latency)
         if isinstance(queued, Exception):

@@ -23,9 +23,10 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from canonlabel.testing import ledger_counts
 
 FAKE = ["--embedder", "hash"]
 _CURATION_LOOP = """
@@ -162,7 +163,7 @@ def kill_classify(workdir: Path, texts: list[str], kills: int, rng: random.Rando
     final = workdir / "final.jsonl"
     done = subprocess.run(classify_cmd(src, final, db, ledger), capture_output=True, text=True)
     rows = [json.loads(x) for x in final.read_text(encoding="utf-8").splitlines()]
-    asked = Counter(ledger.read_text(encoding="utf-8").splitlines()) if ledger.exists() else {}
+    asked = ledger_counts(ledger)
     llm_items = _count(db, "SELECT count(*) FROM items WHERE source = 'llm'")
     return report.as_dict() | {
         "final_exit": done.returncode,

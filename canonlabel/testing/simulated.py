@@ -129,10 +129,16 @@ class SimulatedLLM(Labeler):
     """An accurate-but-inconsistent LLM over a gold table ``text -> intent``.
 
     ``inconsistency``: chance that each naming move (synonym, filler word, dropped or
-    reordered word) is applied to an answer. ``error_rate``: share of texts answered with a
-    wrong intent. ``reuse``: chance of answering a shown candidate whose content words fit.
-    Unknown texts get a stable generic label. Thread-safe (it holds no mutable state but
-    counters).
+    reordered word) is applied to an answer. ``error_rate``: share of questions answered
+    with a wrong intent: uniformly among all others, or, with ``confusions`` (intent ->
+    the intents it is mistaken for, e.g. its 5 nearest), among those, as real models
+    mostly confuse near intents. An error depends on the question: the same open
+    question about a text always gets the same answer (temperature 0), a differently
+    worded one (a closed choice among candidates) errs independently. The judge
+    (adjudication) errs at ``judge_error_rate`` (default: ``error_rate``), depending on
+    the whole question, example texts and their order included. ``reuse``: chance of
+    answering a shown candidate whose content words fit. Unknown texts get a stable
+    generic label. Thread-safe (it holds no mutable state but counters).
     """
 
     def __init__(
@@ -144,8 +150,13 @@ class SimulatedLLM(Labeler):
         reuse: float = 0.9,
         seed: int = 0,
         max_chars: int = 2000,
+        confusions: Mapping[str, Sequence[str]] | None = None,
+        judge_error_rate: float | None = None,
     ) -> None:
-        self.id = f"simulated:{inconsistency}:{error_rate}:{seed}"
+        kind = "confusable" if confusions else "uniform"
+        self.id = f"simulated:{inconsistency}:{error_rate}:{kind}:{seed}"
+        self.confusions = {k: list(v) for k, v in (confusions or {}).items()}
+        self.judge_error_rate = error_rate if judge_error_rate is None else judge_error_rate
         self.max_chars = max_chars
         self.gold = {self._key(t): g for t, g in gold.items()}
         self.intents = sorted(set(self.gold.values()))
@@ -165,9 +176,9 @@ class SimulatedLLM(Labeler):
         except Exception:
             return text
 
-    def intent(self, text: str) -> str | None:
-        """The intent this model *understands* ``text`` to have (wrong ``error_rate`` of
-        the time), or None for a text it cannot place."""
+    def intent(self, text: str, question: str = "open") -> str | None:
+        """The intent this model *understands* ``text`` to have when asked ``question``
+        (wrong ``error_rate`` of the time), or None for a text it cannot place."""
         key = self._key(text)
         if key not in self.gold:  # shown clipped (adjudication): read it as the whole text
             key = self._whole(text)
@@ -175,9 +186,12 @@ class SimulatedLLM(Labeler):
                 return None
             text = key
         truth = self.gold[key]
-        rng = _rng(self.seed, "error", text)
+        rng = _rng(self.seed, "error", text) if question == "open" else _rng(
+            self.seed, "error", question, text
+        )
         if len(self.intents) > 1 and rng.random() < self.error_rate:
-            return rng.choice([i for i in self.intents if i != truth])
+            near = [i for i in self.confusions.get(truth, []) if i != truth]
+            return rng.choice(near or [i for i in self.intents if i != truth])
         return truth
 
     def _whole(self, text: str) -> str | None:
@@ -240,9 +254,11 @@ class SimulatedLLM(Labeler):
         usage = Usage(len(request.text.split()) + 40 + 4 * len(request.candidates), 6)
         if request.text.startswith(ADJUDICATE):
             return LabelResponse(self._adjudicate(request.text), usage)
-        intent = self._intent_of(request.text)
         if request.closed and request.candidates:
+            question = "closed:" + "|".join(sorted(request.candidates))
+            intent = self.intent(request.text, question) or self._intent_of(request.text)
             return LabelResponse(self._choose(intent, request), usage)
+        intent = self._intent_of(request.text)
         if intent is None:
             words = [w for w in _WORD.findall(request.text.lower()) if len(w) > 3][:2]
             return LabelResponse("_".join([*words, "message"]) or "general_message", usage)
@@ -274,7 +290,15 @@ class SimulatedLLM(Labeler):
         blocks = prompt.split("\nLabel ")
         if len(blocks) != 3:
             return "different"
-        return "same" if self._same(blocks[1], blocks[2]) else "different"
+        return "same" if self._judged(blocks[1], blocks[2]) else "different"
+
+    def _judged(self, a: str, b: str) -> bool:
+        """The judge's answer: :meth:`_same`, wrong ``judge_error_rate`` of the time
+        depending on the whole question (its wording, examples and their order)."""
+        same = self._same(a, b)
+        if _rng(self.seed, "judge", a, b).random() < self.judge_error_rate:
+            return not same
+        return same
 
     def _same(self, a: str, b: str) -> bool:
         """Whether two labels' example texts (``- text`` lines) are about one intent, as
@@ -289,7 +313,7 @@ class SimulatedLLM(Labeler):
     def _adjudicate_batch(self, prompt: str) -> str:
         """One ``N: same|different`` line per ``Pair N`` block."""
         lines = [
-            f"{n}: {'same' if self._same(a, b) else 'different'}"
+            f"{n}: {'same' if self._judged(a, b) else 'different'}"
             for n, (a, b) in enumerate(split_batch(prompt), 1)
         ]
         return "\n".join(lines) + "\n"

@@ -20,7 +20,9 @@ def _texts(n: int) -> list[str]:
 def test_killed_classify_loses_nothing_acknowledged(tmp_path):
     report = faults.kill_classify(tmp_path, _texts(1500), 2, random.Random(1))
     assert report["integrity_failures"] == 0 and report["invariant_failures"] == 0
-    assert report["lost_acknowledged"] == 0 and report["acknowledged"] > 0
+    # rows reach -o only at the end of a job (with their final labels): a killed job
+    # acknowledged nothing it had not stored, and the resumed one delivers every row
+    assert report["lost_acknowledged"] == 0
     assert report["final_exit"] == 0 and report["final_answered"] == 1500
     # only requests in flight at a kill (concurrency 2) can have been sent twice
     assert report["texts_sent_twice"] <= 2 * report["kills"]

@@ -1,0 +1,154 @@
+"""Consensus labels: a wrong LLM answer that the evidence contradicts does not decide."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from canonlabel import Settings
+from canonlabel.labelspace import consensus, undo
+from canonlabel.store import Correction, Recheck
+from canonlabel.testing import SimulatedLLM
+from canonlabel.types import LabelRequest
+from tests.test_consolidate import _OPENED, INTENTS, build, corpus, final_labels
+
+
+@pytest.fixture(autouse=True)
+def _close_classifiers():
+    yield
+    while _OPENED:
+        _OPENED.pop().close()
+
+
+def _blobs(n_per: int = 20, seed: int = 0):
+    """Three tight clusters of unit vectors, answer label = cluster, except item 0."""
+    rng = np.random.default_rng(seed)
+    centres = np.eye(3, 16)
+    X = np.concatenate([c + 0.05 * rng.standard_normal((n_per, 16)) for c in centres])
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    answers = np.repeat([101, 102, 103], n_per)
+    return np.arange(1, 3 * n_per + 1), X.astype(np.float32), answers
+
+
+def test_a_wrong_answer_inside_another_cluster_is_contested_and_sure():
+    ids, X, answers = _blobs()
+    answers = answers.copy()
+    answers[0] = 103  # the LLM said 103 about a text deep inside cluster 101
+    found, share = consensus.contests(ids, X, answers)
+    assert [(c.item_id, c.answer_label, c.label_id) for c in found] == [(1, 103, 101)]
+    assert found[0].sure and share == pytest.approx(1 / len(ids))
+
+
+def test_right_answers_are_not_contested_and_no_answer_votes_for_itself():
+    ids, X, answers = _blobs()
+    assert consensus.contests(ids, X, answers)[0] == []
+    ev = consensus.gather(ids, X, answers)
+    # leave-one-out: a label held by one item gives that item no probability of its own
+    lonely = answers.copy()
+    lonely[5] = 999
+    ev = consensus.gather(ids, X, lonely)
+    col = list(ev.labels).index(999)
+    assert ev.p[5, col] == 0.0
+    assert np.allclose(ev.p.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_plan_moves_sure_and_rechecked_items_and_restores_the_rest():
+    sure = consensus.Contest(1, 10, 20, 0.9, True)
+    asked = consensus.Contest(2, 10, 20, 0.6, False)
+    unconfirmed = consensus.Contest(3, 10, 20, 0.6, False)
+    current = {
+        4: Correction(4, 10, 20, 0.9),  # no longer contested: goes back to its answer
+        5: Correction(5, 10, 20, 0.9, kept=True),  # a person kept its answer
+    }
+    rechecks = {2: Recheck(2, 20, True), 3: Recheck(3, 20, False)}
+    moved, restored = consensus.plan([sure, asked, unconfirmed], current, rechecks)
+    assert [m.item_id for m in moved] == [1, 2]
+    assert [(r.item_id, r.answer_label) for r in restored] == [(4, 10)]
+    assert consensus.to_recheck([sure, asked, unconfirmed], {}) == [asked, unconfirmed]
+    assert consensus.to_recheck([asked], rechecks) == []
+
+
+def _noisy(gold, rate=0.25):
+    """A simulated LLM whose open answers are wrong ``rate`` of the time."""
+    return SimulatedLLM(gold, inconsistency=0.0, error_rate=rate, seed=1)
+
+
+def test_consensus_moves_wrong_answers_to_their_cluster_and_keeps_the_raw_answer(tmp_path):
+    gold = corpus(n_per_intent=20)
+    llm = _noisy(gold)
+    wrong = {t for t in gold if llm.intent(t) != gold[t]}
+    assert len(wrong) > 5
+    plain = build(tmp_path, "plain", sorted(gold), gold, labeler=_noisy(gold), consensus=False)
+    clf = build(tmp_path, "c", sorted(gold), gold, labeler=llm)
+    plain.consolidate()
+    report = clf.consolidate()
+    assert report["consensus"]["moved"] > 0
+
+    def errors(c):
+        labels = final_labels(c)
+        main = {i: max({labels[t] for t in gold if gold[t] == i},
+                       key=lambda n: sum(labels[t] == n for t in gold)) for i in INTENTS}  # fmt: skip
+        return sum(labels[t] != main[gold[t]] for t in gold)
+
+    assert errors(clf) < errors(plain)
+    moved = clf.store.corrections()
+    assert moved and all(not c.kept for c in moved.values())
+    raw = clf.store.raw_labels(list(moved))
+    assert all(raw[i] is not None for i in moved)  # what the LLM said is kept
+    assert sum(lab.moved for lab in clf.labels()) == len(moved)
+    assert clf.stats()["llm_error_estimate"] > 0
+
+
+def test_a_second_consolidation_with_no_new_text_changes_nothing(tmp_path):
+    gold = corpus(n_per_intent=20)
+    clf = build(tmp_path, "i", sorted(gold), gold, labeler=_noisy(gold))
+    clf.consolidate()
+    labels = {(lab.id, lab.name, lab.count) for lab in clf.labels()}
+    items = final_labels(clf)
+    calls = clf.counters["llm_calls"]
+    report = clf.consolidate()
+    assert report["consensus"]["moved"] == report["consensus"]["restored"] == 0
+    assert {(lab.id, lab.name, lab.count) for lab in clf.labels()} == labels
+    assert final_labels(clf) == items
+    assert clf.counters["llm_calls"] == calls  # nothing asked twice
+
+
+def test_undo_gives_back_the_llm_answer_and_keeps_it(tmp_path):
+    gold = corpus(n_per_intent=20)
+    clf = build(tmp_path, "u", sorted(gold), gold, labeler=_noisy(gold))
+    before = final_labels(clf)
+    report = clf.consolidate()
+    assert report["consensus"]["moved"] > 0
+    result = undo(clf.space)
+    assert result["kind"] == "undo" and result["kept"] == report["consensus"]["moved"]
+    kept = clf.store.corrections()
+    assert kept and all(c.kept for c in kept.values())
+    clf.consolidate()  # the next consolidation leaves a kept answer alone
+    assert all(c.kept for c in clf.store.corrections().values())
+    assert {i for i in kept} == {i for i, c in clf.store.corrections().items() if c.kept}
+    assert before  # (the items were labelled)
+
+
+def test_simulated_errors_vary_with_the_question_and_can_be_confusable():
+    gold = corpus(n_per_intent=30)
+    near = {i: ["exchange_rate"] for i in INTENTS}
+    near["exchange_rate"] = ["card_arrival"]
+    llm = SimulatedLLM(gold, error_rate=0.3, confusions=near, seed=2)
+    texts = list(gold)
+    wrong = [t for t in texts if llm.intent(t) != gold[t]]
+    assert wrong and {llm.intent(t) for t in wrong} <= {"exchange_rate", "card_arrival"}
+    # the open question errs the same way every time; a closed one errs independently
+    assert [llm.intent(t) for t in texts] == [llm.intent(t) for t in texts]
+    closed = [llm.intent(t, "closed:a|b") for t in texts]
+    assert closed != [llm.intent(t) for t in texts]
+    # a recheck is a closed choice between two names
+    t = texts[0]
+    out = llm.label(LabelRequest(t, (gold[t], "something_else"), closed=True)).output
+    assert out in (gold[t], "something_else")
+
+
+def test_consensus_can_be_turned_off_to_measure_it(tmp_path):
+    gold = corpus()
+    clf = build(tmp_path, "off", sorted(gold), gold, labeler=_noisy(gold), consensus=False)
+    assert "consensus" not in clf.consolidate()
+    assert Settings().consensus is True
