@@ -252,6 +252,7 @@ def _summary(clf, seconds: float) -> dict:
         "raw_labels": len(clf.space.aliases),
         "consolidations": c["consolidations"],
         "adjudication_calls": c["adjudication_calls"],
+        "recheck_calls": c["recheck_calls"],
         "labels": clf.label_count(),
         "consensus_moved": c["consensus_moved"],
         "llm_error_estimate": float(clf.store.meta().get("llm_error_estimate", 0.0)),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from canonlabel.errors import BackendError, ConfigError, MissingDependencyError
 from canonlabel.llm.base import Labeler
-from canonlabel.llm.prompt import completion_prompt
+from canonlabel.llm.prompt import completion_prefix, completion_prompt
 from canonlabel.types import Grouping, LabelRequest, LabelResponse, Usage
 
 # 2-5 lowercase words joined by underscores; the pipeline validates again. The first word
@@ -134,6 +134,7 @@ class LlamaCppLabeler(Labeler):
         self._llm = None
         self._lock = threading.Lock()
         self._grammars: dict[tuple[str, ...], object] = {}
+        self._prefixes: dict[str, object] = {}  # prompt prefix -> model state after it
 
     def _model(self):
         if self._llm is None:
@@ -150,6 +151,14 @@ class LlamaCppLabeler(Labeler):
                     verbose=False,
                 )
         return self._llm
+
+    def _restore_prefix(self, llm, prefix: str) -> None:
+        state = self._prefixes.get(prefix)
+        if state is None:
+            llm.reset()
+            llm.eval(llm.tokenize(prefix.encode("utf-8"), add_bos=True))
+            state = self._prefixes[prefix] = llm.save_state()
+        llm.load_state(state)
 
     def _grammar(self, text: str):
         grammar = self._grammars.get(text)
@@ -206,9 +215,11 @@ class LlamaCppLabeler(Labeler):
                 )
                 prompt = completion_prompt(request)
             try:
-                # Reusing the previous prompt's KV cache splits the evaluation differently
-                # and can flip a near-tie: the same prompt must give the same label.
-                llm.reset()
+                # The fixed prefix is evaluated once and its state restored before every
+                # call, so each prompt is evaluated split the same way (prefix, then the
+                # rest): reusing whatever the previous prompt left would split it
+                # differently and could flip a near-tie.
+                self._restore_prefix(llm, completion_prefix(request))
                 out = llm.create_completion(
                     prompt,
                     max_tokens=self.max_tokens,
