@@ -305,6 +305,7 @@ def labels(
                     "id": r.id,
                     "label": r.name,
                     "count": r.count,
+                    "moved": r.moved,
                     "aliases": list(r.aliases),
                     "category": r.category,
                 }
@@ -317,13 +318,16 @@ def labels(
         return
     from rich.table import Table
 
-    table = Table("id", "label", "count", "category", "aliases", title=f"{len(rows)} labels")
+    table = Table(
+        "id", "label", "count", "moved", "category", "aliases", title=f"{len(rows)} labels"
+    )  # moved: members the consensus moved here against the LLM's answer
     for r in shown:
         others = [a for a in r.aliases if a != r.name]
         table.add_row(
             str(r.id),
             r.name,
             str(r.count),
+            str(r.moved or ""),
             r.category or "",
             ", ".join(others[:8]) + (f" (+{len(others) - 8})" if len(others) > 8 else ""),
         )

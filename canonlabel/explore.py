@@ -127,6 +127,9 @@ def points(clf) -> dict:
     roots = [r for r, _ in Counter(label_of).most_common()]
     index = {r: k for k, r in enumerate(roots)}
     x, y, lab = np.array(xs), np.array(ys), np.array([index[r] for r in label_of], dtype=np.int64)
+    moved = Counter()
+    for label_id, n in store.correction_counts().items():
+        moved[space.resolve(label_id)] += n
     labels = []
     for r in roots:
         members = lab == index[r]
@@ -135,6 +138,7 @@ def points(clf) -> dict:
                 "id": r,
                 "name": space.names[r],
                 "count": int(members.sum()),
+                "moved": moved[r],  # members the consensus moved here
                 "x": round(float(np.median(x[members])), 5),
                 "y": round(float(np.median(y[members])), 5),
                 "category": clf.categories.get(r),
@@ -199,7 +203,16 @@ def members(clf, label_id: int, limit: int = 200) -> list[dict]:
         [*family, limit],
     )
     keys = ("id", "ext_id", "text", "raw_label", "source", "similarity")
-    return [dict(zip(keys, r)) for r in rows]
+    fixes = clf.store.corrections()
+    out = []
+    for r in rows:
+        row = dict(zip(keys, r))
+        fix = fixes.get(row["id"])
+        if fix is not None and not fix.kept:  # the LLM said otherwise; the evidence moved it
+            row["moved_from"] = space.name(fix.answer_label)
+            row["support"] = fix.support
+        out.append(row)
+    return out
 
 
 def search_labels(clf, query: str, mode: str, k: int = 20) -> list[int]:

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The test command (README and CI): lint, then every test including the real bundled models.
+# The test command (README and CI): lint, the docs build, then every test including the real
+# bundled models.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 .venv/bin/ruff check canonlabel tests benchmarks
+.venv/bin/mkdocs build --strict -q -d "$(mktemp -d)"
 .venv/bin/python -m pytest -q "$@"

@@ -101,6 +101,7 @@ async def labels(
                 "id": r.id,
                 "name": r.name,
                 "count": r.count,
+                "moved": r.moved,
                 "aliases": list(r.aliases),
                 "category": r.category,
             }

@@ -285,7 +285,7 @@ async function select(id) {
   const l = d.labels[i];
   $("detail").hidden = false; $("detail-name").textContent = l.name;
   $("detail-meta").textContent = `${l.count} items · id ${l.id}` + (l.category ? ` · category ${l.category}` : "") +
-    (l.spread != null ? ` · spread ${l.spread}` : "");
+    (l.spread != null ? ` · spread ${l.spread}` : "") + (l.moved ? ` · ${l.moved} moved by consensus` : "");
   const members = $("members"), history = $("history");
   members.textContent = ""; history.textContent = ""; $("aliases").textContent = ""; state.lasso = [];
   if (state.readOnly) {
@@ -326,7 +326,14 @@ function addMember(m) {
   }
   li.append(m.text + " ");
   src.className = "src"; src.textContent = `${m.source}${m.raw_label ? " · " + m.raw_label : ""}`;
-  li.append(src); $("members").append(li);
+  li.append(src);
+  if (m.moved_from) {  // the LLM answered another label; the consensus moved the item here
+    const mark = document.createElement("span"); mark.className = "moved";
+    mark.textContent = ` · moved from ${m.moved_from} (support ${m.support})`;
+    mark.title = "the evidence of similar items contradicted the LLM's answer"; li.append(mark);
+    li.classList.add("consensus");
+  }
+  $("members").append(li);
 }
 
 async function search(e) {
