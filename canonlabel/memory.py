@@ -278,7 +278,10 @@ class Memory:
             )
         else:
             report = self._consolidate_raw_labels(grouping, dry_run, budget)
-        if self.settings.consensus:  # a budget of 0 (a finished job resumed) asks nothing
+        # Grouping by items already labels each item by its text's cluster, not by its
+        # answer alone; consensus on top of it would move items the regrouping moves back.
+        if self.settings.consensus and grouping.by != "items":
+            # a budget of 0 (a finished job resumed) asks nothing
             report["consensus"] = self._consensus(dry_run, ask=budget != 0)
         report["grouping"] = asdict(grouping)  # which defaults applied (the LLM's or yours)
         if not dry_run:
@@ -315,7 +318,7 @@ class Memory:
         merged = 0
         if not dry_run:
             join = self.settings.label_similarity
-            merged = consensus.apply(self.space, moved, restored, contested, join)
+            merged = consensus.apply(self.space, moved, restored, len(ids), join)
             self.counters["consensus_moved"] += len(moved)
         return {
             "emptied_merged": merged,

@@ -16,11 +16,11 @@ call; local models are held to what fits their context). Labelers that cannot do
 completions are asked one closed question per pair. Answers are kept in the store, so a
 pair is never paid for twice.
 
-A judge errs too, and its answer depends on the examples shown. So one answer never
-settles a pair: each pair is asked twice, the second time in the reverse order with other
-example texts, and a third time (other examples again) when the two disagree; the pair
-is decided when two answers agree (:func:`verdict`). With independent errors at rate e a
-pair is then decided wrongly about 3e² of the time instead of e.
+A judge errs too, and its answer depends on the examples shown. So one "same" never
+joins a pair: it is asked again, in the reverse order with other example texts, and a
+third time (other examples again) when the two disagree; two agreeing answers decide
+(:func:`verdict`). With independent errors at rate e a pair is joined wrongly about 3e²
+of the time instead of e. A "different" decides alone: it only leaves a group apart.
 """
 
 from __future__ import annotations
@@ -111,11 +111,21 @@ def variant_key(key: str, variant: int) -> str:
 
 
 def verdict(stored: dict[str, bool], key: str) -> tuple[bool | None, int]:
-    """(decision, next question to ask) for pair ``key`` from its stored answers: the
-    answer two questions agree on, else None and the variant to ask next (``VARIANTS``
-    when none is left: the pair stays undecided, as groups apart)."""
+    """(decision, next question to ask) for pair ``key`` from its stored answers.
+
+    A "different" decides alone; a "same" must be confirmed by a second answer (a wrong
+    "same" joins two kinds of message for good, a wrong "different" leaves a group apart
+    that the next consolidation can still join): with two answers that disagree, a third
+    decides. The decision is None while a question is still due (the variant to ask
+    next), or after ``VARIANTS`` questions without a majority.
+
+    Asking a "different" again too where the pair's similarity leans "same" was measured
+    and not adopted: the questions it adds leave other pairs unasked within the budget
+    (Banking77 at 10% wrong answers: 106 -> 173 labels, ARI 0.884 -> 0.846)."""
     answers = [stored.get(variant_key(key, v)) for v in range(VARIANTS)]
     given = [a for a in answers if a is not None]
+    if given == [False]:
+        return False, VARIANTS
     for value in (True, False):
         if given.count(value) >= 2:
             return value, VARIANTS
