@@ -234,11 +234,16 @@ def search_labels(clf, query: str, mode: str, k: int = 20) -> list[int]:
     return seen[:k]
 
 
-def curves(clf, window: int = 1000) -> dict:
-    """Per window of ``window`` items in arrival order: hit rate, LLM calls per 1,000
-    items, the router's share, and the labels created by the window's end; with the
-    router's current estimated error."""
+CURVE_POINTS = 50  # windows per curve
+
+
+def curves(clf, window: int | None = None) -> dict:
+    """Per window of ``window`` items in arrival order (by default the store split into
+    about ``CURVE_POINTS`` windows, so a small store has a curve too): hit rate, LLM calls
+    per 1,000 items, the router's share, and the labels created by the window's end; with
+    the router's current estimated error."""
     rows = clf.store.query("SELECT source, created_at FROM items ORDER BY id")
+    window = window or max(1, -(-len(rows) // CURVE_POINTS))
     created = sorted(t for (t,) in clf.store.query("SELECT created_at FROM labels"))
     out = {
         "window": window,

@@ -107,9 +107,7 @@ def run_classify(
 def _advance(progress: Progress, task, c, n: int) -> None:
     answered = c["items"] - c["failed"]
     hits = c["exact_hits"] + c["cache_hits"] + c["resumed"]
-    progress.update(
-        task, advance=n, llm=c["llm_calls"], hit=hits / answered if answered else 0.0
-    )
+    progress.update(task, advance=n, llm=c["llm_calls"], hit=hits / answered if answered else 0.0)
 
 
 def _route(clf, model, threshold: float, records) -> dict[int, dict]:
@@ -265,12 +263,73 @@ def _summary(clf, seconds: float) -> dict:
 
 
 def _print_summary(console: Console, summary: dict) -> None:
+    """The few numbers that matter, readably (``--summary-json`` keeps every field)."""
     from rich.table import Table
 
     table = Table(title="summary", show_header=False)
-    for key, value in summary.items():
-        table.add_row(key, str(value))
+    for key, value in _summary_rows(summary):
+        table.add_row(key, value)
     console.print(table)
+
+
+def _summary_rows(s: dict) -> list[tuple[str, str]]:
+    if "exact_hits" not in s:  # another job's counts (categories): as they are
+        return [(k, str(v)) for k, v in s.items() if not isinstance(v, dict)]
+    items = s["items"] or 0
+    rows = [
+        ("items", f"{items:,}" + (f" ({s['failed']:,} failed)" if s.get("failed") else "")),
+        (
+            "answered without the LLM",
+            _share(s["exact_hits"] + s["cache_hits"] + s.get("model_hits", 0), items),
+        ),
+        ("resumed from the store", f"{s['resumed']:,}"),
+        ("LLM calls", f"{s['llm_calls']:,}" + _calls_detail(s)),
+        ("labels", f"{s['labels']:,} (from {s['raw_labels']:,} raw labels)"),
+        (
+            "consensus",
+            f"{s.get('consensus_moved', 0):,} answers moved; LLM error "
+            f"estimate {s.get('llm_error_estimate', 0.0):.1%}",
+        ),
+        (
+            "time",
+            f"{s['seconds']:.1f} s (LLM {s['llm_seconds']:.1f} s, embedding "
+            f"{s['embed_seconds']:.1f} s)",
+        ),
+        (
+            "tokens",
+            f"{s['tokens']:,}"
+            + (
+                f" ({s['tokens'] / s['llm_items']:.0f} per LLM-labelled item)"
+                if s.get("llm_items")
+                else ""
+            ),
+        ),
+    ]
+    router = s.get("router")
+    if router:
+        rows.append(("router", _router_line(router)))
+    if s.get("interrupted"):
+        rows.append(("interrupted", "yes: every row made so far was written"))
+    return rows
+
+
+def _share(n: int, total: int) -> str:
+    return f"{n:,} ({n / total:.1%})" if total else f"{n:,}"
+
+
+def _calls_detail(s: dict) -> str:
+    parts = [f"{s[k]:,} {name}" for k, name in (
+        ("adjudication_calls", "adjudication"), ("recheck_calls", "second questions"))
+        if s.get(k)]  # fmt: skip
+    return f" (of which {', '.join(parts)})" if parts else ""
+
+
+def _router_line(r: dict) -> str:
+    error = r.get("error")
+    line = f"head v{r.get('version', 0)}, bound {r.get('bound', 0):.0%}"
+    if error is not None:
+        line += f", estimated error {error:.1%} over {r.get('audits', 0):,} audits"
+    return line + (f"; {r['warning']}" if r.get("warning") else "")
 
 
 def run_categories(

@@ -234,3 +234,56 @@ def test_split_checked_aliases_into_a_new_label(page, server):
     page.wait_for_function("document.getElementById('message').textContent.startsWith('moved')")
     assert _labels(server) == before + 1
     assert gone not in httpx.get(f"{server}/v1/labels/{into}").json()["aliases"]
+
+
+CHARTS = """() => [...document.querySelectorAll('#charts canvas.chart')].map((c) => {
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  let curve = 0, text = 0;
+  for (let i = 0; i < d.length; i += 4) {
+    if (d[i + 3] === 0) continue;
+    if (d[i + 2] > 150 && d[i] < 120) curve++; else if (d[i] < 140 && d[i + 2] < 150) text++;
+  }
+  return {curve, text, width: c.width, box: c.clientWidth, ratio: window.devicePixelRatio};
+})"""
+
+
+def test_the_over_time_charts_draw_curves_and_unstretched_text(page):
+    """200 items: the charts hold drawn curve and text pixels, and each canvas is as
+    many pixels wide as its box (nothing is stretched)."""
+    charts = page.evaluate(CHARTS)
+    assert len(charts) >= 3
+    for c in charts:
+        assert c["curve"] > 50 and c["text"] > 50, c
+        assert c["width"] == round(c["box"] * c["ratio"]), c
+    # the same panel for a long stream (100,000 items in 50 windows)
+    page.evaluate(
+        """() => renderCurves({end: Array.from({length: 50}, (_, i) => (i + 1) * 2000),
+          hit_rate: Array.from({length: 50}, (_, i) => i / 50),
+          llm_per_1000: Array.from({length: 50}, (_, i) => 1000 - 18 * i),
+          router_share: Array.from({length: 50}, (_, i) => i / 100),
+          labels: Array.from({length: 50}, (_, i) => 10 * i), router: null})"""
+    )
+    assert all(c["curve"] > 100 for c in page.evaluate(CHARTS))
+
+
+def test_curves_split_any_store_into_about_fifty_windows():
+    from canonlabel import explore
+
+    class Store:
+        def __init__(self, n):
+            self.n = n
+
+        def query(self, sql, params=()):
+            if "FROM labels" in sql:
+                return [(0.5,), (7.5,)]
+            return [("llm" if i % 3 else "cache", float(i)) for i in range(self.n)]
+
+    class Clf:
+        router = None
+
+        def __init__(self, n):
+            self.store = Store(n)
+
+    for n, windows in ((200, 50), (100_000, 50), (7, 7)):
+        c = explore.curves(Clf(n))
+        assert len(c["hit_rate"]) == windows and c["end"][-1] == n

@@ -388,23 +388,42 @@ function wireActions() {
 
 // -- curves ------------------------------------------------------------------------------
 function renderCurves(c) {
+  // One canvas per series, sized to its box in device pixels: text is never stretched
+  // and a curve is drawn whatever the number of windows (one window: a level line).
   const box = $("charts"); box.textContent = "";
   const series = [["hit rate", c.hit_rate], ["LLM calls per 1,000 items", c.llm_per_1000],
     ["router share", c.router_share], ["labels created", c.labels]];
   for (const [title, ys] of series) {
     if (!ys || !ys.length) continue;
-    const max = Math.max(...ys, 1e-9), n = ys.length;
-    const pts = ys.map((y, i) => `${(n === 1 ? 50 : (i / (n - 1)) * 100).toFixed(2)},${(58 - (y / max) * 50).toFixed(2)}`).join(" ");
-    box.insertAdjacentHTML("beforeend",
-      `<svg viewBox="0 0 100 70" preserveAspectRatio="none" aria-label="${title}">` +
-      `<polyline fill="none" stroke="#3b7dd8" stroke-width="1" vector-effect="non-scaling-stroke" points="${pts}"/>` +
-      `<text x="1" y="68" font-size="7" fill="#5b6670">${title}: ${ys[n - 1]} (max ${max})</text></svg>`);
+    const canvas = document.createElement("canvas");
+    canvas.className = "chart"; canvas.setAttribute("role", "img");
+    canvas.setAttribute("aria-label", `${title}: ${ys[ys.length - 1]}`);
+    box.append(canvas);
+    drawChart(canvas, title, ys, c.end || []);
   }
   const r = c.router;
   if (r && r.error != null) {
     const k = r.cache || {};
     box.insertAdjacentHTML("beforeend", `<p>router: estimated error ${r.error} (95% upper ${r.upper_95}) over ${r.audits} audits; cache: ${k.error ?? "n/a"} (95% upper ${k.upper_95 ?? "n/a"})</p>`);
   }
+}
+
+function drawChart(canvas, title, ys, ends) {
+  const ratio = window.devicePixelRatio || 1, w = canvas.clientWidth || 260, h = canvas.clientHeight || 70;
+  canvas.width = Math.round(w * ratio); canvas.height = Math.round(h * ratio);
+  const g = canvas.getContext("2d"); g.scale(ratio, ratio);
+  const top_ = Math.max(...ys), max = Math.max(top_, 1e-9), n = ys.length, top = 4, bottom = h - 16, left = 2, right = w - 2;
+  const x = (i) => (n === 1 ? left : left + (i / (n - 1)) * (right - left));
+  const y = (v) => bottom - (v / max) * (bottom - top);
+  g.strokeStyle = "#d5dbe1"; g.lineWidth = 1;
+  g.beginPath(); g.moveTo(left, bottom + 0.5); g.lineTo(right, bottom + 0.5); g.stroke();
+  g.strokeStyle = "#3b7dd8"; g.lineWidth = 1.5; g.beginPath();
+  ys.forEach((v, i) => (i ? g.lineTo(x(i), y(v)) : g.moveTo(x(i), y(v))));
+  if (n === 1) g.lineTo(right, y(ys[0]));
+  g.stroke();
+  g.fillStyle = "#5b6670"; g.font = "11px system-ui, sans-serif"; g.textBaseline = "bottom";
+  const items = ends.length ? ` · ${ends[ends.length - 1].toLocaleString()} items` : "";
+  g.fillText(`${title}: ${ys[n - 1]} (max ${top_})${items}`, left, h - 1);
 }
 
 // -- load --------------------------------------------------------------------------------
