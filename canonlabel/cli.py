@@ -288,10 +288,18 @@ def labels(
     by_category: Annotated[
         bool, typer.Option("--by-category", help="group by mapped category")
     ] = False,
+    tree: Annotated[
+        bool, typer.Option("--tree", help="the label hierarchy with counts (see `hierarchy`)")
+    ] = False,
 ) -> None:
     """List canonical labels with id, item count and aliases (raw labels)."""
     try:
         with _open(db, embedder=embedder, read_only=True) as clf:
+            if tree:
+                found = clf.hierarchy(refit=False)
+                if not found.parents:
+                    raise CanonlabelError("no hierarchy yet: run `canonlabel hierarchy` first")
+                return _show_tree(clf, found, as_json, f"{len(found.top())} parents")
             rows = clf.labels()
     except CanonlabelError as exc:
         raise _fail(exc) from None
@@ -332,6 +340,49 @@ def labels(
             ", ".join(others[:8]) + (f" (+{len(others) - 8})" if len(others) > 8 else ""),
         )
     Console().print(table)
+
+
+@app.command()
+def hierarchy(
+    db: DbOpt = None,
+    embedder: EmbOpt = None,
+    llm: Annotated[
+        str | None, typer.Option(help="labeler that names the parents (default: CANONLABEL_LLM)")
+    ] = None,
+    top: Annotated[int, typer.Option(min=1, help="parents wanted at the top level")] = 12,
+    levels: Annotated[int, typer.Option(min=1, max=4, help="levels of parents")] = 1,
+    as_json: JsonOpt = False,
+) -> None:
+    """Group the labels into named parents, level by level (ids stable across runs; new
+    labels join the nearest parent). Output rows of later jobs carry their path."""
+    try:
+        with _open(db, llm=llm, embedder=embedder, need_llm=True) as clf:
+            tree = clf.hierarchy(top=top, levels=levels)
+            _show_tree(clf, tree, as_json, f"{len(tree.top())} parents in {tree.seconds:.1f} s")
+    except CanonlabelError as exc:
+        raise _fail(exc) from None
+
+
+def _show_tree(clf, tree, as_json: bool, title: str) -> None:
+    from canonlabel.hierarchy import as_dict
+
+    nodes = as_dict(tree, clf.space, clf.label_counts())
+    if as_json:
+        print(json.dumps(nodes, indent=1, ensure_ascii=False))
+        return
+    from rich.tree import Tree as RichTree
+
+    view = RichTree(title)
+
+    def add(branch, node) -> None:
+        sub = branch.add(f"[bold]{node['name']}[/] ({node['count']})" if "children" in node
+                         else f"{node['name']} ({node['count']}) [dim]#{node['id']}[/]")  # fmt: skip
+        for child in node.get("children", []):
+            add(sub, child)
+
+    for node in nodes:
+        add(view, node)
+    Console().print(view)
 
 
 @app.command()

@@ -169,6 +169,24 @@ class Classifier(Memory):
         ]
         return sorted(labels, key=lambda lab: (-lab.count, lab.id))
 
+    def hierarchy(self, *, top: int = 12, levels: int = 1, refit: bool = True):
+        """The label hierarchy: ``refit`` groups the labels into ``levels`` levels of
+        named parents, ``top`` at the top (see :mod:`canonlabel.hierarchy`); otherwise the
+        stored one, with labels made since joined to their nearest parent."""
+        from canonlabel import hierarchy
+
+        if refit:
+            return hierarchy.fit(self, top=top, levels=levels)
+        return hierarchy.assign_new(self, self.store.hierarchy())
+
+    def label_counts(self) -> dict[int, int]:
+        """Items per canonical label (merged labels' items counted with their label)."""
+        counts: dict[int, int] = {}
+        for label_id, n in self.store.label_item_counts().items():
+            root = self.space.resolve(label_id)
+            counts[root] = counts.get(root, 0) + n
+        return counts
+
     def label_count(self) -> int:
         """How many canonical labels hold items."""
         return len({self.space.resolve(i) for i in self.store.label_item_counts()})

@@ -179,9 +179,27 @@ def deliver_rows(spool: RowSpool, output: Path | None, clf) -> int:
     """Write the spooled rows to ``output`` (stdout when None) with the labels the store
     holds now (consolidation may have moved raw labels, or items one by one, since the
     rows were made); returns the number of rows whose label changed."""
-    if not clf.counters["consolidations"]:
+    tree = _tree(clf)
+    relabel = bool(clf.counters["consolidations"])
+    if not relabel and tree is None:
         return spool.deliver(output)
-    return spool.deliver(output, lambda rows: relabel_rows(clf, rows))
+
+    def update(rows: list[dict]) -> int:
+        changed = relabel_rows(clf, rows) if relabel else 0
+        if tree is not None:  # each row's place in the label hierarchy, top level first
+            for row in rows:
+                if row.get("label_id") is not None:
+                    row["path"] = tree.path(row["label_id"])
+        return changed
+
+    return spool.deliver(output, update)
+
+
+def _tree(clf):
+    from canonlabel.hierarchy import assign_new
+
+    tree = clf.store.hierarchy()
+    return assign_new(clf, tree) if tree.parents else None
 
 
 def relabel_rows(clf, rows: list[dict]) -> int:

@@ -110,6 +110,18 @@ async def labels(
     }
 
 
+@router.get("/v1/hierarchy", dependencies=[user])
+async def hierarchy(request: Request) -> dict:
+    """The label hierarchy as last fitted (``POST /v1/labels/hierarchy``), labels made
+    since joined to their nearest parent; top level first, with counts."""
+    from canonlabel.hierarchy import as_dict
+
+    def load(clf) -> list:
+        return as_dict(clf.hierarchy(refit=False), clf.space, clf.label_counts())
+
+    return {"parents": await run(request, load)}
+
+
 @router.get("/v1/labels/{label_id}", dependencies=[user])
 async def label(label_id: int, request: Request) -> dict:
     detail = await run(request, lambda clf: clf.label_detail(label_id))

@@ -21,6 +21,11 @@ class RenameIn(BaseModel):
     name: str
 
 
+class HierarchyIn(BaseModel):
+    top: int = Field(12, ge=1, le=1000)
+    levels: int = Field(1, ge=1, le=4)
+
+
 class SplitIn(BaseModel):
     k: int | None = None
     aliases: list[str] | None = None
@@ -48,3 +53,15 @@ async def split(label_id: int, body: SplitIn, request: Request) -> dict:
 @router.post("/undo")
 async def undo(request: Request) -> dict:
     return await run(request, lambda clf: clf.undo(), True)
+
+
+@router.post("/hierarchy")
+async def fit_hierarchy(body: HierarchyIn, request: Request) -> dict:
+    """Group the labels into named parents (see ``canonlabel hierarchy``)."""
+    from canonlabel.hierarchy import as_dict
+
+    def fit(clf) -> dict:
+        tree = clf.hierarchy(top=body.top, levels=body.levels)
+        return {"parents": as_dict(tree, clf.space, clf.label_counts()), "seconds": tree.seconds}
+
+    return await run(request, fit, True)

@@ -26,7 +26,7 @@ import numpy as np
 
 from canonlabel.errors import IncompatibleStoreError, TransientStoreError
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 T = TypeVar("T")
 EPOCH_KEY = "label_space_epoch"  # bumped by every change that rewrites existing labels
 
@@ -92,6 +92,21 @@ CREATE TABLE rechecks (
     chose INTEGER NOT NULL,
     created_at REAL NOT NULL
 );
+"""
+
+
+# The label hierarchy (canonlabel.hierarchy): parents by level, the level-1 parent of
+# each label, and the parent of each parent above level 1.
+HIERARCHY_TABLES = """
+CREATE TABLE parents (
+    id BIGINT PRIMARY KEY,
+    level INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    parent_id BIGINT,
+    count BIGINT NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL
+);
+CREATE TABLE label_parents (label_id BIGINT PRIMARY KEY, parent_id BIGINT NOT NULL);
 """
 
 
@@ -507,6 +522,53 @@ class Store(ABC):
                 "VALUES ('emptied', ?, ?, ?, ?)",
                 (label, into, sim, now),
             )
+
+    def hierarchy(self):
+        """The stored label hierarchy (an empty tree before the first fit)."""
+        from canonlabel.hierarchy import Parent, Tree
+
+        rows = self.query("SELECT id, level, name, parent_id, count FROM parents ORDER BY id")
+        links = self.query("SELECT label_id, parent_id FROM label_parents")
+        kids: dict[int, list[int]] = {}
+        for pid, *_, up, _n in rows:
+            if up is not None:
+                kids.setdefault(int(up), []).append(int(pid))
+        for label, pid in links:
+            kids.setdefault(int(pid), []).append(int(label))
+        tree = Tree(label_parent={int(a): int(b) for a, b in links})
+        for pid, level, name, _, count in rows:
+            children = tuple(sorted(kids.get(int(pid), [])))
+            tree.parents[int(pid)] = Parent(int(pid), int(level), name, children, int(count))
+        return tree
+
+    def save_hierarchy(self, tree) -> None:
+        """Replace the stored hierarchy with ``tree``."""
+        up = tree.up()
+        now = time.time()
+        with self.write() as c:
+            c.execute("DELETE FROM label_parents")
+            c.execute("DELETE FROM parents")
+            for p in tree.parents.values():
+                c.execute(
+                    "INSERT INTO parents (id, level, name, parent_id, count, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (p.id, p.level, p.name, up.get(p.id), p.count, now),
+                )
+            for label, pid in tree.label_parent.items():
+                c.execute("INSERT INTO label_parents VALUES (?, ?)", (label, pid))
+
+    def typical_label_texts(self, label_id: int, centroid: np.ndarray, limit: int) -> list[str]:
+        """The LLM-labelled texts of a label (its id as stored) nearest ``centroid``."""
+        rows = self.query(
+            "SELECT text, vector FROM items WHERE source = 'llm' AND vector IS NOT NULL "
+            "AND label_id = ?",
+            (label_id,),
+        )
+        if not rows:
+            return []
+        sims = from_blobs([r[1] for r in rows], len(centroid)) @ centroid
+        order = sorted(range(len(rows)), key=lambda i: (-round(float(sims[i]), 6), rows[i][0]))
+        return [rows[i][0] for i in order[:limit]]
 
     def mark_undone(self, c: Tx, entry: int) -> None:
         c.execute("UPDATE merges SET undone = 1 WHERE id = ?", (entry,))

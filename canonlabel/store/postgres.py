@@ -28,7 +28,13 @@ from typing import Any
 import numpy as np
 
 from canonlabel.errors import MissingDependencyError, StoreError, TransientStoreError
-from canonlabel.store.base import CORRECTIONS_TABLE, SCHEMA_VERSION, Store, search_words
+from canonlabel.store.base import (
+    CORRECTIONS_TABLE,
+    HIERARCHY_TABLES,
+    SCHEMA_VERSION,
+    Store,
+    search_words,
+)
 
 _LOCKS = 0x636C  # advisory lock class ids: 0x636C0000 + kind
 _LABEL_SPACE, _SCHEMA_LOCK, _CLAIM, _EXCLUSIVE = range(4)
@@ -123,10 +129,10 @@ CREATE TABLE router_versions (
     weights BYTEA NOT NULL, created_at DOUBLE PRECISION NOT NULL);
 CREATE TABLE projection (
     item_id BIGINT PRIMARY KEY, x DOUBLE PRECISION NOT NULL, y DOUBLE PRECISION NOT NULL);
-""" + CORRECTIONS_TABLE
+""" + CORRECTIONS_TABLE + HIERARCHY_TABLES
 # Upgrades of a store made by an older canonlabel: version -> the SQL that makes it v+1
 # (PostgreSQL stores start at schema 7, the first one they had).
-_MIGRATIONS = {7: CORRECTIONS_TABLE}
+_MIGRATIONS = {7: CORRECTIONS_TABLE, 8: HIERARCHY_TABLES}
 
 
 @functools.lru_cache(maxsize=512)

@@ -17,7 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from canonlabel.errors import StoreBusyError, StoreError
-from canonlabel.store.base import CORRECTIONS_TABLE, SCHEMA_VERSION, Store, search_words
+from canonlabel.store.base import (
+    CORRECTIONS_TABLE,
+    HIERARCHY_TABLES,
+    SCHEMA_VERSION,
+    Store,
+    search_words,
+)
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -136,6 +142,7 @@ CREATE TABLE router_versions (
 CREATE TABLE projection (item_id INTEGER PRIMARY KEY, x REAL NOT NULL, y REAL NOT NULL);
 """,
     CORRECTIONS_TABLE,
+    HIERARCHY_TABLES,
 ]
 
 

@@ -21,6 +21,7 @@ import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
+from canonlabel.hierarchy import QUESTION as HIERARCHY_QUESTION
 from canonlabel.labelspace.adjudicate import BATCH as ADJUDICATE_BATCH
 from canonlabel.labelspace.adjudicate import QUESTION as ADJUDICATE
 from canonlabel.labelspace.adjudicate import split_batch
@@ -152,11 +153,13 @@ class SimulatedLLM(Labeler):
         max_chars: int = 2000,
         confusions: Mapping[str, Sequence[str]] | None = None,
         judge_error_rate: float | None = None,
+        coarse: Mapping[str, str] | None = None,
     ) -> None:
         kind = "confusable" if confusions else "uniform"
         self.id = f"simulated:{inconsistency}:{error_rate}:{kind}:{seed}"
         self.confusions = {k: list(v) for k, v in (confusions or {}).items()}
         self.judge_error_rate = error_rate if judge_error_rate is None else judge_error_rate
+        self.coarse = dict(coarse or {})  # intent -> coarse category (hierarchy naming)
         self.max_chars = max_chars
         self.gold = {self._key(t): g for t, g in gold.items()}
         self.intents = sorted(set(self.gold.values()))
@@ -318,6 +321,22 @@ class SimulatedLLM(Labeler):
         ]
         return "\n".join(lines) + "\n"
 
+    def _theme(self, prompt: str) -> str:
+        """A parent's name: the coarse category (``coarse``, else the intent) most of the
+        example texts have, as this model understands them (wrong ``error_rate`` of the
+        time, depending on the whole question)."""
+        lines = [ln.strip()[2:] for ln in prompt.splitlines() if ln.strip().startswith("- ")]
+        intents = [i for ln in lines if (i := self.intent(ln)) is not None]
+        votes = Counter(self.coarse.get(i, i) for i in intents)
+        if not votes:
+            return "general_theme"
+        theme = sorted(votes.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
+        rng = _rng(self.seed, "theme", prompt)
+        if rng.random() < self.error_rate:
+            pool = sorted(set(self.coarse.values()) or set(self.intents))
+            theme = rng.choice([t for t in pool if t != theme] or [theme])
+        return theme
+
     def complete(
         self, prompt: str, *, grammar: str | None = None, max_tokens: int = 256
     ) -> LabelResponse:
@@ -325,6 +344,9 @@ class SimulatedLLM(Labeler):
         taxonomy proposals: one ``name: description`` line per intent among the prompt's
         texts, most frequent first."""
         self.calls += 1
+        if prompt.startswith(HIERARCHY_QUESTION):
+            out = self._theme(prompt)
+            return LabelResponse(out, Usage(len(prompt.split()), 4))
         if prompt.startswith(ADJUDICATE_BATCH):
             out = self._adjudicate_batch(prompt)
             return LabelResponse(out, Usage(len(prompt.split()), len(out.split())))

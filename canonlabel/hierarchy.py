@@ -1,0 +1,280 @@
+"""A label hierarchy: canonical labels grouped into named parents, level by level.
+
+* **Grouping.** Each label is a point: its member centroid (what its texts are about)
+  and its name's embedding, weighted ``NAME_WEIGHT`` (the evidence consolidation uses).
+  Labels are merged agglomeratively, closest centroids first, until a level has its
+  target number of parents; a merge that would give one parent more than ``BALANCE``
+  times its fair share of the items is skipped while another merge is possible, so no
+  parent swallows half the stream. Level sizes fall geometrically from the number of
+  labels to ``top``. The grouping is a function of the labels alone (ties by label id),
+  so it does not depend on the order texts arrived in.
+* **Names.** Each parent is named by the LLM from its children's names and typical
+  texts (one call per parent; a local model gets a grammar). A parent whose children are
+  the same as at the last fit keeps its id and its name, so ids are stable across runs.
+* **New labels** made after a fit join the level-1 parent whose centroid is nearest.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from canonlabel.canon import InvalidLabel, clean_label
+
+NAME_WEIGHT = 0.3
+BALANCE = 2.0  # a parent may hold at most this many times its fair share of the items
+EXAMPLES = 2  # typical texts shown per child when naming
+QUESTION = "Name the common theme of these labels with one short snake_case label."
+
+
+@dataclass(frozen=True)
+class Parent:
+    """A parent at ``level`` (1: its children are labels; 2: level-1 parents, ...)."""
+
+    id: int
+    level: int
+    name: str
+    children: tuple[int, ...]
+    count: int = 0
+
+
+@dataclass
+class Tree:
+    """Parents by id, and the level-1 parent of each label."""
+
+    parents: dict[int, Parent] = field(default_factory=dict)
+    label_parent: dict[int, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def top(self) -> list[Parent]:
+        if not self.parents:
+            return []
+        level = max(p.level for p in self.parents.values())
+        return sorted(
+            (p for p in self.parents.values() if p.level == level), key=lambda p: (-p.count, p.id)
+        )
+
+    def up(self) -> dict[int, int]:
+        """Parent of each parent (the top level has none)."""
+        return {c: p.id for p in self.parents.values() if p.level > 1 for c in p.children}
+
+    def path(self, label_id: int) -> list[str]:
+        """Names from the top level down to the label's level-1 parent (empty if the
+        label has no parent)."""
+        up, out = self.up(), []
+        node = self.label_parent.get(label_id)
+        while node is not None:
+            out.append(self.parents[node].name)
+            node = up.get(node)
+        return out[::-1]
+
+
+def level_sizes(n_labels: int, top: int, levels: int) -> list[int]:
+    """Parents per level, from level 1 up: geometric from ``n_labels`` down to ``top``."""
+    top = max(1, min(top, n_labels))
+    sizes = []
+    for level in range(1, levels + 1):
+        size = round(n_labels ** (1 - level / levels) * top ** (level / levels))
+        sizes.append(max(top, min(size, sizes[-1] if sizes else n_labels)))
+    return sizes
+
+
+def balanced_groups(X: np.ndarray, weights: np.ndarray, k: int) -> np.ndarray:
+    """Group the rows of ``X`` (unit vectors) into ``k`` groups by centroid linkage,
+    closest first, skipping while possible a merge whose weight would exceed ``BALANCE``
+    times the fair share; returns the group (0..k-1, by first member) of each row."""
+    n = len(X)
+    sums = np.asarray(X, dtype=np.float64) * np.maximum(weights, 1)[:, None]
+    size = np.asarray(weights, dtype=np.float64).copy()
+    cap = max(BALANCE * size.sum() / max(k, 1), size.max(initial=0))
+    owner = np.arange(n)
+    alive = np.ones(n, dtype=bool)
+    unit = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+    sim = unit @ unit.T
+    np.fill_diagonal(sim, -np.inf)
+    for _ in range(max(0, n - k)):
+        fits = (size[:, None] + size[None, :] <= cap) & alive[:, None] & alive[None, :]
+        pick = np.where(fits, sim, -np.inf)
+        if not np.isfinite(pick.max()):
+            pick = np.where(alive[:, None] & alive[None, :], sim, -np.inf)
+        i, j = divmod(int(pick.argmax()), n)
+        i, j = min(i, j), max(i, j)
+        sums[i] += sums[j]
+        size[i] += size[j]
+        alive[j] = False
+        owner[owner == j] = i
+        row = sums[i] / max(float(np.linalg.norm(sums[i])), 1e-12)
+        unit[i] = row
+        sim[i] = unit @ row
+        sim[:, i] = sim[i]
+        sim[i, i] = -np.inf
+        sim[j, :] = sim[:, j] = -np.inf
+    _, groups = np.unique(owner, return_inverse=True)
+    return groups
+
+
+def features(space, label_ids: list[int]) -> np.ndarray:
+    """Member centroid and name embedding of each label, weighted ``NAME_WEIGHT``."""
+    content = space.centroids(label_ids)
+    names = np.stack([space.representative(i) for i in label_ids])
+    f = (1 - NAME_WEIGHT) * content + NAME_WEIGHT * names
+    return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+
+
+def fit(clf, *, top: int = 12, levels: int = 1, labeler=None) -> Tree:
+    """Group ``clf``'s labels into ``levels`` levels of parents (``top`` at the top),
+    name new parents with ``labeler`` (``clf.labeler`` by default) and store the tree."""
+    start = time.perf_counter()
+    space, store = clf.space, clf.store
+    counts: dict[int, int] = {}
+    for label_id, n in store.label_item_counts().items():
+        root = space.resolve(label_id)
+        counts[root] = counts.get(root, 0) + n
+    leaves = sorted(counts)
+    if not leaves:
+        return Tree()
+    X, w = features(space, leaves), np.array([counts[i] for i in leaves], dtype=np.float64)
+    members: list[list[int]] = [[i] for i in leaves]  # labels under each node of a level
+    nodes: list[tuple[int, list[int]]] = []  # (level, child indices) per parent to make
+    for level, k in enumerate(level_sizes(len(members), top, levels), 1):
+        groups = balanced_groups(X, w, k)
+        level_nodes = [np.flatnonzero(groups == g).tolist() for g in range(groups.max() + 1)]
+        nodes += [(level, kids) for kids in level_nodes]
+        members = [[lab for c in kids for lab in members[c]] for kids in level_nodes]
+        X = _pool(X, w, level_nodes)
+        w = np.array([w[kids].sum() for kids in level_nodes])
+    tree = _persist(clf, leaves, nodes, counts, labeler or clf.labeler)
+    tree.seconds = round(time.perf_counter() - start, 3)
+    return tree
+
+
+def _pool(X: np.ndarray, w: np.ndarray, groups: list[list[int]]) -> np.ndarray:
+    out = np.stack([(X[g] * w[g, None]).sum(axis=0) for g in groups])
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
+def _persist(clf, leaves: list[int], nodes, counts: dict[int, int], labeler) -> Tree:
+    """Parents with ids: a parent whose set of labels is unchanged keeps its id and name;
+    the others get new ids and are named by the LLM. Replaces the stored tree."""
+    old = clf.store.hierarchy()
+    known = {(p.level, frozenset(_labels_under(old, p))): p for p in old.parents.values()}
+    next_id = max(old.parents, default=0) + 1
+    tree, ids_by_level, below = Tree(), {0: leaves}, {0: [[lab] for lab in leaves]}
+    for level in sorted({lvl for lvl, _ in nodes}):
+        ids, under = [], []
+        for lvl, kids in nodes:
+            if lvl != level:
+                continue
+            labels = [lab for c in kids for lab in below[level - 1][c]]
+            children = tuple(ids_by_level[level - 1][c] for c in kids)
+            same = known.get((level, frozenset(labels)))
+            if same is not None:
+                pid, name = same.id, same.name
+            else:
+                pid, name = next_id, None
+                next_id += 1
+            count = sum(counts.get(lab, 0) for lab in labels)
+            tree.parents[pid] = Parent(pid, level, name or "", children, count)
+            ids.append(pid)
+            under.append(labels)
+            if level == 1:
+                tree.label_parent.update((c, pid) for c in children)
+        ids_by_level[level], below[level] = ids, under
+    _name_new(clf, tree, labeler, counts)
+    clf.store.save_hierarchy(tree)
+    return tree
+
+
+def _labels_under(tree: Tree, parent: Parent) -> list[int]:
+    if parent.level == 1:
+        return list(parent.children)
+    return [lab for c in parent.children for lab in _labels_under(tree, tree.parents[c])]
+
+
+def _name_new(clf, tree: Tree, labeler, counts: dict[int, int]) -> None:
+    """One LLM call per unnamed parent (level 1 first); names are unique in the tree."""
+    used = {p.name for p in tree.parents.values() if p.name}
+    for pid in sorted(tree.parents, key=lambda i: (tree.parents[i].level, i)):
+        parent = tree.parents[pid]
+        if parent.name:
+            continue
+        name = _ask_name(clf, tree, parent, labeler, counts)
+        base, n = name, 2
+        while name in used:
+            name, n = f"{base}_{n}", n + 1
+        used.add(name)
+        tree.parents[pid] = Parent(pid, parent.level, name, parent.children, parent.count)
+
+
+def naming_prompt(children: Sequence[tuple[str, Sequence[str]]]) -> str:
+    """The question for one parent: its children's names, each with typical texts."""
+    lines = [QUESTION, "Labels and example messages:"]
+    for name, texts in children:
+        lines.append(f"{name}:")
+        lines += [f"- {' '.join(t.split())[:160]}" for t in texts]
+    lines.append("Theme:")
+    return "\n".join(lines)
+
+
+def _ask_name(clf, tree: Tree, parent: Parent, labeler, counts: dict[int, int]) -> str:
+    space = clf.space
+    labels = _labels_under(tree, parent)
+    shown = sorted(labels, key=lambda i: (-counts.get(i, 0), i))[:8]
+    children = []
+    for lab in shown:
+        centroid = space.centroids([lab])[0]
+        children.append((space.names[lab], clf.store.typical_label_texts(lab, centroid, EXAMPLES)))
+    fallback = space.names[shown[0]] + "_group"
+    try:
+        from canonlabel.llm.llamacpp import label_grammar
+
+        out = labeler.complete(naming_prompt(children), grammar=label_grammar(()), max_tokens=24)
+        return clean_label(out.output.strip().splitlines()[0] if out.output.strip() else "")
+    except (NotImplementedError, InvalidLabel, IndexError):
+        return fallback
+    except Exception:  # a failed call names the parent after its largest child
+        return fallback
+
+
+def assign_new(clf, tree: Tree) -> Tree:
+    """Labels made since the fit join the nearest level-1 parent (by centroid)."""
+    space = clf.space
+    level1 = [p for p in tree.parents.values() if p.level == 1]
+    if not level1:
+        return tree
+    missing = [r for r in space.roots() if r not in tree.label_parent]
+    if not missing:
+        return tree
+    centres = np.stack([features(space, list(p.children)).sum(axis=0) for p in level1])
+    centres /= np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
+    near = (features(space, missing) @ centres.T).argmax(axis=1)
+    for label, k in zip(missing, near.tolist(), strict=True):
+        tree.label_parent[label] = level1[k].id
+    return tree
+
+
+def as_dict(tree: Tree, space, counts: dict[int, int] | None = None) -> list[dict]:
+    """The tree as nested dicts, top level first: parents with ``id, name, level, count,
+    children``; labels (the leaves) with ``id, name, count``."""
+    counts = counts or {}
+    by_parent: dict[int, list[int]] = {}
+    for label, pid in tree.label_parent.items():
+        if label in space.names and space.resolve(label) == label:
+            by_parent.setdefault(pid, []).append(label)
+
+    def node(pid: int) -> dict:
+        p = tree.parents[pid]
+        if p.level == 1:
+            kids = [
+                {"id": lab, "name": space.names[lab], "count": counts.get(lab, 0)}
+                for lab in sorted(by_parent.get(pid, []), key=lambda i: (-counts.get(i, 0), i))
+            ]
+        else:
+            kids = [node(c) for c in p.children]
+        total = sum(k["count"] for k in kids)
+        return {"id": p.id, "name": p.name, "level": p.level, "count": total, "children": kids}
+
+    return sorted((node(p.id) for p in tree.top()), key=lambda n: (-n["count"], n["id"]))

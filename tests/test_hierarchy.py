@@ -1,0 +1,132 @@
+"""The label hierarchy: balanced grouping, LLM-named parents, stable ids, paths."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from canonlabel import hierarchy
+from canonlabel.testing import SimulatedLLM
+from tests.conftest import run_cli
+from tests.test_consolidate import _OPENED, build, corpus, final_labels
+
+COARSE = {
+    "card_arrival": "card_matters",
+    "lost_or_stolen_card": "card_matters",
+    "exchange_rate": "money_matters",
+    "top_up_failed": "money_matters",
+}
+
+
+@pytest.fixture(autouse=True)
+def _close_classifiers():
+    yield
+    while _OPENED:
+        _OPENED.pop().close()
+
+
+def test_level_sizes_fall_geometrically_to_the_top():
+    assert hierarchy.level_sizes(400, 12, 1) == [12]
+    assert hierarchy.level_sizes(400, 12, 2) == [69, 12]
+    assert hierarchy.level_sizes(5, 12, 2) == [5, 5]
+
+
+def test_no_group_swallows_the_stream_while_another_merge_is_possible():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 8))
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    weights = np.ones(40)
+    groups = hierarchy.balanced_groups(X, weights, 4)
+    sizes = np.bincount(groups)
+    assert len(sizes) == 4 and sizes.max() <= hierarchy.BALANCE * 40 / 4
+    # a label heavier than the fair share stays a group of its own, and is allowed
+    weights[0] = 100
+    groups = hierarchy.balanced_groups(X, weights, 4)
+    assert len(np.bincount(groups)) == 4
+
+
+def _store(tmp_path, name="h", order=None):
+    gold = corpus(n_per_intent=15)
+    llm = SimulatedLLM(gold, inconsistency=0.3, coarse=COARSE)
+    texts = order or sorted(gold)
+    clf = build(tmp_path, name, texts, gold, labeler=llm, consolidate_threshold=0.4)
+    clf.consolidate()
+    return clf, gold
+
+
+def test_parents_are_named_by_the_llm_from_their_members(tmp_path):
+    """(The hash embedder groups by shared words, not by the coarse table, so the test
+    checks names against each parent's own members.)"""
+    clf, gold = _store(tmp_path)
+    tree = clf.hierarchy(top=2)
+    assert len(tree.top()) == 2
+    labels = final_labels(clf)
+    rows = clf.store.query("SELECT ext_id, label_id FROM items")
+    members: dict[str, list[str]] = {}
+    for text, label_id in rows:
+        path = tree.path(clf.space.resolve(label_id))
+        assert len(path) == 1
+        members.setdefault(path[0], []).append(COARSE[gold[text]])
+    for name, coarse in members.items():
+        assert name.startswith(max(set(coarse), key=coarse.count)), (name, labels)
+
+
+def test_a_refit_keeps_ids_and_names_and_the_tree_is_order_invariant(tmp_path):
+    clf, gold = _store(tmp_path)
+    first = clf.hierarchy(top=2)
+    calls = clf.labeler.calls
+    again = clf.hierarchy(top=2)
+    assert {p.id: p.name for p in again.top()} == {p.id: p.name for p in first.top()}
+    assert clf.labeler.calls == calls  # unchanged parents are not named again
+    shuffled = sorted(gold)
+    random.Random(3).shuffle(shuffled)
+    other, _ = _store(tmp_path, "h2", shuffled)
+    tree = other.hierarchy(top=2)
+
+    def partition(c, t):
+        rows = c.store.query("SELECT ext_id, label_id FROM items")
+        return {text: t.path(c.space.resolve(lab))[0] for text, lab in rows}
+
+    assert partition(clf, first) == partition(other, tree)
+
+
+def test_cli_hierarchy_labels_tree_and_rows_carry_their_path(tmp_path, monkeypatch):
+    clf, gold = _store(tmp_path)
+    clf.hierarchy(top=2)
+    db = str(clf.settings.db)
+    clf.close()
+    _OPENED.remove(clf)
+    shown = run_cli("labels", "--db", db, "--tree", "--json", "--embedder", "hash")
+    assert shown.returncode == 0, shown.stderr
+    nodes = json.loads(shown.stdout)
+    assert len(nodes) == 2
+    assert sum(n["count"] for n in nodes) == len(gold)
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"id": t, "text": t}) + "\n" for t in sorted(gold)[:10]))
+    out = tmp_path / "out.jsonl"
+    done = run_cli("classify", str(src), "-o", str(out), "--db", db, "--embedder", "hash")
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    names = {n["name"] for n in nodes}
+    assert all(len(r["path"]) == 1 and r["path"][0] in names for r in rows)
+
+
+def test_the_service_fits_and_serves_the_hierarchy(tmp_path):
+    from canonlabel.server import create_app
+    from tests.conftest import with_app
+
+    clf, gold = _store(tmp_path)
+    app = create_app(clf.settings, classifier=clf)
+
+    async def go(c):
+        assert (await c.get("/v1/hierarchy")).json() == {"parents": []}
+        fitted = await c.post("/v1/labels/hierarchy", json={"top": 2})
+        assert fitted.status_code == 200, fitted.text
+        parents = (await c.get("/v1/hierarchy")).json()["parents"]
+        assert len(parents) == 2 and sum(p["count"] for p in parents) == len(gold)
+        assert (await c.post("/v1/labels/hierarchy", json={"top": 0})).status_code == 422
+
+    with_app(app, go)
