@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from consistency import DATA  # noqa: E402
+from consistency import DATA
 
-from canonlabel import Classifier, Settings  # noqa: E402
-from canonlabel.embed import make_embedder  # noqa: E402
-from canonlabel.evaluate import EvalData  # noqa: E402
-from canonlabel.metrics import mean_pairwise_ari  # noqa: E402
+from canonlabel import Classifier, Settings
+from canonlabel.embed import make_embedder
+from canonlabel.evaluate import EvalData
+from canonlabel.metrics import mean_pairwise_ari
 
 # GoEmotions' own mapping (google-research/goemotions, data/ekman_mapping.json)
 EKMAN = {
@@ -37,7 +37,7 @@ EKMAN = {
     "disgust": ["disgust"],
     "fear": ["fear", "nervousness"],
     "joy": ["joy", "amusement", "approval", "excitement", "gratitude", "love", "optimism",
-            "relief", "pride", "admiration", "desire", "caring"],  # fmt: skip
+            "relief", "pride", "admiration", "desire", "caring"],
     "sadness": ["sadness", "disappointment", "embarrassment", "grief", "remorse"],
     "surprise": ["surprise", "realization", "confusion", "curiosity"],
 }
