@@ -1,13 +1,18 @@
 """A label hierarchy: canonical labels grouped into named parents, level by level.
 
-* **Grouping.** Each label is a point: its member centroid (what its texts are about)
-  and its name's embedding, weighted ``NAME_WEIGHT`` (the evidence consolidation uses).
-  Labels are merged agglomeratively, closest centroids first, until a level has its
-  target number of parents; a merge that would give one parent more than ``BALANCE``
-  times its fair share of the items is skipped while another merge is possible, so no
-  parent swallows half the stream. Level sizes fall geometrically from the number of
-  labels to ``top``. The grouping is a function of the labels alone (ties by label id),
-  so it does not depend on the order texts arrived in.
+* **Themes proposed by the LLM** (as Clio does). For the first level, the LLM is shown
+  the labels, ``PROPOSALS_PER_CALL`` per call, each with its typical texts, and names the
+  broader theme of each; labels whose theme names are alike (``THEME_JOIN``) start as
+  one group. Embeddings see what texts are *about*; a theme such as "joy" over
+  "gratitude" and "amusement" is a judgement they miss (GoEmotions -> Ekman: ARI 0.29
+  from embeddings alone).
+* **Grouping.** Each group is a point: its labels' member centroids and names' embeddings,
+  weighted ``NAME_WEIGHT`` (the evidence consolidation uses). Groups merge
+  agglomeratively, closest first, until a level has its target number of parents; a
+  merge that would give one parent more than ``BALANCE`` times its fair share of the
+  items is skipped while another is possible, so no parent swallows half the stream.
+  Level sizes fall geometrically from the number of labels to ``top``. Ties go by label
+  id, so the grouping depends on the labels, not on the order texts arrived in.
 * **Names.** Each parent is named by the LLM from its children's names and typical
   texts (one call per parent; a local model gets a grammar). A parent whose children are
   the same as at the last fit keeps its id and its name, so ids are stable across runs.
@@ -28,6 +33,12 @@ NAME_WEIGHT = 0.3
 BALANCE = 2.0  # a parent may hold at most this many times its fair share of the items
 EXAMPLES = 2  # typical texts shown per child when naming
 QUESTION = "Name the common theme of these labels with one short snake_case label."
+PROPOSE = (
+    "For each numbered label, name the broader theme it belongs to with one short "
+    "snake_case label; labels of one theme get the same name."
+)
+PROPOSALS_PER_CALL = 16
+THEME_JOIN = 0.8  # proposed theme names at least this similar are one theme
 
 
 @dataclass(frozen=True)
@@ -82,20 +93,34 @@ def level_sizes(n_labels: int, top: int, levels: int) -> list[int]:
     return sizes
 
 
-def balanced_groups(X: np.ndarray, weights: np.ndarray, k: int) -> np.ndarray:
+def balanced_groups(
+    X: np.ndarray, weights: np.ndarray, k: int, start: np.ndarray | None = None
+) -> np.ndarray:
     """Group the rows of ``X`` (unit vectors) into ``k`` groups by centroid linkage,
     closest first, skipping while possible a merge whose weight would exceed ``BALANCE``
-    times the fair share; returns the group (0..k-1, by first member) of each row."""
+    times the fair share; rows with the same ``start`` group begin together. Returns the
+    group (0..g-1, by first member) of each row; g is ``k``, or fewer when ``start``
+    already has fewer groups."""
     n = len(X)
     sums = np.asarray(X, dtype=np.float64) * np.maximum(weights, 1)[:, None]
     size = np.asarray(weights, dtype=np.float64).copy()
     cap = max(BALANCE * size.sum() / max(k, 1), size.max(initial=0))
     owner = np.arange(n)
     alive = np.ones(n, dtype=bool)
+    if start is not None:
+        for rows in _runs(start):
+            head = rows[0]
+            for r in rows[1:]:
+                sums[head] += sums[r]
+                size[head] += size[r]
+                alive[r] = False
+                owner[r] = head
     unit = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
     sim = unit @ unit.T
     np.fill_diagonal(sim, -np.inf)
-    for _ in range(max(0, n - k)):
+    sim[~alive, :] = -np.inf
+    sim[:, ~alive] = -np.inf
+    for _ in range(max(0, int(alive.sum()) - k)):
         fits = (size[:, None] + size[None, :] <= cap) & alive[:, None] & alive[None, :]
         pick = np.where(fits, sim, -np.inf)
         if not np.isfinite(pick.max()):
@@ -108,12 +133,88 @@ def balanced_groups(X: np.ndarray, weights: np.ndarray, k: int) -> np.ndarray:
         owner[owner == j] = i
         row = sums[i] / max(float(np.linalg.norm(sums[i])), 1e-12)
         unit[i] = row
-        sim[i] = unit @ row
+        sim[i] = np.where(alive, unit @ row, -np.inf)
         sim[:, i] = sim[i]
         sim[i, i] = -np.inf
         sim[j, :] = sim[:, j] = -np.inf
     _, groups = np.unique(owner, return_inverse=True)
     return groups
+
+
+def _runs(start: np.ndarray) -> list[list[int]]:
+    rows: dict[int, list[int]] = {}
+    for r, g in enumerate(np.asarray(start).tolist()):
+        rows.setdefault(int(g), []).append(r)
+    return [v for v in rows.values() if len(v) > 1]
+
+
+def theme_prompt(labels: Sequence[tuple[str, Sequence[str]]]) -> str:
+    """One proposal question: numbered labels, each with typical texts."""
+    lines = [PROPOSE, "Answer one line per label, like `1: theme`."]
+    for n, (name, texts) in enumerate(labels, 1):
+        lines.append(f"{n}: {name}")
+        lines += [f"- {' '.join(t.split())[:160]}" for t in texts]
+    lines.append("Themes:")
+    return "\n".join(lines)
+
+
+def theme_grammar(n: int) -> str:
+    """GBNF for exactly ``n`` numbered snake_case answers (local models)."""
+    from canonlabel.llm.llamacpp import _NEW_LABEL
+
+    lines = " ".join(f'"{k}: " new "\\n"' for k in range(1, n + 1))
+    return f"root ::= {lines}\n{_NEW_LABEL}\n"
+
+
+def propose_themes(clf, leaves: list[int], labeler) -> dict[int, str]:
+    """The LLM's theme for each label (``PROPOSALS_PER_CALL`` labels a call); a label
+    whose answer is missing or invalid has none."""
+    import re
+
+    space, found = clf.space, {}
+    for start in range(0, len(leaves), PROPOSALS_PER_CALL):
+        chunk = leaves[start : start + PROPOSALS_PER_CALL]
+        shown = [
+            (space.names[lab], clf.store.typical_label_texts(lab, space.centroids([lab])[0], 2))
+            for lab in chunk
+        ]
+        try:
+            out = labeler.complete(
+                theme_prompt(shown), grammar=theme_grammar(len(chunk)), max_tokens=12 * len(chunk)
+            ).output
+        except Exception:  # no free completion, or a failed call: those labels go unthemed
+            continue
+        for number, theme in re.findall(r"(\d+)\s*[:.)]\s*`?([A-Za-z][\w ]*)", out):
+            k = int(number) - 1
+            if 0 <= k < len(chunk) and chunk[k] not in found:
+                try:
+                    found[chunk[k]] = clean_label(theme)
+                except InvalidLabel:
+                    pass
+    return found
+
+
+def theme_groups(clf, leaves: list[int], themes: dict[int, str]) -> np.ndarray:
+    """A start group per label: labels whose theme names are at least ``THEME_JOIN``
+    similar share one; a label without a theme is a group of its own."""
+    names = sorted(set(themes.values()))
+    parent = list(range(len(names)))
+    if names:
+        V = clf.space.phrase_vectors([n.replace("_", " ") for n in names])
+        sim = V @ V.T
+
+        def find(a: int) -> int:
+            while parent[a] != a:
+                a = parent[a]
+            return a
+
+        for a, b in zip(*np.nonzero(np.triu(sim, 1) >= THEME_JOIN), strict=True):
+            parent[find(int(b))] = find(int(a))
+        root = {n: find(i) for i, n in enumerate(names)}
+    out = np.empty(len(leaves), dtype=np.int64)
+    for r, lab in enumerate(leaves):
+        out[r] = root[themes[lab]] if lab in themes else len(names) + r
+    return out
 
 
 def features(space, label_ids: list[int]) -> np.ndarray:
@@ -136,17 +237,20 @@ def fit(clf, *, top: int = 12, levels: int = 1, labeler=None) -> Tree:
     leaves = sorted(counts)
     if not leaves:
         return Tree()
+    labeler = labeler or clf.labeler
+    themes = propose_themes(clf, leaves, labeler)
     X, w = features(space, leaves), np.array([counts[i] for i in leaves], dtype=np.float64)
     members: list[list[int]] = [[i] for i in leaves]  # labels under each node of a level
     nodes: list[tuple[int, list[int]]] = []  # (level, child indices) per parent to make
     for level, k in enumerate(level_sizes(len(members), top, levels), 1):
-        groups = balanced_groups(X, w, k)
+        start_groups = theme_groups(clf, leaves, themes) if level == levels else None
+        groups = balanced_groups(X, w, k, start_groups)
         level_nodes = [np.flatnonzero(groups == g).tolist() for g in range(groups.max() + 1)]
         nodes += [(level, kids) for kids in level_nodes]
         members = [[lab for c in kids for lab in members[c]] for kids in level_nodes]
         X = _pool(X, w, level_nodes)
         w = np.array([w[kids].sum() for kids in level_nodes])
-    tree = _persist(clf, leaves, nodes, counts, labeler or clf.labeler)
+    tree = _persist(clf, leaves, nodes, counts, labeler, themes)
     tree.seconds = round(time.perf_counter() - start, 3)
     return tree
 
@@ -156,7 +260,7 @@ def _pool(X: np.ndarray, w: np.ndarray, groups: list[list[int]]) -> np.ndarray:
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
 
-def _persist(clf, leaves: list[int], nodes, counts: dict[int, int], labeler) -> Tree:
+def _persist(clf, leaves, nodes, counts: dict[int, int], labeler, themes=None) -> Tree:
     """Parents with ids: a parent whose set of labels is unchanged keeps its id and name;
     the others get new ids and are named by the LLM. Replaces the stored tree."""
     old = clf.store.hierarchy()
@@ -173,8 +277,8 @@ def _persist(clf, leaves: list[int], nodes, counts: dict[int, int], labeler) -> 
             same = known.get((level, frozenset(labels)))
             if same is not None:
                 pid, name = same.id, same.name
-            else:
-                pid, name = next_id, None
+            else:  # a new parent: the theme most of its items were given, if any
+                pid, name = next_id, _majority_theme(labels, counts, themes or {})
                 next_id += 1
             count = sum(counts.get(lab, 0) for lab in labels)
             tree.parents[pid] = Parent(pid, level, name or "", children, count)
@@ -188,6 +292,14 @@ def _persist(clf, leaves: list[int], nodes, counts: dict[int, int], labeler) -> 
     return tree
 
 
+def _majority_theme(labels: list[int], counts: dict[int, int], themes: dict[int, str]):
+    votes: dict[str, int] = {}
+    for lab in labels:
+        if lab in themes:
+            votes[themes[lab]] = votes.get(themes[lab], 0) + counts.get(lab, 0)
+    return min(votes, key=lambda t: (-votes[t], t)) if votes else None
+
+
 def _labels_under(tree: Tree, parent: Parent) -> list[int]:
     if parent.level == 1:
         return list(parent.children)
@@ -195,13 +307,12 @@ def _labels_under(tree: Tree, parent: Parent) -> list[int]:
 
 
 def _name_new(clf, tree: Tree, labeler, counts: dict[int, int]) -> None:
-    """One LLM call per unnamed parent (level 1 first); names are unique in the tree."""
-    used = {p.name for p in tree.parents.values() if p.name}
+    """One LLM call per parent still without a name (level 1 first); names are unique
+    in the tree (a later parent with a taken name gets a suffix)."""
+    used: set[str] = set()
     for pid in sorted(tree.parents, key=lambda i: (tree.parents[i].level, i)):
         parent = tree.parents[pid]
-        if parent.name:
-            continue
-        name = _ask_name(clf, tree, parent, labeler, counts)
+        name = parent.name or _ask_name(clf, tree, parent, labeler, counts)
         base, n = name, 2
         while name in used:
             name, n = f"{base}_{n}", n + 1

@@ -21,6 +21,7 @@ import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
+from canonlabel.hierarchy import PROPOSE as HIERARCHY_PROPOSE
 from canonlabel.hierarchy import QUESTION as HIERARCHY_QUESTION
 from canonlabel.labelspace.adjudicate import BATCH as ADJUDICATE_BATCH
 from canonlabel.labelspace.adjudicate import QUESTION as ADJUDICATE
@@ -321,6 +322,14 @@ class SimulatedLLM(Labeler):
         ]
         return "\n".join(lines) + "\n"
 
+    def _themes(self, prompt: str) -> str:
+        """``N: theme`` per numbered label of a proposal prompt (see :meth:`_theme`)."""
+        blocks = re.split(r"\n(\d+): [^\n]*", prompt)
+        out = []
+        for number, body in zip(blocks[1::2], blocks[2::2], strict=False):
+            out.append(f"{number}: {self._theme(QUESTION_HEAD + body)}")
+        return "\n".join(out) + "\n"
+
     def _theme(self, prompt: str) -> str:
         """A parent's name: the coarse category (``coarse``, else the intent) most of the
         example texts have, as this model understands them (wrong ``error_rate`` of the
@@ -344,6 +353,9 @@ class SimulatedLLM(Labeler):
         taxonomy proposals: one ``name: description`` line per intent among the prompt's
         texts, most frequent first."""
         self.calls += 1
+        if prompt.startswith(HIERARCHY_PROPOSE):
+            out = self._themes(prompt)
+            return LabelResponse(out, Usage(len(prompt.split()), len(out.split())))
         if prompt.startswith(HIERARCHY_QUESTION):
             out = self._theme(prompt)
             return LabelResponse(out, Usage(len(prompt.split()), 4))
@@ -357,6 +369,9 @@ class SimulatedLLM(Labeler):
             for i, _ in intents.most_common(12)
         )
         return LabelResponse(out, Usage(len(prompt.split()), len(out.split())))
+
+
+QUESTION_HEAD = "theme\n"
 
 
 def _fit(have: set[str], wanted: set[str]) -> float:
