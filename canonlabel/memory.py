@@ -309,8 +309,10 @@ class Memory:
             ],
             dtype=np.int64,
         )
-        found, contested = consensus.contests(ids, vectors, answers)
         rechecks = self.store.rechecks()
+        overturned = sum(r.chose for r in rechecks.values()) / max(len(ids), 1)
+        stray_moves = overturned >= consensus.STRAY_MOVES_ABOVE
+        found, contested = consensus.contests(ids, vectors, answers, stray_moves)
         asked = consensus.to_recheck(found, rechecks) if ask and not dry_run else []
         if asked and self.labeler.id != "none":
             rechecks |= {r.item_id: r for r in self._recheck(asked)}

@@ -38,8 +38,11 @@ def test_a_wrong_answer_inside_another_cluster_is_contested():
     assert [(c.item_id, c.answer_label, c.label_id) for c in found] == [(1, 103, 101)]
     assert share == pytest.approx(1 / len(ids))
     assert not found[0].sure  # 103 is a label of its own: the LLM is asked again
-    answers[0] = 999  # a label of this answer alone: a stray, moved without asking
+    answers[0] = 999  # a label of this answer alone: a stray
     found, _ = consensus.contests(ids, X, answers)
+    assert [(c.label_id, c.sure) for c in found] == [(101, False)]
+    # moved without asking only for an LLM whose second answers showed it often wrong
+    found, _ = consensus.contests(ids, X, answers, stray_moves=True)
     assert [(c.label_id, c.sure) for c in found] == [(101, True)]
 
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from canonlabel.labelspace.adjudicate import PAIRS_PER_CALL, Adjudication
+from canonlabel.labelspace.adjudicate import CONFIRM_ABOVE, PAIRS_PER_CALL, Adjudication
 from canonlabel.labelspace.evidence import (
     NEIGHBOUR_WEIGHT,
     NEIGHBOURS,
@@ -294,7 +294,10 @@ def borderline(
     """The grouping at ``threshold``, stored adjudications applied, and the borderline
     pairs (similarity at least ``floor``) still open for the LLM."""
     assigned = group(ev, space.pinned, name_weight=name_weight, threshold=threshold)
-    return Adjudication(space, ev, assigned, name_weight, min(floor, threshold))
+    # an LLM the consensus found wrong often must confirm a "same" (see adjudicate.verdict)
+    estimate = float(space.store.meta().get("llm_error_estimate", 0.0))
+    confirm = estimate >= CONFIRM_ABOVE
+    return Adjudication(space, ev, assigned, name_weight, min(floor, threshold), confirm)
 
 
 def consolidate(
