@@ -17,8 +17,8 @@ import pytest
 from canonlabel import Classifier, Settings
 from canonlabel.runner import run_classify
 from canonlabel.testing import FakeLabeler
-from tests.test_consolidate import _OPENED, corpus, final_labels
-from tests.test_regroup import _sloppy
+from tests.test_consolidate import _OPENED, final_labels
+from tests.test_regroup import sloppy_job
 
 
 @pytest.fixture(autouse=True)
@@ -31,21 +31,7 @@ def _close_classifiers():
 @pytest.fixture
 def job(tmp_path, monkeypatch):
     """An input file and settings whose end-of-job consolidation relabels rows."""
-    gold = corpus()
-    monkeypatch.setattr(FakeLabeler, "from_spec", classmethod(lambda cls, arg: _sloppy(gold)))
-    src = tmp_path / "in.jsonl"
-    lines = [json.dumps({"id": f"t{i}", "text": text}) for i, text in enumerate(sorted(gold))]
-    src.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    settings = Settings(
-        db=tmp_path / "job.db",
-        llm="fake",
-        embedder="hash",
-        consolidate_by="items",
-        consolidate_threshold=0.6,
-        consolidate_name_weight=0.0,
-        router=False,
-    )
-    return src, settings, len(lines)
+    return sloppy_job(tmp_path, monkeypatch)
 
 
 def _check_final(settings: Settings, text: str, n: int) -> None:

@@ -116,18 +116,16 @@ def test_the_coherence_cut_does_not_depend_on_row_order():
     assert cluster(x, 0.8, dense_items=30).max() + 1 >= 5  # reduced first, same rule
 
 
-def test_a_classify_job_writes_each_item_where_grouping_by_items_put_it(tmp_path, monkeypatch):
-    """Items move one by one, so the job's output follows each item, not its raw label."""
+def sloppy_job(tmp_path, monkeypatch):
+    """An input file and settings whose end-of-job consolidation (by items) moves items
+    one by one, so rows made during the job change label: (input, settings, rows)."""
     import json
-
-    from canonlabel.runner import run_classify
 
     gold = corpus()
     monkeypatch.setattr(FakeLabeler, "from_spec", classmethod(lambda cls, arg: _sloppy(gold)))
     src = tmp_path / "in.jsonl"
-    lines = [json.dumps({"id": f"t{i}", "text": text}) for i, text in enumerate(sorted(corpus()))]
+    lines = [json.dumps({"id": f"t{i}", "text": text}) for i, text in enumerate(sorted(gold))]
     src.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    out = tmp_path / "out.jsonl"
     settings = Settings(
         db=tmp_path / "job.db",
         llm="fake",
@@ -137,6 +135,17 @@ def test_a_classify_job_writes_each_item_where_grouping_by_items_put_it(tmp_path
         consolidate_name_weight=0.0,
         router=False,
     )
+    return src, settings, len(lines)
+
+
+def test_a_classify_job_writes_each_item_where_grouping_by_items_put_it(tmp_path, monkeypatch):
+    """Items move one by one, so the job's output follows each item, not its raw label."""
+    import json
+
+    from canonlabel.runner import run_classify
+
+    src, settings, _ = sloppy_job(tmp_path, monkeypatch)
+    out = tmp_path / "out.jsonl"
     run_classify(str(src), out, settings)
     clf = Classifier.open(settings=settings, labeler=FakeLabeler())
     _OPENED.append(clf)
