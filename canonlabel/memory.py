@@ -260,11 +260,17 @@ class Memory:
     def _adjudication_allowance(self) -> tuple[int, int]:
         """(calls this consolidation may make, calls made so far): the per-consolidation
         cap, within ``adjudication_share`` of the LLM labelling calls paid so far."""
+        from canonlabel.labelspace.adjudicate import CONFIRM_ABOVE
+
         s = self.settings
-        spent = int(float(self.store.meta().get("adjudication_calls", 0)))
+        meta = self.store.meta()
+        spent = int(float(meta.get("adjudication_calls", 0)))
         paid = self.store.count("SELECT count(*) FROM items WHERE source = 'llm'")
-        share = self.grouping().adjudication_share
-        return max(0, min(s.adjudication_budget, int(share * paid) - spent)), spent
+        share, cap = self.grouping().adjudication_share, s.adjudication_budget
+        if float(meta.get("llm_error_estimate", 0.0)) >= CONFIRM_ABOVE:
+            # a "same" then takes two answers: twice the calls settle as many pairs
+            share, cap = 2 * share, 2 * cap
+        return max(0, min(cap, int(share * paid) - spent)), spent
 
     def _consolidate(self, dry_run: bool, budget: int | None = None) -> dict:
         known = len(self.space.aliases)
