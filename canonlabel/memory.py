@@ -267,7 +267,7 @@ class Memory:
         spent = int(float(meta.get("adjudication_calls", 0)))
         paid = self.store.count("SELECT count(*) FROM items WHERE source = 'llm'")
         share, cap = self.grouping().adjudication_share, s.adjudication_budget
-        if float(meta.get("llm_error_estimate", 0.0)) >= CONFIRM_ABOVE:
+        if float(meta.get("llm_error_low", 0.0)) >= CONFIRM_ABOVE:
             # a "same" then takes two answers: twice the calls settle as many pairs
             share, cap = 2 * share, 2 * cap
         return max(0, min(cap, int(share * paid) - spent)), spent
@@ -315,9 +315,11 @@ class Memory:
             ],
             dtype=np.int64,
         )
+        from canonlabel.thresholds import wilson_interval
+
         rechecks = self.store.rechecks()
-        overturned = sum(r.chose for r in rechecks.values()) / max(len(ids), 1)
-        stray_moves = overturned >= consensus.STRAY_MOVES_ABOVE
+        overturned, _ = wilson_interval(sum(r.chose for r in rechecks.values()), len(ids))
+        stray_moves = overturned >= consensus.STRAY_MOVES_ABOVE  # (low end of its interval)
         found, contested = consensus.contests(ids, vectors, answers, stray_moves)
         asked = consensus.to_recheck(found, rechecks) if ask and not dry_run else []
         if asked and self.labeler.id != "none":

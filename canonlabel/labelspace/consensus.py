@@ -277,8 +277,16 @@ def apply(
         with space.rewrite() as c:
             store.write_corrections(c, moved, restored)
         space.reload()
+    from canonlabel.thresholds import wilson_interval
+
     standing = sum(not c.kept for c in store.corrections().values())
-    store.set_meta({"llm_error_estimate": round(standing / max(answers, 1), 4)})
+    low, _ = wilson_interval(standing, answers)
+    store.set_meta(
+        {
+            "llm_error_estimate": round(standing / max(answers, 1), 4),
+            "llm_error_low": round(low, 4),  # the low end of its 95% interval
+        }
+    )
     if not moved:
         return 0
     return _merge_emptied(space, {m.answer_label for m in moved}, join)

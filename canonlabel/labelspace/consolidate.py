@@ -294,9 +294,10 @@ def borderline(
     """The grouping at ``threshold``, stored adjudications applied, and the borderline
     pairs (similarity at least ``floor``) still open for the LLM."""
     assigned = group(ev, space.pinned, name_weight=name_weight, threshold=threshold)
-    # an LLM the consensus found wrong often must confirm a "same" (see adjudicate.verdict)
-    estimate = float(space.store.meta().get("llm_error_estimate", 0.0))
-    confirm = estimate >= CONFIRM_ABOVE
+    # an LLM the consensus found wrong often must confirm a "same" (see adjudicate.verdict):
+    # the low end of the estimate's interval, so a few corrections early in a stream do
+    # not switch it on
+    confirm = float(space.store.meta().get("llm_error_low", 0.0)) >= CONFIRM_ABOVE
     return Adjudication(space, ev, assigned, name_weight, min(floor, threshold), confirm)
 
 
