@@ -167,17 +167,35 @@ def theme_grammar(n: int) -> str:
 
 
 def propose_themes(clf, leaves: list[int], labeler) -> dict[int, str]:
-    """The LLM's theme for each label (``PROPOSALS_PER_CALL`` labels a call); a label
-    whose answer is missing or invalid has none."""
+    """The LLM's theme for each label, by consensus: every label is asked about twice,
+    with other typical texts each time, and a third time where the two answers differ;
+    the theme two answers agree on wins (else the first). ``PROPOSALS_PER_CALL`` labels a
+    call; a label without any valid answer has no theme."""
+    first = _proposals(clf, leaves, labeler, 0)
+    second = _proposals(clf, leaves, labeler, 1)
+    split = [lab for lab in leaves if first.get(lab) != second.get(lab)]
+    third = _proposals(clf, split, labeler, 2) if split else {}
+    themes = {}
+    for lab in leaves:
+        votes = [t for t in (first.get(lab), second.get(lab), third.get(lab)) if t]
+        agreed = [t for t in votes if votes.count(t) >= 2]
+        if agreed or votes:
+            themes[lab] = agreed[0] if agreed else votes[0]
+    return themes
+
+
+def _proposals(clf, leaves: list[int], labeler, variant: int) -> dict[int, str]:
+    """One round of proposals, showing each label's ``variant``-th pair of typical texts
+    (the first pair when there are too few)."""
     import re
 
     space, found = clf.space, {}
     for start in range(0, len(leaves), PROPOSALS_PER_CALL):
         chunk = leaves[start : start + PROPOSALS_PER_CALL]
-        shown = [
-            (space.names[lab], clf.store.typical_label_texts(lab, space.centroids([lab])[0], 2))
-            for lab in chunk
-        ]
+        shown = []
+        for lab in chunk:
+            texts = clf.store.typical_label_texts(lab, space.centroids([lab])[0], 2 * variant + 2)
+            shown.append((space.names[lab], texts[2 * variant :] or texts[:2]))
         try:
             out = labeler.complete(
                 theme_prompt(shown), grammar=theme_grammar(len(chunk)), max_tokens=12 * len(chunk)

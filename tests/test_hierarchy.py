@@ -80,9 +80,10 @@ def test_a_refit_keeps_ids_and_names_and_the_tree_is_order_invariant(tmp_path):
     calls = clf.labeler.calls
     again = clf.hierarchy(top=2)
     assert {p.id: p.name for p in again.top()} == {p.id: p.name for p in first.top()}
-    # unchanged parents are not named again: a refit pays only the theme proposals
-    leaves = len(clf.label_counts())
-    assert clf.labeler.calls == calls + -(-leaves // hierarchy.PROPOSALS_PER_CALL)
+    # unchanged parents are not named again: a refit pays only the theme proposals (two
+    # rounds, and a third for labels whose two answers differ)
+    rounds = -(-len(clf.label_counts()) // hierarchy.PROPOSALS_PER_CALL)
+    assert 2 * rounds <= clf.labeler.calls - calls <= 3 * rounds
     shuffled = sorted(gold)
     random.Random(3).shuffle(shuffled)
     other, _ = _store(tmp_path, "h2", shuffled)
