@@ -160,10 +160,10 @@ def theme_prompt(labels: Sequence[tuple[str, Sequence[str]]]) -> str:
 
 def theme_grammar(n: int) -> str:
     """GBNF for exactly ``n`` numbered snake_case answers (local models)."""
+    from canonlabel.labelspace.adjudicate import numbered_grammar
     from canonlabel.llm.llamacpp import _NEW_LABEL
 
-    lines = " ".join(f'"{k}: " new "\\n"' for k in range(1, n + 1))
-    return f"root ::= {lines}\n{_NEW_LABEL}\n"
+    return numbered_grammar(n, _NEW_LABEL, answer="new")
 
 
 def propose_themes(clf, leaves: list[int], labeler) -> dict[int, str]:

@@ -77,10 +77,15 @@ def batch_question(pairs: Sequence[tuple[Shown, Shown]]) -> str:
     return "\n".join(parts)
 
 
+def numbered_grammar(n: int, rules: str, answer: str = "answer") -> str:
+    """GBNF for exactly ``n`` lines ``K: <answer>``, the ``answer`` rule given in ``rules``."""
+    lines = " ".join(f'"{k}: " {answer} "\\n"' for k in range(1, n + 1))
+    return f"root ::= {lines}\n{rules}\n"
+
+
 def batch_grammar(n: int) -> str:
     """GBNF for exactly ``n`` numbered answer lines."""
-    lines = " ".join(f'"{k}: " answer "\\n"' for k in range(1, n + 1))
-    return f'root ::= {lines}\nanswer ::= "same" | "different"\n'
+    return numbered_grammar(n, 'answer ::= "same" | "different"')
 
 
 def parse(output: str, n: int) -> dict[int, bool]:
