@@ -635,7 +635,7 @@ def split(
 
 @app.command()
 def undo(db: DbOpt = None, embedder: EmbOpt = None) -> None:
-    """Undo the most recent label merge or consolidation."""
+    """Undo the most recent label merge, consolidation or consensus correction."""
     _curate(db, embedder, lambda clf: clf.undo())
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -68,19 +69,43 @@ class Tree:
             (p for p in self.parents.values() if p.level == level), key=lambda p: (-p.count, p.id)
         )
 
+    @cached_property
     def up(self) -> dict[int, int]:
-        """Parent of each parent (the top level has none)."""
+        """Parent of each parent (the top level has none); children never change once a
+        tree is built, so this is computed once."""
         return {c: p.id for p in self.parents.values() if p.level > 1 for c in p.children}
 
     def path(self, label_id: int) -> list[str]:
         """Names from the top level down to the label's level-1 parent (empty if the
         label has no parent)."""
-        up, out = self.up(), []
+        up, out = self.up, []
         node = self.label_parent.get(label_id)
         while node is not None:
             out.append(self.parents[node].name)
             node = up.get(node)
         return out[::-1]
+
+
+def load(store) -> Tree:
+    """The stored hierarchy (an empty tree before the first fit)."""
+    rows, links = store.hierarchy_rows()
+    kids: dict[int, list[int]] = {}
+    for pid, _, _, up, _ in rows:
+        if up is not None:
+            kids.setdefault(int(up), []).append(int(pid))
+    for label, pid in links:
+        kids.setdefault(int(pid), []).append(int(label))
+    tree = Tree(label_parent={int(a): int(b) for a, b in links})
+    for pid, level, name, _, count in rows:
+        children = tuple(sorted(kids.get(int(pid), [])))
+        tree.parents[int(pid)] = Parent(int(pid), int(level), name, children, int(count))
+    return tree
+
+
+def save(store, tree: Tree) -> None:
+    up = tree.up
+    parents = [(p.id, p.level, p.name, up.get(p.id), p.count) for p in tree.parents.values()]
+    store.save_hierarchy(parents, list(tree.label_parent.items()))
 
 
 def level_sizes(n_labels: int, top: int, levels: int) -> list[int]:
@@ -171,10 +196,15 @@ def propose_themes(clf, leaves: list[int], labeler) -> dict[int, str]:
     with other typical texts each time, and a third time where the two answers differ;
     the theme two answers agree on wins (else the first). ``PROPOSALS_PER_CALL`` labels a
     call; a label without any valid answer has no theme."""
-    first = _proposals(clf, leaves, labeler, 0)
-    second = _proposals(clf, leaves, labeler, 1)
+    centroids = clf.space.centroids(leaves)
+    texts = {  # every round's examples, read once a label
+        lab: clf.store.typical_label_texts(lab, centroid, 6)
+        for lab, centroid in zip(leaves, centroids, strict=True)
+    }
+    first = _proposals(clf, leaves, labeler, texts, 0)
+    second = _proposals(clf, leaves, labeler, texts, 1)
     split = [lab for lab in leaves if first.get(lab) != second.get(lab)]
-    third = _proposals(clf, split, labeler, 2) if split else {}
+    third = _proposals(clf, split, labeler, texts, 2) if split else {}
     themes = {}
     for lab in leaves:
         votes = [t for t in (first.get(lab), second.get(lab), third.get(lab)) if t]
@@ -184,7 +214,9 @@ def propose_themes(clf, leaves: list[int], labeler) -> dict[int, str]:
     return themes
 
 
-def _proposals(clf, leaves: list[int], labeler, variant: int) -> dict[int, str]:
+def _proposals(
+    clf, leaves: list[int], labeler, texts: dict[int, list[str]], variant: int
+) -> dict[int, str]:
     """One round of proposals, showing each label's ``variant``-th pair of typical texts
     (the first pair when there are too few)."""
     import re
@@ -192,10 +224,10 @@ def _proposals(clf, leaves: list[int], labeler, variant: int) -> dict[int, str]:
     space, found = clf.space, {}
     for start in range(0, len(leaves), PROPOSALS_PER_CALL):
         chunk = leaves[start : start + PROPOSALS_PER_CALL]
-        shown = []
-        for lab in chunk:
-            texts = clf.store.typical_label_texts(lab, space.centroids([lab])[0], 2 * variant + 2)
-            shown.append((space.names[lab], texts[2 * variant :] or texts[:2]))
+        shown = [
+            (space.names[lab], texts[lab][2 * variant : 2 * variant + 2] or texts[lab][:2])
+            for lab in chunk
+        ]
         try:
             out = labeler.complete(
                 theme_prompt(shown), grammar=theme_grammar(len(chunk)), max_tokens=12 * len(chunk)
@@ -281,7 +313,7 @@ def _pool(X: np.ndarray, w: np.ndarray, groups: list[list[int]]) -> np.ndarray:
 def _persist(clf, leaves, nodes, counts: dict[int, int], labeler, themes=None) -> Tree:
     """Parents with ids: a parent whose set of labels is unchanged keeps its id and name;
     the others get new ids and are named by the LLM. Replaces the stored tree."""
-    old = clf.store.hierarchy()
+    old = load(clf.store)
     known = {(p.level, frozenset(_labels_under(old, p))): p for p in old.parents.values()}
     next_id = max(old.parents, default=0) + 1
     tree, ids_by_level, below = Tree(), {0: leaves}, {0: [[lab] for lab in leaves]}
@@ -306,7 +338,7 @@ def _persist(clf, leaves, nodes, counts: dict[int, int], labeler, themes=None) -
                 tree.label_parent.update((c, pid) for c in children)
         ids_by_level[level], below[level] = ids, under
     _name_new(clf, tree, labeler, counts)
-    clf.store.save_hierarchy(tree)
+    save(clf.store, tree)
     return tree
 
 

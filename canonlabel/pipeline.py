@@ -177,7 +177,7 @@ class Classifier(Memory):
 
         if refit:
             return hierarchy.fit(self, top=top, levels=levels)
-        return hierarchy.assign_new(self, self.store.hierarchy())
+        return hierarchy.assign_new(self, hierarchy.load(self.store))
 
     def label_counts(self) -> dict[int, int]:
         """Items per canonical label (merged labels' items counted with their label)."""

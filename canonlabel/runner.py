@@ -196,9 +196,9 @@ def deliver_rows(spool: RowSpool, output: Path | None, clf) -> int:
 
 
 def _tree(clf):
-    from canonlabel.hierarchy import assign_new
+    from canonlabel.hierarchy import assign_new, load
 
-    tree = clf.store.hierarchy()
+    tree = load(clf.store)
     return assign_new(clf, tree) if tree.parents else None
 
 

@@ -279,7 +279,7 @@ def apply(
         space.reload()
     from canonlabel.thresholds import wilson_interval
 
-    standing = sum(not c.kept for c in store.corrections().values())
+    standing = sum(store.correction_counts().values())  # corrections not kept
     low, _ = wilson_interval(standing, answers)
     store.set_meta(
         {

@@ -523,39 +523,24 @@ class Store(ABC):
                 (label, into, sim, now),
             )
 
-    def hierarchy(self):
-        """The stored label hierarchy (an empty tree before the first fit)."""
-        from canonlabel.hierarchy import Parent, Tree
+    def hierarchy_rows(self) -> tuple[list[tuple], list[tuple]]:
+        """The stored label hierarchy as rows: parents ``(id, level, name, parent_id,
+        count)`` and links ``(label_id, parent_id)`` (see ``canonlabel.hierarchy.load``)."""
+        parents = self.query("SELECT id, level, name, parent_id, count FROM parents ORDER BY id")
+        return parents, self.query("SELECT label_id, parent_id FROM label_parents")
 
-        rows = self.query("SELECT id, level, name, parent_id, count FROM parents ORDER BY id")
-        links = self.query("SELECT label_id, parent_id FROM label_parents")
-        kids: dict[int, list[int]] = {}
-        for pid, *_, up, _n in rows:
-            if up is not None:
-                kids.setdefault(int(up), []).append(int(pid))
-        for label, pid in links:
-            kids.setdefault(int(pid), []).append(int(label))
-        tree = Tree(label_parent={int(a): int(b) for a, b in links})
-        for pid, level, name, _, count in rows:
-            children = tuple(sorted(kids.get(int(pid), [])))
-            tree.parents[int(pid)] = Parent(int(pid), int(level), name, children, int(count))
-        return tree
-
-    def save_hierarchy(self, tree) -> None:
-        """Replace the stored hierarchy with ``tree``."""
-        up = tree.up()
+    def save_hierarchy(self, parents: Sequence[tuple], links: Sequence[tuple]) -> None:
+        """Replace the stored hierarchy with these rows (as :meth:`hierarchy_rows`)."""
         now = time.time()
         with self.write() as c:
             c.execute("DELETE FROM label_parents")
             c.execute("DELETE FROM parents")
-            for p in tree.parents.values():
-                c.execute(
-                    "INSERT INTO parents (id, level, name, parent_id, count, created_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (p.id, p.level, p.name, up.get(p.id), p.count, now),
-                )
-            for label, pid in tree.label_parent.items():
-                c.execute("INSERT INTO label_parents VALUES (?, ?)", (label, pid))
+            c.executemany(
+                "INSERT INTO parents (id, level, name, parent_id, count, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [(*row, now) for row in parents],
+            )
+            c.executemany("INSERT INTO label_parents VALUES (?, ?)", list(links))
 
     def typical_label_texts(self, label_id: int, centroid: np.ndarray, limit: int) -> list[str]:
         """The LLM-labelled texts of a label (its id as stored) nearest ``centroid``."""
