@@ -286,6 +286,7 @@ class Engine(Lookup):
         c["llm_seconds"] += asked.seconds
         c["prompt_tokens"] += asked.usage.prompt_tokens
         c["completion_tokens"] += asked.usage.completion_tokens
+        c["cached_tokens"] += asked.usage.cached_tokens
         for event in asked.events:
             c[f"guard_{event}"] += 1
         it.timings["llm"] = asked.seconds

@@ -320,7 +320,11 @@ class Memory:
         rechecks = self.store.rechecks()
         overturned, _ = wilson_interval(sum(r.chose for r in rechecks.values()), len(ids))
         stray_moves = overturned >= consensus.STRAY_MOVES_ABOVE  # (low end of its interval)
-        found, contested = consensus.contests(ids, vectors, answers, stray_moves)
+        disputed = {i: resolve(r.label_id) for i, r in rechecks.items() if r.chose}
+        if self.router is not None and not dry_run:
+            taken = self.router.take_disputes()
+            disputed = {i: resolve(lab) for i, lab in taken.items()} | disputed
+        found, contested = consensus.contests(ids, vectors, answers, stray_moves, disputed)
         asked = consensus.to_recheck(found, rechecks) if ask and not dry_run else []
         if asked and self.labeler.id != "none":
             rechecks |= {r.item_id: r for r in self._recheck(asked)}

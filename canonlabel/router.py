@@ -58,6 +58,11 @@ from canonlabel.thresholds import (
 )
 
 NEAR_DUPLICATE = 0.96  # similarity from which two texts are near-duplicates (a grid edge)
+# An audit that disagrees from these scores on (either lane) is disputed: the consensus
+# asks the LLM again about the audited item (see :meth:`Router.take_disputes`). Below
+# them no threshold is ever certified, so what the audit says there changes nothing.
+DISPUTE_CONFIDENCE = 0.7
+DISPUTE_SIMILARITY = 0.85
 
 
 class SoftmaxHead:
@@ -108,6 +113,7 @@ class Router:
         )
         self._hits = _Reservoir(space.dim, s.router_max_items)
         self._audits = 0
+        self._disputes: dict[int, int] = {}  # audited item -> the label the path said
         # audited item -> its label when answered (if the item has left the cache since);
         # the audits' windows hold 20,000 each, so twice that many is all they can refer to
         self._answered: OrderedDict[int, int] = OrderedDict()
@@ -167,6 +173,8 @@ class Router:
         (see :meth:`judge`), else ``truth`` as the label space resolves it."""
         agreed = self.confidence.add(label, self._truth(truth, item), confidence, self.judge)
         self._audited()
+        if not agreed and plain(confidence)[0] >= DISPUTE_CONFIDENCE:
+            self._dispute(item, label)
         return agreed
 
     def audit_cache(
@@ -182,7 +190,22 @@ class Router:
         guess = self._truth(label, neighbour)
         agreed = self.cache.add(guess, self._truth(truth, item), similarity, self.judge)
         self._audited()
+        if not agreed and plain(similarity)[0] >= DISPUTE_SIMILARITY:
+            self._dispute(item, self.judge(guess))  # the neighbour's label now
         return agreed
+
+    def _dispute(self, item: int | None, label: int) -> None:
+        if item is not None and label >= 0:
+            self._disputes.setdefault(item, label)
+
+    def take_disputes(self) -> dict[int, int]:
+        """Audited LLM items whose answer a confident head or a near cached neighbour
+        contradicted (item id -> the label it said), since the last call. An LLM wrong e
+        of the time disagrees with a right answer e of the time, so an audit judged by a
+        single answer cannot certify a bound below e; the consensus asks the LLM again
+        about these items, and the audit is judged by the result."""
+        taken, self._disputes = self._disputes, {}
+        return taken
 
     def _truth(self, label: int, item: int | None) -> int:
         if item is None:

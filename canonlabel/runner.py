@@ -277,6 +277,7 @@ def _summary(clf, seconds: float) -> dict:
         "llm_seconds": round(c["llm_seconds"], 2),
         "embed_seconds": round(c["embed_seconds"], 2),
         "tokens": c["prompt_tokens"] + c["completion_tokens"],
+        "cached_tokens": c["cached_tokens"],  # of those, prompt tokens not evaluated again
     }
 
 
@@ -313,15 +314,7 @@ def _summary_rows(s: dict) -> list[tuple[str, str]]:
             f"{s['seconds']:.1f} s (LLM {s['llm_seconds']:.1f} s, embedding "
             f"{s['embed_seconds']:.1f} s)",
         ),
-        (
-            "tokens",
-            f"{s['tokens']:,}"
-            + (
-                f" ({s['tokens'] / s['llm_items']:.0f} per LLM-labelled item)"
-                if s.get("llm_items")
-                else ""
-            ),
-        ),
+        ("tokens", _tokens_line(s)),
     ]
     router = s.get("router")
     if router:
@@ -329,6 +322,20 @@ def _summary_rows(s: dict) -> list[tuple[str, str]]:
     if s.get("interrupted"):
         rows.append(("interrupted", "yes: every row made so far was written"))
     return rows
+
+
+def _tokens_line(s: dict) -> str:
+    """Tokens sent, and per LLM-labelled item the tokens sent and those evaluated (sent
+    less the prompt prefix a cache served)."""
+    line = f"{s['tokens']:,}"
+    n = s.get("llm_items")
+    if not n:
+        return line
+    line += f" ({s['tokens'] / n:.0f} per LLM-labelled item"
+    cached = s.get("cached_tokens", 0)
+    if cached:
+        line += f", {(s['tokens'] - cached) / n:.0f} evaluated"
+    return line + ")"
 
 
 def _share(n: int, total: int) -> str:

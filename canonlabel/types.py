@@ -31,11 +31,15 @@ class Usage:
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # of the prompt tokens, those served from a cache rather than evaluated again (the
+    # bundled model's restored prompt prefix; a server's prompt cache where it says so)
+    cached_tokens: int = 0
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
             self.prompt_tokens + other.prompt_tokens,
             self.completion_tokens + other.completion_tokens,
+            self.cached_tokens + other.cached_tokens,
         )
 
 

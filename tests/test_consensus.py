@@ -208,3 +208,20 @@ def test_a_rerun_of_a_finished_job_on_the_bundled_stack_changes_no_row(tmp_path)
     assert [(r["label_id"], r["label"]) for r in first] == [
         (r["label_id"], r["label"]) for r in second
     ]
+
+
+def test_a_disputed_answer_is_contested_only_where_the_evidence_leans_away_from_it():
+    ids, X, answers = _blobs()
+    X = X.copy()
+    between = 0.45 * np.eye(3, 16)[0] + 0.55 * np.eye(3, 16)[1]
+    X[0] = between / np.linalg.norm(between)  # item 1, answered 101, leans to 102
+    assert consensus.contests(ids, X, answers)[0] == []  # not enough for a label issue
+    found, _ = consensus.contests(ids, X, answers, disputed={1: 102, 2: 103, 3: 101})
+    # item 2 sits deep in 101: its dispute is the disputer's mistake; item 3 agrees
+    assert [(c.item_id, c.answer_label, c.label_id, c.sure) for c in found] == [
+        (1, 101, 102, False)
+    ]
+    # a second answer that chose the other label keeps the item moved at every pass
+    rechecks = {1: Recheck(1, 102, True)}
+    moved, restored = consensus.plan(found, {}, rechecks)
+    assert [(m.item_id, m.label_id) for m in moved] == [(1, 102)] and restored == []

@@ -174,16 +174,22 @@ class Contest:
 
 
 def contests(
-    item_ids: np.ndarray, vectors: np.ndarray, answers: np.ndarray, stray_moves: bool = False
+    item_ids: np.ndarray,
+    vectors: np.ndarray,
+    answers: np.ndarray,
+    stray_moves: bool = False,
+    disputed: dict[int, int] | None = None,
 ) -> tuple[list[Contest], float]:
     """The contested answers among the LLM-labelled items, and their share (none below
-    ``MIN_ITEMS`` items)."""
+    ``MIN_ITEMS`` items). ``disputed`` (item id -> label id) contests answers on other
+    grounds: an audit that a confident head or a near neighbour contradicted, or a second
+    answer that already chose another label (so the move it made stands)."""
     if len(item_ids) < MIN_ITEMS:
         return [], 0.0
     ev = gather(item_ids, vectors, answers)
     issue, consensus = label_issues(ev)
     counts = np.bincount(ev.answer, minlength=len(ev.labels))
-    found = []
+    found = _disputed(ev, issue, disputed or {})
     for n in np.flatnonzero(issue).tolist():
         support = float(ev.p[n, consensus[n]])
         sure = stray_moves and bool(counts[ev.answer[n]] <= STRAY)
@@ -197,6 +203,26 @@ def contests(
             )
         )
     return found, float(issue.mean())
+
+
+def _disputed(ev: Evidence, issue: np.ndarray, disputed: dict[int, int]) -> list[Contest]:
+    """Contests for the disputed answers the evidence does not already contest. (Leaving
+    out those the evidence confirms was measured: the audits they leave in disagreement
+    keep the bound tight, Banking77 3,000 at 10% wrong: 741 -> 352 head answers.)"""
+    row = {int(i): n for n, i in enumerate(ev.item_ids.tolist())}
+    column = {int(label): c for c, label in enumerate(ev.labels.tolist())}
+    found = []
+    for item, label in sorted(disputed.items()):
+        n = row.get(item)
+        if n is None or issue[n] or int(ev.labels[ev.answer[n]]) == label:
+            continue
+        c = column.get(label)
+        support = 0.0 if c is None else float(ev.p[n, c])
+        if support <= ev.p[n, ev.answer[n]]:
+            continue  # the evidence leans to the answer: the dispute's maker is wrong
+        support = round(support, 4)
+        found.append(Contest(item, int(ev.labels[ev.answer[n]]), label, support, False))
+    return found
 
 
 def plan(

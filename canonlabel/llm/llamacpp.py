@@ -152,13 +152,15 @@ class LlamaCppLabeler(Labeler):
                 )
         return self._llm
 
-    def _restore_prefix(self, llm, prefix: str) -> None:
+    def _restore_prefix(self, llm, prefix: str) -> int:
+        """Load the model state after ``prefix``; returns its length in tokens."""
         state = self._prefixes.get(prefix)
         if state is None:
             llm.reset()
             llm.eval(llm.tokenize(prefix.encode("utf-8"), add_bos=True))
             state = self._prefixes[prefix] = llm.save_state()
         llm.load_state(state)
+        return int(state.n_tokens)
 
     def _grammar(self, text: str):
         grammar = self._grammars.get(text)
@@ -219,7 +221,7 @@ class LlamaCppLabeler(Labeler):
                 # call, so each prompt is evaluated split the same way (prefix, then the
                 # rest): reusing whatever the previous prompt left would split it
                 # differently and could flip a near-tie.
-                self._restore_prefix(llm, completion_prefix(request))
+                cached = self._restore_prefix(llm, completion_prefix(request))
                 out = llm.create_completion(
                     prompt,
                     max_tokens=self.max_tokens,
@@ -236,5 +238,5 @@ class LlamaCppLabeler(Labeler):
         usage = out.get("usage") or {}
         return LabelResponse(
             output=out["choices"][0]["text"],
-            usage=Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)),
+            usage=Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0), cached),
         )

@@ -101,13 +101,7 @@ class OpenAILabeler(Labeler):
                 content = ", ".join(value) if isinstance(value, list) else str(value)
             except (json.JSONDecodeError, AttributeError):
                 pass  # validated downstream; an invalid answer gets a re-ask
-        usage = response.usage
-        return LabelResponse(
-            output=content,
-            usage=Usage(
-                getattr(usage, "prompt_tokens", 0) or 0, getattr(usage, "completion_tokens", 0) or 0
-            ),
-        )
+        return LabelResponse(output=content, usage=_usage(response))
 
     def complete(
         self, prompt: str, *, grammar: str | None = None, max_tokens: int = 256
@@ -115,13 +109,7 @@ class OpenAILabeler(Labeler):
         response = self._create(
             [{"role": "user", "content": prompt}], form=None, max_tokens=max_tokens
         )
-        usage = response.usage
-        return LabelResponse(
-            response.choices[0].message.content or "",
-            Usage(
-                getattr(usage, "prompt_tokens", 0) or 0, getattr(usage, "completion_tokens", 0) or 0
-            ),
-        )
+        return LabelResponse(response.choices[0].message.content or "", _usage(response))
 
     def _create(
         self,
@@ -154,3 +142,15 @@ class OpenAILabeler(Labeler):
         return call_with_retries(
             lambda: self.client.chat.completions.create(**kwargs), max_retries=self.max_retries
         )
+
+
+def _usage(response) -> Usage:
+    """Token usage as the server reports it (``prompt_tokens_details.cached_tokens``:
+    OpenAI's and vLLM's prompt cache; absent elsewhere)."""
+    usage = response.usage
+    details = getattr(usage, "prompt_tokens_details", None)
+    return Usage(
+        getattr(usage, "prompt_tokens", 0) or 0,
+        getattr(usage, "completion_tokens", 0) or 0,
+        getattr(details, "cached_tokens", 0) or 0,
+    )
