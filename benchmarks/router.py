@@ -63,13 +63,15 @@ def run(data: EvalData, labeler, settings: Settings, seed: int = 0) -> dict:
                 )
         if clf.router is not None:
             clf.router.wait()
-        clf.consolidate()
+        consolidating = time.perf_counter()
+        clf.consolidate()  # the end of a job's; consensus and its second questions included
+        counters_end = {"consolidate_seconds": round(time.perf_counter() - consolidating, 2)}
         seconds = time.perf_counter() - start
         final = {
             int(e): clf.space.resolve(lab)
             for e, lab in clf.store.conn.execute("SELECT ext_id, label_id FROM items")
         }
-        counters = dict(clf.counters)
+        counters = dict(clf.counters) | counters_end
         router = clf.router.summary() if clf.router is not None else None
         clf.close()
     return _report(data, order, final, sources, calls_at, counters, router, seconds)
@@ -107,6 +109,7 @@ def _report(data, order, final, sources, calls_at, counters, router, seconds) ->
         "llm_share": round(counters.get("llm_calls", 0) / n, 4),
         "llm_share_last_2000": round(calls_last / max(1, items_last), 4),
         "audits": counters.get("audits", 0),
+        "consolidate_seconds": counters.get("consolidate_seconds"),
         "calls_per_1000": curve,
         "answered": dict(answered),
         "disagreement_non_llm": round(sum(wrong.values()) / max(1, non_llm), 4),

@@ -95,6 +95,9 @@ def classify(
         str | None, typer.Option(help="embedding | fulltext | both")
     ] = None,
     concurrency: Annotated[int | None, typer.Option(help="LLM calls at once", min=1)] = None,
+    texts_per_call: Annotated[
+        int | None, typer.Option(help="texts asked about in one LLM call (openai:)", min=1)
+    ] = None,
     store_hits: Annotated[
         bool | None,
         typer.Option("--store-hits/--no-store-hits", help="add cache hits to the cache"),
@@ -195,6 +198,7 @@ def classify(
             candidates=candidates,
             candidate_source=candidate_source,
             concurrency=concurrency,
+            texts_per_call=texts_per_call,
             store_hits=store_hits,
             retry_failed=retry_failed,
             lock_wait=wait,
@@ -361,6 +365,44 @@ def hierarchy(
             _show_tree(clf, tree, as_json, f"{len(tree.top())} parents in {tree.seconds:.1f} s")
     except CanonlabelError as exc:
         raise _fail(exc) from None
+
+
+parents_app = typer.Typer(
+    help="Curate the label hierarchy's parents (each edit undoable).", no_args_is_help=True
+)
+app.add_typer(parents_app, name="parents")
+
+
+@parents_app.command("rename")
+def parents_rename(parent_id: int, name: str, db: DbOpt = None, embedder: EmbOpt = None) -> None:
+    """Rename parent PARENT_ID (a refit keeps the name while its labels stay the same)."""
+    from canonlabel import parents
+
+    _curate(db, embedder, lambda clf: parents.rename(clf, parent_id, name))
+
+
+@parents_app.command("move")
+def parents_move(label_id: int, parent_id: int, db: DbOpt = None, embedder: EmbOpt = None) -> None:
+    """Put label LABEL_ID under the level-1 parent PARENT_ID."""
+    from canonlabel import parents
+
+    _curate(db, embedder, lambda clf: parents.move(clf, label_id, parent_id))
+
+
+@parents_app.command("merge")
+def parents_merge(source: int, into: int, db: DbOpt = None, embedder: EmbOpt = None) -> None:
+    """Merge parent SOURCE into parent INTO (same level)."""
+    from canonlabel import parents
+
+    _curate(db, embedder, lambda clf: parents.merge(clf, source, into))
+
+
+@parents_app.command("undo")
+def parents_undo(db: DbOpt = None, embedder: EmbOpt = None) -> None:
+    """Undo the latest parent edit."""
+    from canonlabel import parents
+
+    _curate(db, embedder, parents.undo)
 
 
 def _show_tree(clf, tree, as_json: bool, title: str) -> None:

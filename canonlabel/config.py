@@ -55,6 +55,13 @@ class Settings(BaseSettings):
     )
     max_chars: int = Field(2000, ge=16, description="texts longer than this are truncated")
     concurrency: int = Field(1, ge=1, le=256)
+    texts_per_call: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="open questions sent in one LLM call (an OpenAI-compatible LLM; "
+        "the prompt's fixed part is then paid once per call, see canonlabel.llm.group)",
+    )
     consolidate_every: int = Field(
         10, ge=0, description="consolidate after this many new raw labels (0: only by hand)"
     )

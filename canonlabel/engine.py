@@ -48,7 +48,8 @@ class Engine(Lookup):
         self.clf = clf
         self.background = background  # consolidation's LLM questions off the engine thread
         self.settings = clf.settings
-        self.concurrency = max(1, concurrency)
+        # a labeler that groups several texts per call needs that many questions open
+        self.concurrency = max(1, concurrency) * getattr(clf.labeler, "workers", 1)
         self.waiting: deque[Item] = deque()
         self.futures: dict[Future, Item] = {}
         self.by_key: dict[str, Item] = {}  # leaders not yet answered, by text key

@@ -18,9 +18,12 @@ def export_html(clf, path: Path, projection: str = "pca", members_per_label: int
     pts = explore.points(clf)
     texts = dict(clf.store.query("SELECT id, text FROM items"))
     pts["texts"] = [texts[i][:300] for i in pts["ids"]]
+    from canonlabel.hierarchy import as_dict
+
     data = {
         "points": pts,
         "curves": explore.curves(clf),
+        "hierarchy": as_dict(clf.hierarchy(refit=False), clf.space, clf.label_counts()),
     }
     data["points"]["members"] = {
         lab["id"]: explore.members(clf, lab["id"], members_per_label) for lab in pts["labels"]

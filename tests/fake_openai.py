@@ -79,8 +79,16 @@ class FakeOpenAIServer:
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     @staticmethod
-    def _chat(label: str, body: dict) -> dict:
-        content = json.dumps({"label": label}) if "response_format" in body else label
+    def _chat(label, body: dict) -> dict:
+        """One label, or for a grouped question (several ``<message`` blocks) a list:
+        the scripted list, else the label once per message."""
+        n = body["messages"][-1]["content"].count("<message n=")
+        if n:
+            labels = label if isinstance(label, list) else [label] * n
+            structured = "response_format" in body
+            content = json.dumps({"labels": labels}) if structured else "\n".join(labels)
+        else:
+            content = json.dumps({"label": label}) if "response_format" in body else label
         return {
             "id": "x",
             "object": "chat.completion",

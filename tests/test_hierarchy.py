@@ -131,5 +131,51 @@ def test_the_service_fits_and_serves_the_hierarchy(tmp_path):
         parents = (await c.get("/v1/hierarchy")).json()["parents"]
         assert len(parents) == 2 and sum(p["count"] for p in parents) == len(gold)
         assert (await c.post("/v1/labels/hierarchy", json={"top": 0})).status_code == 422
+        a, b = (p["id"] for p in parents)
+        url = f"/v1/labels/hierarchy/parents/{a}/rename"
+        assert (await c.post(url, json={"name": "card_things"})).status_code == 200
+        merged = await c.post("/v1/labels/hierarchy/parents/merge", json={"from": b, "into": a})
+        assert merged.status_code == 200, merged.text
+        assert [p["name"] for p in (await c.get("/v1/hierarchy")).json()["parents"]] == [
+            "card_things"
+        ]
+        assert (await c.post("/v1/labels/hierarchy/undo")).status_code == 200
+        assert len((await c.get("/v1/hierarchy")).json()["parents"]) == 2
+        bad = await c.post("/v1/labels/hierarchy/parents/merge", json={"from": a, "into": a})
+        assert 400 <= bad.status_code < 500
 
     with_app(app, go)
+
+
+def test_parents_are_renamed_moved_and_merged_and_each_edit_undone_exactly(tmp_path):
+    from canonlabel import parents
+    from canonlabel.errors import CurationError
+
+    clf, gold = _store(tmp_path)
+    tree = clf.hierarchy(top=2)
+    a, b = tree.top()
+    stored = clf.store.hierarchy_rows()
+
+    parents.rename(clf, a.id, "Card Things")
+    assert clf.hierarchy(refit=False).parents[a.id].name == "card_things"
+    with pytest.raises(CurationError):
+        parents.rename(clf, b.id, "card_things")  # names stay unique: merge instead
+
+    label = sorted(lab for lab, pid in tree.label_parent.items() if pid == a.id)[0]
+    moved = parents.move(clf, label, b.id)
+    now = clf.hierarchy(refit=False)
+    assert moved["to"] == b.id and now.path(label) == [b.name]
+    assert now.parents[b.id].count == b.count + clf.label_counts()[label]
+
+    parents.merge(clf, a.id, b.id)
+    merged = clf.hierarchy(refit=False)
+    assert list(merged.parents) == [b.id] and merged.parents[b.id].count == len(gold)
+    assert {merged.path(lab)[0] for lab in tree.label_parent} == {b.name}
+
+    for _ in range(3):
+        parents.undo(clf)
+    assert clf.store.hierarchy_rows() == stored  # back exactly as fitted
+    with pytest.raises(CurationError):
+        parents.undo(clf)
+    with pytest.raises(CurationError):
+        parents.merge(clf, a.id, a.id)

@@ -90,6 +90,16 @@ def test_structured_output_steps_down_to_llama_cpp_form_and_holds_to_the_schema(
     assert free and free == free.strip()
 
 
+def test_several_texts_in_one_call_get_one_schema_bound_label_each(llama_server):
+    lab = _labeler(llama_server)
+    requests = [LabelRequest(t) for t in TEXTS[:4]]
+    answers = lab.label_group(requests)
+    assert len(answers) == 4 and all(a.output and a.output == a.output.strip() for a in answers)
+    # the schema's minItems/maxItems bound the grammar: one call answered all four
+    assert sum(a.usage.prompt_tokens for a in answers) > 0
+    assert len({a.usage.prompt_tokens for a in answers}) <= 2  # one call's usage, shared
+
+
 def test_its_error_bodies_are_rejections_and_a_dead_port_is_retryable(llama_server):
     lab = _labeler(llama_server)
     calls = []

@@ -81,3 +81,83 @@ def test_openai_embedder(server):
     emb = OpenAIEmbedder("e", base_url=server.url, api_key="k")
     vectors = emb.embed(["a", "abc"])
     assert vectors.shape == (2, 3) and emb.dim == 3
+
+
+def test_several_texts_in_one_call_split_the_usage_and_a_miscount_is_asked_again(server):
+    lab = labeler(server)
+    requests = [LabelRequest(t, ("card_delivery",)) for t in ("my card", "new card", "lost pin")]
+    server.script.append(["card_delivery", "card_delivery", "pin_reset"])
+    answers = lab.label_group(requests)
+    assert [a.output for a in answers] == ["card_delivery", "card_delivery", "pin_reset"]
+    assert sum(a.usage.prompt_tokens for a in answers) == 50  # one call's usage, shared
+    body = server.requests[0]["body"]
+    schema = body["response_format"]["json_schema"]["schema"]["properties"]["labels"]
+    assert schema["minItems"] == schema["maxItems"] == 3
+    assert body["messages"][1]["content"].count("<message n=") == 3
+    server.script.append(["card_delivery"])  # one label for three texts: asked one by one
+    answers = lab.label_group(requests)
+    assert len(answers) == 3 and len(server.requests) == 1 + 1 + 3
+
+
+def test_grouped_labeler_gathers_concurrent_questions_into_one_call():
+    import threading
+
+    from canonlabel.llm.group import Grouped
+    from canonlabel.testing import FakeLabeler
+
+    class Counting(FakeLabeler):
+        def __init__(self):
+            super().__init__()
+            self.group_sizes = []
+
+        def label_group(self, requests):
+            self.group_sizes.append(len(requests))
+            return self.label_batch(requests)
+
+    inner = Counting()
+    lab = Grouped(inner, size=4, wait=5.0)  # long wait: only a full group is sent
+    out = {}
+
+    def ask(i):
+        out[i] = lab.label(LabelRequest(f"where is my card number {i}"))
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert inner.group_sizes == [4, 4] and len(out) == 8
+    # closed choices and re-asks keep their own instruction: one by one, at once
+    lab.label(LabelRequest("x", ("a", "b"), closed=True))
+    assert inner.group_sizes == [4, 4]
+    lone = Grouped(inner, size=4, wait=0.01)  # nobody else comes: it goes alone
+    assert lone.label(LabelRequest("alone")).output
+
+
+def test_classify_through_a_server_with_several_texts_per_call(server, make_clf):
+    from canonlabel import Settings
+
+    settings = Settings(llm="openai:test-model", llm_base_url=server.url, texts_per_call=4)
+    from canonlabel.llm import make_labeler
+
+    lab = make_labeler(settings.llm, settings.model_copy(update={"llm_api_key": "k"}))
+    clf, _ = make_clf(labeler=lab)
+    words = [
+        "apple",
+        "brick",
+        "cloud",
+        "delta",
+        "ember",
+        "fjord",
+        "grape",
+        "harbor",
+        "iris",
+        "jungle",
+        "kelp",
+        "lemon",
+    ]
+    texts = [f"{w} {w}s and more {w} talk, item {i}" for i, w in enumerate(words)]
+    results = clf.classify_many(texts, concurrency=1)
+    assert all(r.label == "card_delivery" for r in results)
+    grouped = [r for r in server.requests if "<message n=" in str(r["body"]["messages"])]
+    assert grouped and len(server.requests) < len(texts)

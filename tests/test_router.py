@@ -407,8 +407,9 @@ def test_confident_audits_that_disagree_are_disputed_for_the_consensus():
     space = SimpleNamespace(dim=4, resolve=int, item_label={10: 2, 11: 2, 12: 3})
     router = Router(Settings(), space, 0.05)
     router.audit(1, laned(0.95, True, CONFIDENCE_GRID), truth=2, item=10)  # confident, wrong
-    router.audit(1, 0.4, truth=2, item=11)  # too unsure to matter to any threshold
+    router.audit(1, laned(0.4, True, CONFIDENCE_GRID), truth=2, item=11)  # too unsure
+    router.audit(1, 0.95, truth=2, item=11)  # the neighbour disagreed with the head too
     router.audit(3, 0.95, truth=3, item=12)  # agrees
-    router.audit_cache(4, 0.97, truth=3, item=12)  # a near neighbour labelled 4
+    router.audit_cache(4, laned(0.97, True, SIMILARITY_GRID), truth=3, item=12)  # neighbour: 4
     assert router.take_disputes() == {10: 1, 12: 4}
     assert router.take_disputes() == {}  # each dispute is handed over once

@@ -287,3 +287,36 @@ def test_curves_split_any_store_into_about_fifty_windows():
     for n, windows in ((200, 50), (100_000, 50), (7, 7)):
         c = explore.curves(Clf(n))
         assert len(c["hit_rate"]) == windows and c["end"][-1] == n
+
+
+def test_the_tree_panel_shows_parents_and_colours_the_map_by_a_level(browser, server):
+    fitted = httpx.post(
+        server + "/v1/labels/hierarchy",
+        json={"top": 3},
+        headers={"Authorization": f"Bearer {ADMIN}"},
+        timeout=60,
+    )
+    assert fitted.status_code == 200, fitted.text
+    tops = fitted.json()["parents"]
+    page = browser.new_page(viewport={"width": 1200, "height": 800})
+    page.goto(server + "/ui")
+    page.wait_for_function("window.__canonlabel && window.__canonlabel.ready", timeout=30_000)
+    assert page.is_visible("#tree")
+    assert page.locator("#tree-nodes > details").count() == len(tops)
+    first = page.locator("#tree-nodes > details").first
+    assert not page.is_visible("#tree-nodes > details .leaf")  # children folded
+    first.locator("summary").click()
+    assert first.locator(".leaf").count() >= 1 and first.locator(".leaf").first.is_visible()
+    first.locator(".leaf").first.click()  # a leaf selects its label
+    page.wait_for_selector("#members li")
+    page.select_option("#colour-by", "1")
+    colours = page.evaluate(
+        """() => { const u = window.__canonlabelMap.unit, s = new Set();
+          for (let i = 2; i < u.length; i += 3) s.add(u[i]); return [...s]; }"""
+    )
+    assert sorted(colours) == list(range(len(tops)))  # one colour per top parent
+    page.wait_for_timeout(200)
+    assert page.evaluate(PAINTED) > 200
+    page.select_option("#colour-by", "0")
+    assert page.evaluate("() => window.__canonlabel.colourLevel") == 0
+    page.close()

@@ -24,6 +24,10 @@ def make_labeler(spec: str, settings: Settings | None = None) -> Labeler:
 
     settings = settings or Settings()
     labeler = _make(spec, settings)
+    if settings.texts_per_call > 1:
+        from canonlabel.llm.group import Grouped
+
+        labeler = Grouped(labeler, settings.texts_per_call)
     if settings.llm_cache is not None:
         from canonlabel.llm.cache import CachingLabeler
 

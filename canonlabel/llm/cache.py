@@ -26,6 +26,7 @@ class CachingLabeler(Labeler):
         self.grouping, self.candidates = base.grouping, base.candidates
         self.max_error = base.max_error
         self.max_pairs = getattr(base, "max_pairs", 50)  # what one adjudication call may hold
+        self.workers = getattr(base, "workers", 1)  # questions one call may group
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)

@@ -7,7 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from canonlabel.errors import BackendError, MissingDependencyError
 from canonlabel.llm.base import Labeler
-from canonlabel.llm.prompt import chat_messages
+from canonlabel.llm.group import shares
+from canonlabel.llm.prompt import chat_messages, group_messages
 from canonlabel.llm.retry import call_with_retries
 from canonlabel.types import LabelRequest, LabelResponse, Usage
 
@@ -80,20 +81,10 @@ class OpenAILabeler(Labeler):
             return list(pool.map(self._label_one, requests))
 
     def _label_one(self, request: LabelRequest) -> LabelResponse:
-        messages = chat_messages(request)
         enum = request.candidates if request.closed else ()
-        while True:
-            form = self.form
-            try:
-                response = self._create(
-                    messages, form=form, enum=enum, max_labels=request.max_labels
-                )
-                break
-            except BackendError as exc:
-                if not exc.rejected or form is None:
-                    raise
-                if self.form == form:  # another thread may have stepped down already
-                    self.form = self._FORMS[self._FORMS.index(form) + 1]
+        form, response = self._stepping(
+            chat_messages(request), enum=enum, max_labels=request.max_labels
+        )
         content = response.choices[0].message.content or ""
         if form is not None:
             try:
@@ -111,6 +102,38 @@ class OpenAILabeler(Labeler):
         )
         return LabelResponse(response.choices[0].message.content or "", _usage(response))
 
+    def label_group(self, requests: Sequence[LabelRequest]) -> list[LabelResponse]:
+        """Several open questions in one call (see :mod:`canonlabel.llm.group`); an
+        answer that does not hold one label per text is asked again text by text."""
+        n = len(requests)
+        schema = json.loads(json.dumps(_SCHEMA))
+        schema["name"] = "labels"
+        label = schema["schema"]["properties"].pop("label")
+        schema["schema"]["properties"]["labels"] = {
+            "type": "array", "items": label, "minItems": n, "maxItems": n
+        }  # fmt: skip
+        schema["schema"]["required"] = ["labels"]
+        _, response = self._stepping(
+            group_messages(requests), schema=schema, max_tokens=self.max_tokens * n
+        )
+        labels = _group_labels(response.choices[0].message.content or "", n)
+        if labels is None:
+            return self.label_batch(requests)
+        return [LabelResponse(lab, u) for lab, u in zip(labels, shares(_usage(response), n))]
+
+    def _stepping(self, messages, **kwargs):
+        """(form used, response): the first answer form the endpoint accepts, stepping
+        down the ladder for good when it rejects one."""
+        while True:
+            form = self.form
+            try:
+                return form, self._create(messages, form=form, **kwargs)
+            except BackendError as exc:
+                if not exc.rejected or form is None:
+                    raise
+                if self.form == form:  # another thread may have stepped down already
+                    self.form = self._FORMS[self._FORMS.index(form) + 1]
+
     def _create(
         self,
         messages,
@@ -119,6 +142,7 @@ class OpenAILabeler(Labeler):
         enum: tuple[str, ...] = (),
         max_labels: int = 1,
         max_tokens: int | None = None,
+        schema: dict | None = None,
     ):
         kwargs = {
             "model": self.model,
@@ -127,7 +151,7 @@ class OpenAILabeler(Labeler):
             "max_tokens": max_tokens or self.max_tokens,
         }
         if form is not None:
-            schema = _SCHEMA
+            schema = schema or _SCHEMA
             if enum:  # closed set: the endpoint cannot answer outside it
                 schema = json.loads(json.dumps(_SCHEMA))
                 item = {"type": "string", "enum": list(enum)}
@@ -154,3 +178,16 @@ def _usage(response) -> Usage:
         getattr(usage, "completion_tokens", 0) or 0,
         getattr(details, "cached_tokens", 0) or 0,
     )
+
+
+def _group_labels(content: str, n: int) -> list[str] | None:
+    """The ``n`` labels of a grouped answer: a JSON object's ``labels`` (or a bare JSON
+    list), else one label per non-empty line; None when the count is not ``n``."""
+    try:
+        value = json.loads(content)
+        if isinstance(value, dict):
+            value = value.get("labels")
+        labels = [str(v) for v in value] if isinstance(value, list) else None
+    except json.JSONDecodeError:
+        labels = [line.strip(" -*0123456789.)") for line in content.splitlines() if line.strip()]
+    return labels if labels is not None and len(labels) == n else None

@@ -65,3 +65,38 @@ async def fit_hierarchy(body: HierarchyIn, request: Request) -> dict:
         return {"parents": as_dict(tree, clf.space, clf.label_counts()), "seconds": tree.seconds}
 
     return await run(request, fit, True)
+
+
+class MoveIn(BaseModel):
+    label: int
+    parent: int
+
+
+@router.post("/hierarchy/parents/{parent_id}/rename")
+async def rename_parent(parent_id: int, body: RenameIn, request: Request) -> dict:
+    from canonlabel import parents
+
+    return await run(request, lambda clf: parents.rename(clf, parent_id, body.name), True)
+
+
+@router.post("/hierarchy/move")
+async def move_label(body: MoveIn, request: Request) -> dict:
+    """Put a label under another level-1 parent."""
+    from canonlabel import parents
+
+    return await run(request, lambda clf: parents.move(clf, body.label, body.parent), True)
+
+
+@router.post("/hierarchy/parents/merge")
+async def merge_parents(body: MergeIn, request: Request) -> dict:
+    from canonlabel import parents
+
+    return await run(request, lambda clf: parents.merge(clf, body.from_, body.into), True)
+
+
+@router.post("/hierarchy/undo")
+async def undo_parents(request: Request) -> dict:
+    """Undo the latest parent edit."""
+    from canonlabel import parents
+
+    return await run(request, parents.undo, True)

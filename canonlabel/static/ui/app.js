@@ -426,6 +426,57 @@ function drawChart(canvas, title, ys, ends) {
   g.fillText(`${title}: ${ys[n - 1]} (max ${top_})${items}`, left, h - 1);
 }
 
+// -- hierarchy ---------------------------------------------------------------------------
+function ancestors(nodes) {  // label id -> its parents, top level first
+  const up = {};
+  const walk = (node, path) => {
+    if (node.level) for (const c of node.children) walk(c, [...path, node]);
+    else up[node.id] = path;
+  };
+  for (const n of nodes) walk(n, []);
+  return up;
+}
+
+function renderTree(nodes) {
+  state.tree = nodes; state.up = ancestors(nodes);
+  const box = $("tree-nodes"), sel = $("colour-by");
+  box.textContent = ""; $("tree").hidden = !nodes.length;
+  sel.length = 1;
+  const top = Math.max(0, ...nodes.map((n) => n.level));
+  for (let l = top; l >= 1; l--) sel.add(new Option(`colour: level ${l} parents`, String(l)));
+  if (state.colourLevel > top) state.colourLevel = 0;
+  sel.value = String(state.colourLevel || 0);
+  const add = (into, node) => {
+    if (node.level) {  // a parent: click to see its children
+      const d = document.createElement("details"), s = document.createElement("summary");
+      d.dataset.id = node.id; s.textContent = `${node.name} (${node.count})`;
+      d.append(s); for (const c of node.children) add(d, c); into.append(d);
+    } else {
+      const leaf = document.createElement("div");
+      leaf.className = "leaf"; leaf.dataset.id = node.id; leaf.textContent = `${node.name} (${node.count})`;
+      leaf.addEventListener("click", () => select(node.id)); into.append(leaf);
+    }
+  };
+  for (const n of nodes) add(box, n);
+}
+
+function colourBy(level) {  // 0: by label; else by each point's parent at that level
+  state.colourLevel = level;
+  const d = state.data;
+  if (!d) return;
+  if (!level) { loadPoints(d); draw(); return; }
+  const index = {};
+  let next = 0;
+  const label = d.label.map((i) => {
+    const node = (state.up[d.labels[i].id] || []).find((p) => p.level === level);
+    if (!node) return 100000 + i;  // a label outside the tree keeps a colour of its own
+    if (!(node.id in index)) index[node.id] = next++;
+    return index[node.id];
+  });
+  state.selectedIndex = null;  // selection highlights a label, not a parent
+  loadPoints({ ...d, label }); draw();
+}
+
 // -- load --------------------------------------------------------------------------------
 async function refresh() {
   const t0 = performance.now();
@@ -441,6 +492,10 @@ async function refresh() {
   $("status").textContent = `${d.x.length.toLocaleString()} items · ${d.labels.length} labels`;
   const c = state.readOnly ? window.__CANONLABEL_DATA__.curves : await api("/ui/api/curves");
   renderCurves(c);
+  const tree = state.readOnly ? window.__CANONLABEL_DATA__.hierarchy || []
+    : (await api("/v1/hierarchy").catch(() => ({ parents: [] }))).parents;
+  renderTree(tree);
+  if (state.colourLevel) colourBy(state.colourLevel);
   state.ready = true;
 }
 
@@ -450,6 +505,7 @@ function start() {
     $(k).addEventListener("change", () => { sessionStorage.setItem(k, $(k).value); refresh().catch((e) => say(e.message)); });
   }
   setupMap(); wireActions();
+  $("colour-by").addEventListener("change", () => colourBy(Number($("colour-by").value)));
   refresh().catch((err) => { say(err.message); $("status").textContent = "could not load: " + err.message; });
 }
 
