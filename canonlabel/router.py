@@ -196,8 +196,16 @@ class Router:
         return agreed
 
     def _dispute(self, item: int | None, label: int) -> None:
-        if item is not None and label >= 0:
+        if item is not None and label >= 0 and self._certifies():
             self._disputes.setdefault(item, label)
+
+    def _certifies(self) -> bool:
+        """Whether the audits certify some answers without the LLM. A head that
+        certifies nothing at the bound is no evidence against an answer (NLU++, 988
+        texts, 8 orders at 10% wrong: ARI 0.783 -> 0.762 when it disputed anyway)."""
+        return any(
+            p.ready and math.isfinite(p.threshold_for(-1)) for p in (self.confidence, self.cache)
+        )
 
     def take_disputes(self) -> dict[int, int]:
         """Audited LLM items whose answer a confident head or a near cached neighbour

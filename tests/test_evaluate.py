@@ -74,7 +74,8 @@ def test_small_end_to_end_eval_with_fake_llm(tmp_path):
     c = s["canonlabel"]
     labelling = c["llm_calls"] - c["adjudication_calls"] - c["recheck_calls"]
     share = Grouping().adjudication_share  # the FakeLabeler declares none of its own
-    assert labelling < 200 and s["canonlabel"]["adjudication_calls"] <= share * labelling + 1
+    # doubled for an LLM the consensus found wrong (a "same" then takes two answers)
+    assert labelling < 200 and c["adjudication_calls"] <= 2 * share * labelling + 1
     assert s["canonlabel"]["hit_precision"] is not None
     for name in s:
         assert 0 <= s[name]["nmi"] <= 1 and "order_invariance_ari" in s[name]

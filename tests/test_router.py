@@ -406,6 +406,9 @@ def test_confident_audits_that_disagree_are_disputed_for_the_consensus():
 
     space = SimpleNamespace(dim=4, resolve=int, item_label={10: 2, 11: 2, 12: 3})
     router = Router(Settings(), space, 0.05)
+    router.audit(1, laned(0.95, True, CONFIDENCE_GRID), truth=2, item=10)
+    assert router.take_disputes() == {}  # a head that certifies nothing disputes nothing
+    router._certifies = lambda: True
     router.audit(1, laned(0.95, True, CONFIDENCE_GRID), truth=2, item=10)  # confident, wrong
     router.audit(1, laned(0.4, True, CONFIDENCE_GRID), truth=2, item=11)  # too unsure
     router.audit(1, 0.95, truth=2, item=11)  # the neighbour disagreed with the head too
