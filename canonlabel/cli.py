@@ -362,7 +362,12 @@ def hierarchy(
     try:
         with _open(db, llm=llm, embedder=embedder, need_llm=True) as clf:
             tree = clf.hierarchy(top=top, levels=levels)
-            _show_tree(clf, tree, as_json, f"{len(tree.top())} parents in {tree.seconds:.1f} s")
+            _show_tree(
+                clf,
+                tree,
+                as_json,
+                f"{len(tree.top())} parents in {tree.seconds:.1f} s, {tree.calls} LLM calls",
+            )
     except CanonlabelError as exc:
         raise _fail(exc) from None
 

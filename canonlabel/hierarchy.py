@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,10 @@ PROPOSE = (
 )
 PROPOSALS_PER_CALL = 16
 THEME_JOIN = 0.8  # proposed theme names at least this similar are one theme
+# A consolidation refits the stored tree once this share of the items sits under labels
+# the tree does not hold (made, or split off, since the fit; see refit_if_drifted)
+DRIFT = 0.2
+FIT_KEY = "hierarchy_fit"  # meta: the last fit's top and levels
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,7 @@ class Tree:
     parents: dict[int, Parent] = field(default_factory=dict)
     label_parent: dict[int, int] = field(default_factory=dict)
     seconds: float = 0.0
+    calls: int = 0  # LLM calls the fit made (theme proposals and names)
 
     def top(self) -> list[Parent]:
         if not self.parents:
@@ -287,7 +293,8 @@ def fit(clf, *, top: int = 12, levels: int = 1, labeler=None) -> Tree:
     leaves = sorted(counts)
     if not leaves:
         return Tree()
-    labeler = labeler or clf.labeler
+    labeler = _Counting(labeler or clf.labeler)
+    clf.store.set_meta({FIT_KEY: {"top": top, "levels": levels}})
     themes = propose_themes(clf, leaves, labeler)
     X, w = features(space, leaves), np.array([counts[i] for i in leaves], dtype=np.float64)
     members: list[list[int]] = [[i] for i in leaves]  # labels under each node of a level
@@ -301,8 +308,44 @@ def fit(clf, *, top: int = 12, levels: int = 1, labeler=None) -> Tree:
         X = _pool(X, w, level_nodes)
         w = np.array([w[kids].sum() for kids in level_nodes])
     tree = _persist(clf, leaves, nodes, counts, labeler, themes)
-    tree.seconds = round(time.perf_counter() - start, 3)
+    tree.seconds, tree.calls = round(time.perf_counter() - start, 3), labeler.calls
     return tree
+
+
+class _Counting:
+    """A labeler's free completions, counted."""
+
+    def __init__(self, labeler) -> None:
+        self.labeler, self.calls = labeler, 0
+
+    def complete(self, prompt: str, **kwargs):
+        self.calls += 1
+        return self.labeler.complete(prompt, **kwargs)
+
+
+def drift(clf, tree: Tree) -> float:
+    """Share of the items under labels that ``tree`` does not hold."""
+    counts = clf.label_counts()
+    total = sum(counts.values())
+    outside = sum(n for label, n in counts.items() if label not in tree.label_parent)
+    return outside / total if total else 0.0
+
+
+def refit_if_drifted(clf) -> dict | None:
+    """Refit the stored tree (the last fit's ``top`` and ``levels``) once ``DRIFT`` of
+    the items sit under labels it does not hold; parents whose labels are unchanged keep
+    their ids and names, so only changed ones are named again. None when nothing was due."""
+    raw = clf.store.meta().get(FIT_KEY)
+    if not raw:
+        return None
+    tree = load(clf.store)
+    share = drift(clf, tree)
+    if not tree.parents or share < DRIFT:
+        return None
+    fitted = json.loads(raw)
+    new = fit(clf, top=fitted["top"], levels=fitted["levels"])
+    return {"drift": round(share, 4), "parents": len(new.top()), "calls": new.calls,
+            "seconds": new.seconds}  # fmt: skip
 
 
 def _pool(X: np.ndarray, w: np.ndarray, groups: list[list[int]]) -> np.ndarray:

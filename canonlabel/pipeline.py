@@ -169,6 +169,22 @@ class Classifier(Memory):
         ]
         return sorted(labels, key=lambda lab: (-lab.count, lab.id))
 
+    def consolidate(self, *, dry_run: bool = False, adjudication_budget: int | None = None) -> dict:
+        """Regroup every raw label, order-invariantly, and run the consensus (see
+        :meth:`Memory.consolidate`); a stored label hierarchy whose labels drifted is
+        refitted too (``report["hierarchy"]``; its calls count as LLM calls), unless the
+        consolidation may ask the LLM nothing (``adjudication_budget=0``)."""
+        report = super().consolidate(dry_run=dry_run, adjudication_budget=adjudication_budget)
+        if dry_run or adjudication_budget == 0 or "skipped" in report:
+            return report
+        from canonlabel import hierarchy
+
+        refit = hierarchy.refit_if_drifted(self)
+        if refit is not None:
+            report["hierarchy"] = refit
+            self.counters["llm_calls"] += refit["calls"]
+        return report
+
     def hierarchy(self, *, top: int = 12, levels: int = 1, refit: bool = True):
         """The label hierarchy: ``refit`` groups the labels into ``levels`` levels of
         named parents, ``top`` at the top (see :mod:`canonlabel.hierarchy`); otherwise the

@@ -179,3 +179,19 @@ def test_parents_are_renamed_moved_and_merged_and_each_edit_undone_exactly(tmp_p
         parents.undo(clf)
     with pytest.raises(CurationError):
         parents.merge(clf, a.id, a.id)
+
+
+def test_a_consolidation_refits_a_tree_whose_labels_drifted(tmp_path):
+    clf, gold = _store(tmp_path)
+    tree = clf.hierarchy(top=2)
+    assert "hierarchy" not in clf.consolidate()  # nothing new: the tree stands
+    assert "hierarchy" not in clf.consolidate(adjudication_budget=0)
+    new = [f"pizza number {i} arrived cold and the pizza box was wet" for i in range(40)]
+    clf.classify_many(new)
+    assert hierarchy.drift(clf, hierarchy.load(clf.store)) >= hierarchy.DRIFT
+    calls = clf.counters["llm_calls"]
+    report = clf.consolidate()
+    assert report["hierarchy"]["drift"] >= hierarchy.DRIFT and report["hierarchy"]["calls"] > 0
+    assert clf.counters["llm_calls"] >= calls + report["hierarchy"]["calls"]
+    refitted = hierarchy.load(clf.store)
+    assert hierarchy.drift(clf, refitted) == 0.0 and len(refitted.top()) == len(tree.top())

@@ -62,7 +62,8 @@ async def fit_hierarchy(body: HierarchyIn, request: Request) -> dict:
 
     def fit(clf) -> dict:
         tree = clf.hierarchy(top=body.top, levels=body.levels)
-        return {"parents": as_dict(tree, clf.space, clf.label_counts()), "seconds": tree.seconds}
+        parents = as_dict(tree, clf.space, clf.label_counts())
+        return {"parents": parents, "seconds": tree.seconds, "calls": tree.calls}
 
     return await run(request, fit, True)
 
