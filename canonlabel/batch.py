@@ -70,7 +70,8 @@ class _Label:
     def __call__(self, batch: dict) -> dict:
         from canonlabel.runner import _row, failed_record_row
 
-        clf, out = self.clf, [None] * len(batch["text"])
+        clf = self.clf
+        out: list[str | None] = [None] * len(batch["text"])
         good = [n for n, e in enumerate(batch["error"]) if not e]
         vectors = [
             np.frombuffer(batch["vector"][n], dtype=np.float32) if batch["vector"][n] else None

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast
 
 import typer
 from rich.console import Console
 
 from canonlabel.config import Settings
 from canonlabel.errors import CanonlabelError
+from canonlabel.llm.base import Labeler
+from canonlabel.types import LabelRequest, LabelResponse
 
 app = typer.Typer(
     help="Consistent open-set labels for streams of short texts.",
@@ -277,10 +280,14 @@ def _open(
     return Classifier.open(settings=settings, labeler=labeler, read_only=read_only)
 
 
-class _NoLabeler:
+class _NoLabeler(Labeler):
     """Read-only commands never call the LLM; do not load one."""
 
     id = "none"
+
+    def label_batch(self, requests: Sequence[LabelRequest]) -> list[LabelResponse]:
+        # never called; raises what the method-less stand-in it replaces raised
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute 'label_batch'")
 
 
 @app.command()
@@ -770,7 +777,7 @@ def cluster(
         labeler = make_labeler(settings.llm, settings)
         with err.status(f"clustering {len(good)} texts..."):
             result = cluster_texts(
-                [r.text for r in good],
+                [cast(str, r.text) for r in good],  # usable_text() checked each
                 emb,
                 labeler,
                 method=method,
@@ -1016,7 +1023,7 @@ def predict(
             chunk = records[start : start + 1024]
             good, rows = [], []
             for r in chunk:
-                row = {"id": r.id or f"line:{r.line}", "text": r.text}
+                row: dict[str, object] = {"id": r.id or f"line:{r.line}", "text": r.text}
                 try:
                     good.append(usable_text(r, settings.max_chars))
                 except CanonlabelError as exc:
@@ -1026,6 +1033,7 @@ def predict(
             it = iter(range(len(good)))
             for row in rows:
                 if "error" not in row:
+                    assert P is not None  # a row without an error means ``good`` is not empty
                     p = P[next(it)]
                     order = p.argsort()[::-1]
                     picked = [model.classes_[j] for j in order if p[j] >= model.thresholds_[j]]
@@ -1143,14 +1151,14 @@ def annotate(
         with Progress(console=err, disable=not err.is_terminal) as progress:
             task = progress.add_task("annotate", total=limit or count_lines(input))
             for r in records:
-                row = {"id": r.id or f"line:{r.line}", "text": r.text}
+                row: dict[str, object] = {"id": r.id or f"line:{r.line}", "text": r.text}
                 try:
                     usable_text(r, settings.max_chars)
                     [(labels, error, was_cached)] = tx.annotate(
                         store,
                         labeler,
                         entries,
-                        [r.text],
+                        [cast(str, r.text)],  # usable_text() checked it
                         max_labels=max_labels,
                         max_chars=settings.max_chars,
                     )

@@ -123,10 +123,10 @@ def cluster_texts(
     result = ClusterResult([""] * len(norm), [-1] * len(norm), [1.0] * len(norm))
     if ids:
         cmat = np.stack([centroids[c] for c in ids])
-        for i in np.flatnonzero(assigned == -1):  # noise: nearest cluster if close enough
-            sims = cmat @ vectors[i]
+        for j in np.flatnonzero(assigned == -1):  # noise: nearest cluster if close enough
+            sims = cmat @ vectors[j]
             if sims.max() >= noise_similarity:
-                assigned[i] = ids[int(sims.argmax())]
+                assigned[j] = ids[int(sims.argmax())]
                 result.noise_assigned += 1
     space = space or LabelSpace(embedder.dim)
     names: dict[int, str] = {}
@@ -195,6 +195,7 @@ def save_to_store(clf, result: ClusterResult, ids: list[str | None]) -> dict[str
             )
             decided.append((label_id, decision, vec))
             label_ids[info.label] = label_id
+        assert result.vectors is not None  # cluster_texts() sets it
         rows = []
         for i, label in enumerate(result.labels):
             if label == UNCLUSTERED:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from canonlabel.types import Result
+from canonlabel.types import Result, Source
 
 if TYPE_CHECKING:
     from canonlabel.config import Settings
@@ -31,7 +31,7 @@ class Item:
     key: str
     timings: dict[str, float] = field(default_factory=dict)
     vector: np.ndarray | None = None
-    followers: list[tuple[Item, float, str]] = field(default_factory=list)
+    followers: list[tuple[Item, float, Source]] = field(default_factory=list)
     # what the router and the cache would say, audited if the item goes to the LLM:
     # (router label, confidence) and (nearest cached item's stored label, similarity)
     guess: tuple[int, float] | None = None
@@ -72,9 +72,9 @@ class Delivery:
         it: Item,
         label_id: int,
         raw,
-        source: str,
+        source: Source,
         sim: float,
-        matched: int,
+        matched: int | None,
         name: str | None = None,
     ):
         """``name`` is given for a label created in the transaction being written.

@@ -15,6 +15,7 @@ import warnings
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
@@ -162,9 +163,10 @@ class DistilledClassifier:
                 loss_fn(net(xt[idx]), yt[idx]).backward()
                 opt.step()
         net.eval()
+        first, last = cast(torch.nn.Linear, net[0]), cast(torch.nn.Linear, net[3])
         self.layers_ = [
-            (net[0].weight.detach().numpy().T.copy(), net[0].bias.detach().numpy()),
-            (net[3].weight.detach().numpy().T.copy(), net[3].bias.detach().numpy()),
+            (first.weight.detach().numpy().T.copy(), first.bias.detach().numpy()),
+            (last.weight.detach().numpy().T.copy(), last.bias.detach().numpy()),
         ]
 
     # -- prediction -------------------------------------------------------------------
@@ -206,7 +208,8 @@ class DistilledClassifier:
             picked = np.flatnonzero(row >= self.thresholds_)
             picked = picked[np.argsort(-row[picked])]
             if not len(picked) and at_least_one:
-                picked = [int(row.argmax())]
+                out.append([self.classes_[int(row.argmax())]])
+                continue
             out.append([self.classes_[j] for j in picked])
         return out
 
@@ -215,7 +218,7 @@ class DistilledClassifier:
         self._check()
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        arrays = {"thresholds": self.thresholds_}
+        arrays: dict[str, Any] = {"thresholds": self.thresholds_}
         if self.model == "logreg":
             arrays |= {"coef": self.coef_, "intercept": self.intercept_}
         else:

@@ -156,6 +156,7 @@ class Engine(Lookup):
     def _settle_adjudication(self) -> None:
         job = self._adjudicating
         try:
+            assert job is not None  # callers settle only a job that is out
             calls = job.result()
         except Exception:  # a bug there must not stop the stream: consolidate without it
             log.exception("adjudication failed")
@@ -203,6 +204,7 @@ class Engine(Lookup):
                 continue
             if self.clf.store.shared and not self._claim(it):
                 continue
+            assert it.vector is not None  # every leader was embedded before its search
             candidates = self.clf.candidates(it.text, it.vector)
             # The router's guess is the likeliest existing label, but only an LLM that is
             # shown labels sees it: one that copies whatever it is shown (the bundled 270M
@@ -314,6 +316,7 @@ class Engine(Lookup):
                     self._lead(follower)
             return
         raw = asked.raw_label
+        assert raw is not None  # an answer without an error has its raw label
         start = time.perf_counter()
         vector = self._raw_vector(raw, asked)
         it.timings["canonicalise"] = time.perf_counter() - start
@@ -347,6 +350,7 @@ class Engine(Lookup):
         """Inside the label-space transaction: read what other processes committed,
         decide where the raw label goes, insert the answer and its followers' hits."""
         clf, raw = self.clf, asked.raw_label
+        assert raw is not None  # only answers without an error get here (see _finish)
         if clf.space.refresh():  # another process rewrote the label space
             clf.sync(force=True)
         if vector is None and raw not in clf.space.aliases:

@@ -16,6 +16,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -137,6 +138,8 @@ def run_canonlabel(data: EvalData, order, labeler: Labeler, settings: Settings) 
     with tempfile.TemporaryDirectory() as tmp:
         s = settings.model_copy(update={"db": Path(tmp) / "eval.db", "concurrency": 1})
         clf = Classifier(SqliteStore(s.db), data.embedder, labeler, s)
+        # the counts read here are ints (the counters also hold float seconds)
+        counts = cast("dict[str, int]", clf.counters)
         hits = 0
         for step, i in enumerate(order, 1):
             t = time.perf_counter()
@@ -144,7 +147,7 @@ def run_canonlabel(data: EvalData, order, labeler: Labeler, settings: Settings) 
             run.latency[r.source or "failed"].append(time.perf_counter() - t)
             run.labels[i], run.sources[i] = r.label, r.source or "failed"
             hits += r.source in ("exact", "cache")
-            raw, labels, calls = len(clf.space.aliases), len(clf.space), clf.counters["llm_calls"]
+            raw, labels, calls = len(clf.space.aliases), len(clf.space), counts["llm_calls"]
             _point(run, step, hits, raw, labels, calls)  # calls: audits included
         if s.consolidate_every > 0:  # what the end of a `classify` job does
             clf.consolidate()
@@ -157,12 +160,12 @@ def run_canonlabel(data: EvalData, order, labeler: Labeler, settings: Settings) 
             "WHERE a.source IN ('cache', 'exact')"
         )
         run.matches = [(int(a), int(b)) for a, b in rows]
-        run.llm_calls = clf.counters["llm_calls"]  # adjudication questions included
-        run.adjudication_calls = clf.counters["adjudication_calls"]
-        run.recheck_calls = clf.counters["recheck_calls"]
+        run.llm_calls = counts["llm_calls"]  # adjudication questions included
+        run.adjudication_calls = counts["adjudication_calls"]
+        run.recheck_calls = counts["recheck_calls"]
         run.llm_error_estimate = float(clf.store.meta().get("llm_error_estimate", 0.0))
-        run.tokens = clf.counters["prompt_tokens"] + clf.counters["completion_tokens"]
-        run.audits = clf.counters["audits"]
+        run.tokens = counts["prompt_tokens"] + counts["completion_tokens"]
+        run.audits = counts["audits"]
         run.router = clf.router.summary() if clf.router is not None else None
         clf.close()
     return run

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import zlib
 from collections import Counter
+from typing import Any
 
 import numpy as np
 
@@ -70,6 +71,7 @@ def project(store, dim: int, method: str = "pca") -> int:
         if fitted is None or fitted["method"] == "umap":
             fitted = _fit(vectors, method)
         xy = _transform(fitted, vectors)
+    assert fitted is not None  # set above, or _place_near ran because it was
     kept = fitted if fitted["method"] == "pca" else {"method": "umap"}
     with store.write() as c:
         c.executemany(
@@ -127,7 +129,7 @@ def points(clf) -> dict:
     roots = [r for r, _ in Counter(label_of).most_common()]
     index = {r: k for k, r in enumerate(roots)}
     x, y, lab = np.array(xs), np.array(ys), np.array([index[r] for r in label_of], dtype=np.int64)
-    moved = Counter()
+    moved: Counter[int] = Counter()
     for label_id, n in store.correction_counts().items():
         moved[space.resolve(label_id)] += n
     labels = []
@@ -245,7 +247,7 @@ def curves(clf, window: int | None = None) -> dict:
     rows = clf.store.query("SELECT source, created_at FROM items ORDER BY id")
     window = window or max(1, -(-len(rows) // CURVE_POINTS))
     created = sorted(t for (t,) in clf.store.query("SELECT created_at FROM labels"))
-    out = {
+    out: dict[str, Any] = {
         "window": window,
         "end": [],
         "hit_rate": [],

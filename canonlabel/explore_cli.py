@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import threading
 import webbrowser
+from collections.abc import Sequence
 from pathlib import Path
 
 from canonlabel.config import Settings
+from canonlabel.llm.base import Labeler
+from canonlabel.types import LabelRequest, LabelResponse
 
 
 def run_explore(
@@ -36,5 +39,9 @@ def run_explore(
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
-class _NoLabeler:
+class _NoLabeler(Labeler):
     id = "none"
+
+    def label_batch(self, requests: Sequence[LabelRequest]) -> list[LabelResponse]:
+        # never called; raises what the method-less stand-in it replaces raised
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute 'label_batch'")

@@ -117,7 +117,7 @@ def save(store, tree: Tree) -> None:
 def level_sizes(n_labels: int, top: int, levels: int) -> list[int]:
     """Parents per level, from level 1 up: geometric from ``n_labels`` down to ``top``."""
     top = max(1, min(top, n_labels))
-    sizes = []
+    sizes: list[int] = []
     for level in range(1, levels + 1):
         size = round(n_labels ** (1 - level / levels) * top ** (level / levels))
         sizes.append(max(top, min(size, sizes[-1] if sizes else n_labels)))

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from canonlabel.errors import InputError
 
@@ -81,7 +82,7 @@ class RowSpool:
         self._file.flush()
         self._file.seek(0)
         to_stdout = output is None or str(output) == "-"
-        sink = sys.stdout if to_stdout else open(output, "w", encoding="utf-8")  # noqa: SIM115
+        sink = sys.stdout if to_stdout or output is None else open(output, "w", encoding="utf-8")  # noqa: SIM115
         changed = 0
         try:
             while lines := list(islice(self._file, chunk)):
@@ -293,4 +294,5 @@ def usable_text(record: Record, max_chars: int) -> str:
 
     if record.error:
         raise InputError(record.error)
-    return normalize(record.text, max_chars)[0]
+    # a record without an error has its text (and normalize rejects a non-string)
+    return normalize(cast(str, record.text), max_chars)[0]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -20,6 +20,11 @@ from canonlabel.normalize import normalize, text_key
 
 if TYPE_CHECKING:
     from canonlabel.memory import Memory
+
+
+def _vectors(items: list[Item]) -> np.ndarray:
+    """The items' embeddings, one row each (every item is embedded before any search)."""
+    return np.stack([cast(np.ndarray, it.vector) for it in items])
 
 
 class Lookup(Delivery):
@@ -118,7 +123,7 @@ class Lookup(Delivery):
         if router is None:
             return pending, near
         start = time.perf_counter()
-        labels, confs = router.predict(np.stack([it.vector for it in pending]))
+        labels, confs = router.predict(_vectors(pending))
         scores = [
             router.head_score(label, conf, n and n[0]) if label >= 0 else conf
             for label, conf, n in zip(labels.tolist(), confs.tolist(), near)
@@ -163,7 +168,7 @@ class Lookup(Delivery):
         """Each item's nearest cached neighbour: (stored label, similarity, item id)."""
         clf = self.clf
         start = time.perf_counter()
-        sims, keys = clf.cache.search(np.stack([it.vector for it in pending]), 1)
+        sims, keys = clf.cache.search(_vectors(pending), 1)
         labels = clf.item_labels([int(k) for k in keys[:, 0] if k >= 0])
         per_item = (time.perf_counter() - start) / len(pending)
         for it in pending:
@@ -195,9 +200,14 @@ class Lookup(Delivery):
                 best = int(sims.argmax())
                 lead_sim, lead = float(sims[best]), self._leaders[best]
             it.timings["search"] += time.perf_counter() - start
+            # (the score is a float wherever there is a neighbour)
             if n is not None:
-                it.near = (n[0], score, n[2])  # a free audit if it goes to the LLM
-            if n is not None and n[1] >= lead_sim and self._cache_answers(n[0], n[1], score):
+                it.near = (n[0], cast(float, score), n[2])  # a free audit if it goes to the LLM
+            if (
+                n is not None
+                and n[1] >= lead_sim
+                and self._cache_answers(n[0], n[1], cast(float, score))
+            ):
                 if self._audit_now():
                     self._lead(it)
                 else:

@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import cast
 
 import numpy as np
 
@@ -34,7 +35,7 @@ from canonlabel.labelspace.regroup import consolidate_items
 from canonlabel.llm import Labeler
 from canonlabel.router import Router
 from canonlabel.store import Store, StoredItem
-from canonlabel.types import Grouping, LabelRequest, Result, Usage
+from canonlabel.types import Grouping, LabelRequest, Result, Source, Usage
 
 
 def shown_candidates(settings: Settings, labeler) -> int:
@@ -117,7 +118,8 @@ class Memory:
         except BaseException:
             store.close()  # a Memory owns its store: release the writer lock at once
             raise
-        self.counters: Counter[str] = Counter()
+        # counts (int) and seconds (float: embed_seconds, llm_seconds, route_seconds)
+        self.counters = cast("dict[str, float]", Counter())
 
     def _bind(self) -> None:
         store = self.store
@@ -420,7 +422,7 @@ class Memory:
         self,
         row: StoredItem,
         *,
-        source=None,
+        source: Source | None = None,
         similarity=None,
         ext_id=None,
         text=None,
@@ -462,7 +464,7 @@ class Memory:
         seen = guard.inspect(text) if self.settings.guard else None
         events = ["redacted"] if seen and seen.spans else []
         if seen and seen.spans and len(seen.text) < 3:
-            error = RejectedTextError(
+            error: LabelError = RejectedTextError(
                 f"the text only gives instructions to the labeller ({seen.spans[0][:60]!r}); "
                 "there is nothing to label, so it is recorded as failed",
                 [],

@@ -7,20 +7,22 @@ from itertools import combinations
 
 import numpy as np
 
+Labels = Sequence[Hashable] | np.ndarray  # one label per item (codes from _codes included)
 
-def _codes(labels: Sequence[Hashable]) -> np.ndarray:
+
+def _codes(labels: Labels) -> np.ndarray:
     index: dict[Hashable, int] = {}
     return np.array([index.setdefault(x, len(index)) for x in labels], dtype=np.int64)
 
 
-def contingency(gold: Sequence[Hashable], pred: Sequence[Hashable]) -> np.ndarray:
+def contingency(gold: Labels, pred: Labels) -> np.ndarray:
     g, p = _codes(gold), _codes(pred)
     table = np.zeros((g.max(initial=-1) + 1, p.max(initial=-1) + 1), dtype=np.int64)
     np.add.at(table, (g, p), 1)
     return table
 
 
-def cluster_accuracy(gold: Sequence[Hashable], pred: Sequence[Hashable]) -> float:
+def cluster_accuracy(gold: Labels, pred: Labels) -> float:
     """ACC: accuracy under the best one-to-one mapping of predicted to gold labels
     (Hungarian matching); predicted labels left unmatched count as wrong."""
     from scipy.optimize import linear_sum_assignment

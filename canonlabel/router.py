@@ -41,6 +41,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
+from typing import cast
 
 import numpy as np
 
@@ -396,13 +397,14 @@ class Router:
         best = [p.lowest_error(self.judge) for p in parts]
         if any(b is None for b in best):
             return None
+        lowest = min(cast(list[float], best))  # none is None (returned above)
         own = self.self_disagreement()["llm_error"]
         return (
             f"no answer without the LLM is certified at max_error {self.max_error:.0%}"
             f", so every item goes to the LLM: the head's most confident answers disagree "
             f"with the LLM path {best[0]:.0%} of the time, the cache's {best[1]:.0%}"
             + (f", and near-duplicates put the LLM's own error near {own:.0%}" if own else "")
-            + f". Raise --max-error (CANONLABEL_MAX_ERROR) above {min(best):.0%}, "
+            + f". Raise --max-error (CANONLABEL_MAX_ERROR) above {lowest:.0%}, "
             + (
                 ""
                 if self.settings.router_llm_floor

@@ -7,6 +7,7 @@ import sys
 import time
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -397,9 +398,10 @@ def run_categories(
     sink = output.open("w", encoding="utf-8") if output else sys.stdout
     try:
         while chunk := list(islice(records, CHUNK)):
-            texts, rows = [], []
+            texts: list[str] = []
+            rows: list[dict[str, Any]] = []
             for r in chunk:
-                row = {"id": r.id, "text": r.text}
+                row: dict[str, Any] = {"id": r.id, "text": r.text}
                 try:
                     row["text"] = usable_text(r, settings.max_chars)
                     texts.append(row["text"])

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, cast
 
 from canonlabel.engine import Engine
 from canonlabel.errors import CanonlabelError
@@ -92,8 +92,8 @@ class Service:
                 self.engine.poll(timeout=0.002)
 
     def _submit(self, batch) -> None:
-        def done(future: Future, result: Result, error):
-            future.set_result((result, error))
+        def done(future: Hashable, result: Result, error: Exception | None) -> None:
+            cast(Future, future).set_result((result, error))  # the items' tokens: their futures
 
         try:
             self.engine.submit(

@@ -117,8 +117,7 @@ def merge_entries(
     while max_size and len(keep) > max_size:
         sims = vecs[keep] @ vecs[keep].T
         np.fill_diagonal(sims, -2)
-        a, b = np.unravel_index(int(sims.argmax()), sims.shape)
-        a, b = sorted((int(a), int(b)))
+        a, b = sorted(int(v) for v in np.unravel_index(int(sims.argmax()), sims.shape))
         entries[keep[a]].examples += entries[keep[b]].examples
         keep.pop(b)
     return [entries[i] for i in keep]
@@ -255,7 +254,7 @@ def annotate(
         raise ConfigError("--max-labels must be at least 1")
     names = tuple(e.name for e in entries)
     tax = taxonomy_hash(entries)
-    out = []
+    out: list[tuple[list[str] | None, str | None, bool]] = []
     for text in texts:
         norm = normalize(text, max_chars)[0]
         key = text_key(norm)

@@ -217,7 +217,9 @@ class AuditedThresholds:
     def _pool_min(self) -> int:
         return 4 * self.min_audits
 
-    def _counts(self, audits, seen_rows, resolve: Resolve):
+    def _counts(
+        self, audits, seen_rows, resolve: Resolve
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         nb = len(self.grid)
         seen = np.zeros(nb)
         for row in seen_rows:

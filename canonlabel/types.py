@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-Source = Literal["exact", "cache", "llm"]
+Source = Literal["exact", "cache", "model", "llm"]
 STAGES = ("normalise", "embed", "search", "llm", "canonicalise", "store")
 
 

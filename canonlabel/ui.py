@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from canonlabel import explore
 
@@ -20,7 +21,7 @@ def export_html(clf, path: Path, projection: str = "pca", members_per_label: int
     pts["texts"] = [texts[i][:300] for i in pts["ids"]]
     from canonlabel.hierarchy import as_dict
 
-    data = {
+    data: dict[str, Any] = {
         "points": pts,
         "curves": explore.curves(clf),
         "hierarchy": as_dict(clf.hierarchy(refit=False), clf.space, clf.label_counts()),

@@ -184,7 +184,7 @@ def ask(
     calls, queue = 0, list(pairs)
     while queue and calls < budget:
         # a round of up to `parallel` calls at once; the next round skips what it joined
-        chunks = []
+        chunks: list[tuple[list[str], list[tuple[Shown, Shown]]]] = []
         while queue and len(chunks) < min(parallel, budget - calls):
             chunk: list[tuple[str, Callable]] = []
             while queue and len(chunk) < max(1, per_call - len(controls)):
@@ -206,7 +206,12 @@ def ask(
     return calls
 
 
-def _run_round(labeler: Labeler, chunks: list, budget: int, controls) -> list:
+def _run_round(
+    labeler: Labeler,
+    chunks: list[tuple[list[str], list[tuple[Shown, Shown]]]],
+    budget: int,
+    controls,
+) -> list:
     """Answers per chunk, in chunk order (calls run in threads when there are several)."""
     if len(chunks) == 1:
         return [_ask_chunk(labeler, *chunks[0], budget, controls)]
@@ -244,7 +249,7 @@ def _mix(keys: list[str], shown: list, controls) -> tuple[list, dict]:
 
     mixed = list(shown)
     seed = int.from_bytes(hashlib.blake2b("\x1f".join(keys).encode(), digest_size=4).digest())
-    places = []
+    places: list[tuple[int, bool]] = []
     for pair, expected in controls:
         pos = seed % (len(mixed) + 1)
         seed //= len(mixed) + 1
@@ -365,6 +370,7 @@ class Adjudication:
         """Group ``g`` as shown in a pair's ``variant``-th question: its top raw label and
         the next most typical member texts (the first ones when there are too few)."""
         if g not in self._examples:
+            assert self._top_centroids is not None  # set whenever there are groups
             texts = self.store.typical_member_texts(
                 [self.top[g]], self._top_centroids[g], EXAMPLES * VARIANTS
             )

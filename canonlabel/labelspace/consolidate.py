@@ -30,6 +30,7 @@ import json
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -64,7 +65,7 @@ class Plan:
     groups: list[list[str]]
     targets: list[int | None]  # label id per group (None: a new label)
     names: list[str]
-    moves: list[tuple[str, int, int | None]] = field(default_factory=list)  # raw, from, group
+    moves: list[tuple[str, int, int]] = field(default_factory=list)  # raw, from, group
     merges: list[tuple[int, int]] = field(default_factory=list)  # old label id, group
     renames: list[tuple[int, str, str]] = field(default_factory=list)  # id, old, new
 
@@ -297,6 +298,7 @@ def borderline(
     # an LLM the consensus found wrong often must confirm a "same" (see adjudicate.verdict):
     # the low end of the estimate's interval, so a few corrections early in a stream do
     # not switch it on
+    assert space.store is not None
     confirm = float(space.store.meta().get("llm_error_low", 0.0)) >= CONFIRM_ABOVE
     return Adjudication(space, ev, assigned, name_weight, min(floor, threshold), confirm)
 
@@ -326,7 +328,7 @@ def consolidate(
     if labeler is not None and adjudication_budget > 0:
         asked = adj.ask(labeler, adjudication_budget, adjudication_batch, adjudication_parallel)
     result = plan(space, ev, adj.assignment())  # stored answers apply without new questions
-    summary = {
+    summary: dict[str, Any] = {
         "raw_labels": len(ev.raw_labels),
         "labels_before": len(space),
         "groups": len(result.groups),
@@ -367,6 +369,7 @@ def write_labels(space: LabelSpace, c, result, reps, detail: dict) -> list[int]:
     ids = list(result.targets)
     for g, target in enumerate(ids):
         if target is None:
+            assert space.store is not None
             ids[g] = space.store.insert_label(c, result.names[g], reps[g])
             detail["created"].append(ids[g])
         else:

@@ -58,6 +58,7 @@ def merge(space: LabelSpace, source: int, into: int, *, pin: bool = True) -> dic
 def undo(space: LabelSpace) -> dict:
     """Revert the most recent merge, consolidation or consensus correction that is not
     undone yet (undoing a correction keeps those items' LLM answers from then on)."""
+    assert space.store is not None
     row = space.store.query_one(
         "SELECT id, from_label, into_label, kind, detail FROM merges "
         "WHERE kind IN ('merge', 'consolidate', 'consensus') AND undone = 0 "
@@ -100,6 +101,7 @@ def rename(space: LabelSpace, label_id: int, name: str) -> dict:
     if any(n == name for i, n in space.names.items() if i != label_id):
         raise CurationError(f"another label is named {name!r}")
     old = space.names[label_id]
+    assert space.embedder is not None
     vector = space.embedder.embed([label_text(name)])[0]
     with space.rewrite() as c:
         c.execute(
@@ -107,6 +109,7 @@ def rename(space: LabelSpace, label_id: int, name: str) -> dict:
             (name, to_blob(vector), label_id),
         )
         if owner is None:
+            assert space.store is not None
             space.store.insert_alias(c, name, label_id, None, vector)
         c.execute(
             "INSERT INTO merges (kind, raw_label, from_label, into_label, created_at) "
@@ -161,6 +164,7 @@ def split(
 def _members(space: LabelSpace, label_id: int) -> list[dict]:
     ids = [i for i in space.names if space.resolve(i) == label_id]
     marks = ",".join("?" * len(ids))
+    assert space.store is not None
     rows = space.store.query(
         f"SELECT id, raw_label, vector FROM items WHERE cached = 1 AND source IN ('llm', 'cluster') "
         f"AND label_id IN ({marks}) ORDER BY id",
@@ -226,6 +230,7 @@ def typical_centroids(
 ) -> dict[int, tuple[np.ndarray, int, float]]:
     """Per root label: centroid of its most typical members (the ``keep`` share closest to
     the plain centroid), member count, and spread (1 - mean cosine to the centroid)."""
+    assert space.store is not None
     ids, vectors, labels = space.store.cached_items(space.dim)
     out = {}
     roots = np.array([space.resolve(int(x)) for x in labels], dtype=np.int64)

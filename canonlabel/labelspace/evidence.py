@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -60,6 +60,7 @@ def gather(space: LabelSpace) -> Evidence:
     its alias (items moved by hand are left alone), and
     its core name's embedding."""
     store = space.store
+    assert store is not None  # consolidation works on a loaded label space
     rows = store.query(
         "SELECT raw_label, label_id, vector FROM items WHERE vector IS NOT NULL "
         "AND raw_label IS NOT NULL "
@@ -84,16 +85,18 @@ def gather(space: LabelSpace) -> Evidence:
     uses = store.raw_label_uses()
     known = store.alias_vectors(space.dim)
     missing = [r for r in raws if r not in known]
-    new = (
-        dict(zip(missing, space.embedder.embed([label_text(r) for r in missing])))
-        if missing
-        else {}
-    )
+    new: dict[str, np.ndarray] = {}
+    if missing:
+        assert space.embedder is not None
+        new = dict(zip(missing, space.embedder.embed([label_text(r) for r in missing])))
     dim = space.dim
     ev = Evidence(
         raws,
         np.array([space.resolve(space.aliases[r]) for r in raws], dtype=np.int64),
-        np.stack([known.get(r, new.get(r)) for r in raws]) if raws else np.zeros((0, dim)),
+        # every raw label is known or was just embedded (missing)
+        np.stack([cast(np.ndarray, known.get(r, new.get(r))) for r in raws])
+        if raws
+        else np.zeros((0, dim)),
         np.stack([sums[r] for r in raws]) if raws else np.zeros((0, dim)),
         np.array([counts[r] for r in raws], dtype=np.float64),
         np.array([max(uses.get(r, 0), counts[r]) for r in raws], dtype=np.float64),
@@ -196,10 +199,10 @@ def neighbourhood(
         sim[np.arange(len(rows)), rows] = -np.inf
         if k:
             kth = np.partition(sim, -k, axis=1)[:, -k]
-            for r, row in enumerate(sim):  # the k largest, ties broken by index
-                cand = np.flatnonzero(row >= kth[r])
+            for i, row in enumerate(sim):  # the k largest, ties broken by index
+                cand = np.flatnonzero(row >= kth[i])
                 top = cand[np.lexsort((cand, -row[cand]))][:k]
-                nearest[rows[r]], values[rows[r]] = top, row[top]
+                nearest[rows[i]], values[rows[i]] = top, row[top]
         if np.isfinite(floor):
             r, c = np.nonzero(sim >= floor)
             keep = c > rows[r]

@@ -79,6 +79,7 @@ def gather_items(space: LabelSpace) -> Items:
     """Every item with a vector (its own, or an exact duplicate's original's) outside
     pinned labels, sorted by vector (order-invariant), and the core-name embedding of each
     raw label they carry."""
+    assert space.store is not None
     rows = space.store.query(ITEMS)
     rows = [r for r in rows if space.resolve(r[1]) not in space.pinned]
     rows.sort(key=lambda r: (bytes(r[3]), r[2] or "", r[0]))

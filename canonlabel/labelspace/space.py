@@ -87,6 +87,7 @@ class LabelSpace:
 
     def reload(self) -> None:
         """Re-read everything from the store (after curation or consolidation)."""
+        assert self.store is not None  # set by load(); only a loaded space is reloaded
         fresh = LabelSpace.load(self.store, self.dim, self.embedder)
         fresh._phrases = self._phrases  # embeddings of phrases do not change with the store
         self.__dict__.update(fresh.__dict__)
@@ -95,6 +96,7 @@ class LabelSpace:
         """Read what other processes committed to a shared store: the labels and aliases
         appended since the last read, or everything (True) if one rewrote the label space.
         A no-op on a single-writer store."""
+        assert self.store is not None
         if not self.store.shared:
             return False
         if self.store.epoch() != self.epoch:
@@ -113,6 +115,7 @@ class LabelSpace:
         return False
 
     def _read_aliases(self) -> None:
+        assert self.store is not None
         rows = self.store.alias_rows(after=self._alias_mark)
         self.aliases.update((raw, label_id) for raw, label_id, _ in rows)
         if rows:
@@ -123,6 +126,7 @@ class LabelSpace:
         """A transaction that changes existing labels (curation, consolidation): it holds
         the label-space lock, refuses to act on a stale view, and makes other processes
         reload. Call :meth:`reload` after it."""
+        assert self.store is not None
         with self.store.write(label_space=True) as c:
             if self.store.shared and self.store.epoch() != self.epoch:
                 raise StaleLabelSpaceError(
@@ -227,6 +231,7 @@ class LabelSpace:
         if missing:
             if len(self._phrases) + len(missing) > _MAX_PHRASES:
                 self._phrases.clear()
+            assert self.embedder is not None
             self._phrases.update(zip(missing, self.embedder.embed(missing)))
         return np.stack([self._phrases[p] for p in phrases])
 
@@ -243,9 +248,12 @@ class LabelSpace:
             decision = Decision(raw_label, named, 1.0)
         label_id = decision.label_id
         if label_id is None:
+            assert self.store is not None
+            assert vector is not None  # decide() raised for an unknown raw label without one
             label_id = self.store.insert_label(conn, raw_label, vector)
             self.store.insert_alias(conn, raw_label, label_id, None, vector)
         elif not decision.known:
+            assert self.store is not None
             self.store.insert_alias(conn, raw_label, label_id, decision.similarity, vector)
         return label_id, decision
 
@@ -257,6 +265,7 @@ class LabelSpace:
         self, label_id: int, decision: Decision, vector: np.ndarray | None
     ) -> None:
         if decision.label_id is None:
+            assert vector is not None  # a new label was founded from this embedding
             self.add_label(label_id, decision.raw_label, vector)
         if not decision.known:
             self.add_alias(decision.raw_label, label_id)

@@ -5,11 +5,15 @@ import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from canonlabel.errors import BackendError, ConfigError, MissingDependencyError
 from canonlabel.llm.base import Labeler
 from canonlabel.llm.prompt import completion_prefix, completion_prompt
 from canonlabel.types import Grouping, LabelRequest, LabelResponse, Usage
+
+if TYPE_CHECKING:
+    from llama_cpp import LlamaGrammar, LlamaState
 
 # 2-5 lowercase words joined by underscores; the pipeline validates again. The first word
 # is never "no" or "not": a label names what a message is about, and a small model's
@@ -133,8 +137,8 @@ class LlamaCppLabeler(Labeler):
         self.max_pairs = max(1, (n_ctx - 300) // 150)
         self._llm = None
         self._lock = threading.Lock()
-        self._grammars: dict[tuple[str, ...], object] = {}
-        self._prefixes: dict[str, object] = {}  # prompt prefix -> model state after it
+        self._grammars: dict[str, LlamaGrammar] = {}
+        self._prefixes: dict[str, LlamaState] = {}  # prompt prefix -> model state after it
 
     def _model(self):
         if self._llm is None:

@@ -154,7 +154,7 @@ class OpenAILabeler(Labeler):
             schema = schema or _SCHEMA
             if enum:  # closed set: the endpoint cannot answer outside it
                 schema = json.loads(json.dumps(_SCHEMA))
-                item = {"type": "string", "enum": list(enum)}
+                item: dict[str, object] = {"type": "string", "enum": list(enum)}
                 if max_labels > 1:
                     item = {"type": "array", "items": item, "minItems": 1, "maxItems": max_labels}
                 schema["schema"]["properties"]["label"] = item

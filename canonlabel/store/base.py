@@ -25,6 +25,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from canonlabel.errors import IncompatibleStoreError, TransientStoreError
+from canonlabel.types import Source
 
 SCHEMA_VERSION = 9
 T = TypeVar("T")
@@ -60,7 +61,7 @@ class StoredItem:
     text: str
     label_id: int
     raw_label: str | None
-    source: str
+    source: Source
     similarity: float | None
     truncated: bool
 
@@ -142,7 +143,7 @@ _ITEM = "id, ext_id, text, label_id, raw_label, source, similarity, truncated"
 
 
 def _item(row: Sequence) -> StoredItem:
-    return StoredItem(*row[:7], bool(row[7]))
+    return StoredItem(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7]))
 
 
 class Store(ABC):

@@ -33,6 +33,7 @@ from canonlabel.store.base import (
     HIERARCHY_TABLES,
     SCHEMA_VERSION,
     Store,
+    Tx,
     search_words,
 )
 
@@ -288,7 +289,7 @@ class PostgresStore(Store):
         self._unlock(_EXCLUSIVE, _key32(name))
 
     # -- backend specifics ----------------------------------------------------------------
-    def _on_bind(self, c: _Tx, dim: int) -> None:
+    def _on_bind(self, c: Tx, dim: int) -> None:
         c.execute(f"ALTER TABLE items ALTER COLUMN embedding TYPE vector({int(dim)})")
 
     def ensure_vector_index(self) -> None:
@@ -316,7 +317,7 @@ class PostgresStore(Store):
         embedding = None if vector is None else np.asarray(vector, dtype=np.float32)
         return (*Store._item_params(r), embedding)
 
-    def insert_items(self, c: _Tx, rows: Iterable[dict]) -> list[int]:
+    def insert_items(self, c: Tx, rows: Iterable[dict]) -> list[int]:
         # Rows go in in key order, so two transactions inserting overlapping items wait
         # for each other instead of deadlocking.
         rows = list(rows)

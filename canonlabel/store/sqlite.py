@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from canonlabel.errors import StoreBusyError, StoreError
 from canonlabel.store.base import (
@@ -168,7 +168,7 @@ class SqliteStore(Store):
                 "SQLite file? Pass another --db path"
             ) from exc
         self._lock = threading.RLock()
-        self._writer = None  # open lock file while this process is the writer
+        self._writer: TextIO | None = None  # open lock file while this process is the writer
 
     def close(self) -> None:
         self.conn.close()

@@ -183,15 +183,17 @@ class SimulatedLLM(Labeler):
     def intent(self, text: str, question: str = "open") -> str | None:
         """The intent this model *understands* ``text`` to have when asked ``question``
         (wrong ``error_rate`` of the time), or None for a text it cannot place."""
-        key = self._key(text)
+        key: str | None = self._key(text)
         if key not in self.gold:  # shown clipped (adjudication): read it as the whole text
             key = self._whole(text)
             if key is None:
                 return None
             text = key
         truth = self.gold[key]
-        rng = _rng(self.seed, "error", text) if question == "open" else _rng(
-            self.seed, "error", question, text
+        rng = (
+            _rng(self.seed, "error", text)
+            if question == "open"
+            else _rng(self.seed, "error", question, text)
         )
         if len(self.intents) > 1 and rng.random() < self.error_rate:
             near = [i for i in self.confusions.get(truth, []) if i != truth]
