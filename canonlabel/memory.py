@@ -346,24 +346,54 @@ class Memory:
         }
 
     def _recheck(self, asked) -> list:
-        """Ask the LLM about contested items (one closed question each); the calls count
-        as LLM calls, and the answers are stored so no item is asked twice."""
+        """Ask the LLM about contested items (one closed question each, up to
+        ``RECHECKS_PER_CALL`` in a call); the calls count as LLM calls, and the answers
+        are stored so no item is asked twice."""
         from canonlabel.labelspace import consensus
 
         texts = self.store.texts_by_id([c.item_id for c in asked])
         requests = consensus.recheck_requests(self.space, texts, asked)
-        outputs: list[str | None] = []
-        for start in range(0, len(requests), 32):
-            chunk = requests[start : start + 32]
+        outputs: list[str | None] = [None] * len(requests)
+        calls, alone = 0, list[int]()
+        for start in range(0, len(requests), consensus.RECHECKS_PER_CALL):
+            chunk = requests[start : start + consensus.RECHECKS_PER_CALL]
             try:
-                outputs += [r.output for r in self.labeler.label_batch(chunk)]
+                out = self.labeler.complete(
+                    consensus.recheck_prompt(chunk),
+                    grammar=consensus.recheck_grammar(chunk),
+                    max_tokens=16 * len(chunk),
+                ).output
+                calls += 1
+            except NotImplementedError:  # no free completions: one question a call
+                alone += range(start, start + len(chunk))
+                continue
             except BackendError:
-                outputs += [None] * len(chunk)  # asked again at the next consolidation
-        self.counters["llm_calls"] += len(requests)
-        self.counters["recheck_calls"] += len(requests)
+                calls += 1
+                continue  # asked again at the next consolidation
+            answered = consensus.read_recheck_answers(out, chunk)
+            for k in range(len(chunk)):
+                if k in answered:
+                    outputs[start + k] = answered[k]
+                else:
+                    alone.append(start + k)
+        calls += self._ask_alone(requests, alone, outputs)
+        self.counters["llm_calls"] += calls
+        self.counters["recheck_calls"] += calls
         found = consensus.read_rechecks(self.space, asked, outputs)
         self.store.save_rechecks([r for r, out in zip(found, outputs, strict=True) if out])
         return found
+
+    def _ask_alone(self, requests, positions: list[int], outputs: list) -> int:
+        """Ask the questions at ``positions`` one a call; returns the calls made."""
+        for start in range(0, len(positions), 32):
+            chunk = positions[start : start + 32]
+            try:
+                answers = self.labeler.label_batch([requests[i] for i in chunk])
+            except BackendError:
+                continue  # asked again at the next consolidation
+            for i, answer in zip(chunk, answers, strict=True):
+                outputs[i] = answer.output
+        return len(positions)
 
     def _consolidate_raw_labels(self, grouping: Grouping, dry_run: bool, budget) -> dict:
         s = self.settings

@@ -225,3 +225,29 @@ def test_a_disputed_answer_is_contested_only_where_the_evidence_leans_away_from_
     rechecks = {1: Recheck(1, 102, True)}
     moved, restored = consensus.plan(found, {}, rechecks)
     assert [(m.item_id, m.label_id) for m in moved] == [(1, 102)] and restored == []
+
+
+def test_second_questions_go_sixteen_a_call_and_alone_when_they_must(tmp_path):
+    requests = [LabelRequest(f"text {i}", (f"a{i}_x", f"b{i}_y"), closed=True) for i in range(20)]
+    prompt = consensus.recheck_prompt(requests[:16])
+    assert [t for t, _ in consensus.split_recheck_prompt(prompt)] == [
+        f"text {i}" for i in range(16)
+    ]
+    assert consensus.recheck_grammar(requests[:2]).startswith('root ::= "1: " c1 "\\n" "2: " c2')
+    # an answer that names neither label is left out: that question is asked alone
+    assert consensus.read_recheck_answers("1: b0_y\n2: neither\n", requests[:2]) == {0: "b0_y"}
+
+    gold = corpus(n_per_intent=20)
+    clf = build(tmp_path, "r", sorted(gold), gold, labeler=_noisy(gold))
+    clf.consolidate()
+    asked = len(clf.store.rechecks())
+    assert asked > 16 and clf.counters["recheck_calls"] <= asked // 4  # batches of up to 16
+
+    class Closed(SimulatedLLM):  # no free completions: one question a call, as before
+        def complete(self, prompt, **kw):
+            raise NotImplementedError
+
+    other = build(tmp_path, "s", sorted(gold), gold, labeler=Closed(gold, inconsistency=0.3,
+                  error_rate=0.2))  # fmt: skip
+    other.consolidate()
+    assert other.counters["recheck_calls"] >= len(other.store.rechecks()) > 0

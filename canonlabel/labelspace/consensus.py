@@ -279,6 +279,55 @@ def recheck_requests(space, texts: dict[int, str], asked: list[Contest]) -> list
     return requests
 
 
+RECHECK = "For each numbered message, choose which of its two labels fits it better."
+RECHECKS_PER_CALL = 16  # closed second questions asked in one call
+
+
+def recheck_prompt(requests: list) -> str:
+    """Several second questions in one prompt (the closed ``LabelRequest``s of
+    :func:`recheck_requests`), answered as ``N: label`` lines."""
+    parts = [
+        RECHECK,
+        "Answer one line per message with the chosen label exactly, like `1: a_label`.",
+    ]
+    for n, r in enumerate(requests, 1):
+        parts += [f"Message {n}: {' '.join(r.text.split())}", f"Labels: {' | '.join(r.candidates)}"]
+    parts.append("Answers:")
+    return "\n".join(parts)
+
+
+def recheck_grammar(requests: list) -> str:
+    """GBNF for one ``N: label`` line per question, each bound to its two labels."""
+    lines = " ".join(f'"{n}: " c{n} "\\n"' for n in range(1, len(requests) + 1))
+    rules = [
+        f"c{n} ::= " + " | ".join(f'"{c}"' for c in r.candidates) for n, r in enumerate(requests, 1)
+    ]
+    return "\n".join([f"root ::= {lines}", *rules]) + "\n"
+
+
+def split_recheck_prompt(prompt: str) -> list[tuple[str, tuple[str, ...]]]:
+    """(text, labels) of each question in a :func:`recheck_prompt` (for test labelers)."""
+    import re
+
+    found = re.findall(r"^Message \d+: (.*)\nLabels: (.*)$", prompt, flags=re.MULTILINE)
+    return [(text, tuple(labels.split(" | "))) for text, labels in found]
+
+
+def read_recheck_answers(output: str, requests: list) -> dict[int, str]:
+    """The chosen label by question (0-based); an answer naming neither label is left
+    out (that question is asked again on its own)."""
+    import re
+
+    found: dict[int, str] = {}
+    for number, said in re.findall(r"(\d+)\s*[:.)]\s*`?([A-Za-z][\w]*)", output):
+        k = int(number) - 1
+        if 0 <= k < len(requests) and k not in found:
+            names = {c.lower(): c for c in requests[k].candidates}
+            if said.lower() in names:
+                found[k] = names[said.lower()]
+    return found
+
+
 def read_rechecks(space, asked: list[Contest], outputs: list[str | None]) -> list[Recheck]:
     """What each closed answer chose: the evidence's label or not (an answer that names
     neither, or a failed call, counts as not)."""

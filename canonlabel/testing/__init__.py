@@ -180,7 +180,15 @@ def _complete_rule(prompt: str) -> str:
     from collections import Counter
 
     from canonlabel.labelspace.adjudicate import BATCH, split_batch
+    from canonlabel.labelspace.consensus import RECHECK, split_recheck_prompt
 
+    if prompt.startswith(RECHECK):  # second questions: the closed rule of label_batch
+        lines = []
+        for n, (text, labels) in enumerate(split_recheck_prompt(prompt), 1):
+            seen = set(_WORD.findall(text.lower()))
+            fits = [c for c in labels if set(c.split("_")) & seen]
+            lines.append(f"{n}: {(fits or list(labels))[0]}")
+        return "\n".join(lines) + "\n"
     if prompt.startswith(BATCH):
         lines = []
         for n, (a, b) in enumerate(split_batch(prompt), 1):

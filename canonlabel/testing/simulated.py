@@ -26,6 +26,7 @@ from canonlabel.hierarchy import QUESTION as HIERARCHY_QUESTION
 from canonlabel.labelspace.adjudicate import BATCH as ADJUDICATE_BATCH
 from canonlabel.labelspace.adjudicate import QUESTION as ADJUDICATE
 from canonlabel.labelspace.adjudicate import split_batch
+from canonlabel.labelspace.consensus import RECHECK, split_recheck_prompt
 from canonlabel.llm.base import Labeler
 from canonlabel.normalize import normalize
 from canonlabel.types import LabelRequest, LabelResponse, Usage
@@ -261,9 +262,7 @@ class SimulatedLLM(Labeler):
         if request.text.startswith(ADJUDICATE):
             return LabelResponse(self._adjudicate(request.text), usage)
         if request.closed and request.candidates:
-            question = "closed:" + "|".join(sorted(request.candidates))
-            intent = self.intent(request.text, question) or self._intent_of(request.text)
-            return LabelResponse(self._choose(intent, request), usage)
+            return LabelResponse(self._closed(request.text, request.candidates, request), usage)
         intent = self._intent_of(request.text)
         if intent is None:
             words = [w for w in _WORD.findall(request.text.lower()) if len(w) > 3][:2]
@@ -275,6 +274,12 @@ class SimulatedLLM(Labeler):
             best = max(fits, key=lambda c: (_fit(content_words(c), wanted), c))
             return LabelResponse(best, usage)
         return LabelResponse(self.name(intent, request.text), usage)
+
+    def _closed(self, text: str, labels: tuple[str, ...], request=None) -> str:
+        """A closed choice among ``labels``; its error is drawn for this wording."""
+        question = "closed:" + "|".join(sorted(labels))
+        intent = self.intent(text, question) or self._intent_of(text)
+        return self._choose(intent, request or LabelRequest(text, labels, closed=True))
 
     def _intent_of(self, text: str) -> str | None:
         """A single text, or several joined by `` | `` / newlines (cluster naming): the
@@ -363,6 +368,12 @@ class SimulatedLLM(Labeler):
             return LabelResponse(out, Usage(len(prompt.split()), 4))
         if prompt.startswith(ADJUDICATE_BATCH):
             out = self._adjudicate_batch(prompt)
+            return LabelResponse(out, Usage(len(prompt.split()), len(out.split())))
+        if prompt.startswith(RECHECK):  # second questions, each as if asked alone
+            out = "".join(
+                f"{n}: {self._closed(text, labels)}\n"
+                for n, (text, labels) in enumerate(split_recheck_prompt(prompt), 1)
+            )
             return LabelResponse(out, Usage(len(prompt.split()), len(out.split())))
         lines = [ln.strip(" -•") for ln in prompt.splitlines()]
         intents = Counter(i for ln in lines if (i := self.intent(ln)) is not None)
