@@ -373,7 +373,8 @@ def _merge_emptied(space, touched: set[int], join: float) -> int:
     empty = sorted(
         r for r in {space.resolve(i) for i in touched} if r not in held and r not in space.pinned
     )
-    targets = sorted(held)
+    # another process sharing the store may have made labels this space has not loaded
+    targets = sorted(t for t in held if t in space.names)
     if not empty or not targets:
         return 0
     reps = np.stack([space.representative(t) for t in targets])
