@@ -397,22 +397,28 @@ class Router:
         best = [p.lowest_error(self.judge) for p in parts]
         if any(b is None for b in best):
             return None
-        lowest = min(cast(list[float], best))  # none is None (returned above)
         own = self.self_disagreement()["llm_error"]
-        return (
-            f"no answer without the LLM is certified at max_error {self.max_error:.0%}"
-            f", so every item goes to the LLM: the head's most confident answers disagree "
-            f"with the LLM path {best[0]:.0%} of the time, the cache's {best[1]:.0%}"
-            + (f", and near-duplicates put the LLM's own error near {own:.0%}" if own else "")
-            + f". Raise --max-error (CANONLABEL_MAX_ERROR) above {lowest:.0%}, "
-            + (
-                ""
-                if self.settings.router_llm_floor
-                else "set CANONLABEL_ROUTER_LLM_FLOOR=1 to bound answers above the LLM's own "
-                "disagreement, "
-            )
-            + "use a more consistent LLM, or set CANONLABEL_ROUTER=0 for the fixed cache rule"
+        floor = self.settings.router_llm_floor
+        return _warning(self.max_error, cast(list[float], best), own, floor)
+
+
+def _warning(max_error: float, best: list[float], own: float | None, floor: bool) -> str:
+    """The summary's warning when nothing is certified: the head's and the cache's best
+    disagreement (``best``), the LLM's own error, and what to do."""
+    return (
+        f"no answer without the LLM is certified at max_error {max_error:.0%}"
+        f", so every item goes to the LLM: the head's most confident answers disagree "
+        f"with the LLM path {best[0]:.0%} of the time, the cache's {best[1]:.0%}"
+        + (f", and near-duplicates put the LLM's own error near {own:.0%}" if own else "")
+        + f". Raise --max-error (CANONLABEL_MAX_ERROR) above {min(best):.0%}, "
+        + (
+            ""
+            if floor
+            else "set CANONLABEL_ROUTER_LLM_FLOOR=1 to bound answers above the LLM's own "
+            "disagreement, "
         )
+        + "use a more consistent LLM, or set CANONLABEL_ROUTER=0 for the fixed cache rule"
+    )
 
 
 def _disputes(score: float, least: float) -> bool:
