@@ -117,12 +117,15 @@ def _save(clf, tree: Tree) -> None:
     parents, links = clf.store.hierarchy_rows()
     stack = [*_stack(clf)[-(UNDO_DEPTH - 1) :], [list(parents), list(links)]]
     counts = clf.label_counts()
+    under: dict[int, list[int]] = {}
+    for label, pid in tree.label_parent.items():
+        under.setdefault(pid, []).append(label)
     edited = Tree(label_parent=dict(tree.label_parent))
     for pid in sorted(tree.parents, key=lambda i: (tree.parents[i].level, i)):
         p = tree.parents[pid]
         if p.level == 1:
-            labels = [lab for lab, up in tree.label_parent.items() if up == pid]
-            n, children = sum(counts.get(lab, 0) for lab in labels), tuple(sorted(labels))
+            labels = sorted(under.get(pid, []))
+            n, children = sum(counts.get(lab, 0) for lab in labels), tuple(labels)
         else:
             n, children = sum(edited.parents[c].count for c in p.children), p.children
         edited.parents[pid] = Parent(pid, p.level, p.name, children, n)

@@ -58,7 +58,6 @@ class Grouped(Labeler):
         self.grouping, self.candidates = inner.grouping, inner.candidates
         self.max_error = inner.max_error
         self.max_pairs = getattr(inner, "max_pairs", 50)
-        self.groups = 0  # calls that carried more than one text
         self._pending: list[tuple[LabelRequest, Future]] = []
         self._lock = threading.Lock()
 
@@ -113,7 +112,6 @@ class Grouped(Labeler):
         open_ = [i for i, r in enumerate(requests) if not (r.closed or r.feedback)]
         out: list[LabelResponse | None] = [None] * len(requests)
         if len(open_) > 1:
-            self.groups += 1
             answers = self.inner.label_group([requests[i] for i in open_])
             for i, answer in zip(open_, answers, strict=True):
                 out[i] = answer

@@ -166,12 +166,17 @@ class FakeLabeler(Labeler):
         if queued is not None:
             output = queued
         elif request.closed and request.candidates:
-            words = set(_WORD.findall(request.text.lower()))
-            fits = [c for c in request.candidates if set(c.split("_")) & words]
-            output = ", ".join((fits or list(request.candidates[:1]))[: request.max_labels])
+            output = _closed_rule(request.text, request.candidates, request.max_labels)
         else:
             output = self.rule(request.text, request.candidates)
         return LabelResponse(output, Usage(len(request.text.split()) + 20, 4))
+
+
+def _closed_rule(text: str, candidates: Sequence[str], max_labels: int = 1) -> str:
+    """A closed answer: the candidates sharing a word with the text, else the first."""
+    words = set(_WORD.findall(text.lower()))
+    fits = [c for c in candidates if set(c.split("_")) & words]
+    return ", ".join((fits or list(candidates[:1]))[:max_labels])
 
 
 def _complete_rule(prompt: str) -> str:
@@ -183,12 +188,8 @@ def _complete_rule(prompt: str) -> str:
     from canonlabel.labelspace.consensus import RECHECK, split_recheck_prompt
 
     if prompt.startswith(RECHECK):  # second questions: the closed rule of label_batch
-        lines = []
-        for n, (text, labels) in enumerate(split_recheck_prompt(prompt), 1):
-            seen = set(_WORD.findall(text.lower()))
-            fits = [c for c in labels if set(c.split("_")) & seen]
-            lines.append(f"{n}: {(fits or list(labels))[0]}")
-        return "\n".join(lines) + "\n"
+        asked = enumerate(split_recheck_prompt(prompt), 1)
+        return "".join(f"{n}: {_closed_rule(text, labels)}\n" for n, (text, labels) in asked)
     if prompt.startswith(BATCH):
         lines = []
         for n, (a, b) in enumerate(split_batch(prompt), 1):
