@@ -220,8 +220,8 @@ def _hnsw_case(url: str, vecs: np.ndarray, q: np.ndarray) -> dict:
     store.bind_embedder("bench", vecs.shape[1])
     start = time.perf_counter()
     with store.write() as c:
-        label = store.insert_label(c, "x", vecs[0])
-        store.insert_items(
+        label = store.labels.insert(c, "x", vecs[0])
+        store.items.insert(
             c,
             [{"ext_id": str(i), "text": f"t{i}", "text_key": f"t{i}", "label_id": label,
               "source": "cache", "vector": v, "cached": True} for i, v in enumerate(vecs)],
@@ -248,7 +248,7 @@ def _hnsw_case(url: str, vecs: np.ndarray, q: np.ndarray) -> dict:
         row[f"hnsw_ef{ef}_recall_at_1"] = round(float((found[:, 0] == exact_best).mean()), 4)
     start = time.perf_counter()  # rows written while the index exists, as a live service does
     with store.write() as c:
-        store.insert_items(
+        store.items.insert(
             c,
             [{"ext_id": f"late{i}", "text": f"late{i}", "text_key": f"late{i}", "label_id": label,
               "source": "cache", "vector": v, "cached": True} for i, v in enumerate(q[:500])],

@@ -45,10 +45,10 @@ def build(path: Path, n: int, embedder) -> None:
     names = sorted(set(intents))
     label_vectors = embedder.embed([label_text(x) for x in names])
     with store.write() as c:
-        ids = {x: store.insert_label(c, x, v) for x, v in zip(names, label_vectors)}
+        ids = {x: store.labels.insert(c, x, v) for x, v in zip(names, label_vectors)}
         for x in names:
-            store.insert_alias(c, x, ids[x], None, None)
-        store.insert_items(
+            store.aliases.insert(c, x, ids[x], None, None)
+        store.items.insert(
             c,
             (
                 {

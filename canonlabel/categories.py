@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,30 +103,24 @@ def define(
     store: Store, embedder: Embedder, categories: list[Category], *, prune: bool = True
 ) -> dict[str, int]:
     """Store category definitions, embedding only new or changed ones."""
-    current = dict(store.query("SELECT name, hash FROM categories"))
+    current = store.categories.hashes()
     changed = [c for c in categories if current.get(c.name) != c.hash]
     desc = embedder.embed([f"{label_text(c.name)}: {c.description}" for c in changed])
     with store.write() as conn:
         for c, vec in zip(changed, desc):
             ex = embedder.embed(list(c.examples)).mean(0) if c.examples else None
-            conn.execute(
-                "INSERT INTO categories VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
-                "description = excluded.description, examples = excluded.examples, "
-                "hash = excluded.hash, vector = excluded.vector, "
-                "examples_vector = excluded.examples_vector, updated_at = excluded.updated_at",
-                (
-                    c.name,
-                    c.description,
-                    json.dumps(list(c.examples)),
-                    c.hash,
-                    to_blob(vec),
-                    None if ex is None else to_blob(_unit(ex)),
-                    time.time(),
-                ),
+            store.categories.save(
+                conn,
+                c.name,
+                c.description,
+                c.examples,
+                c.hash,
+                to_blob(vec),
+                None if ex is None else to_blob(_unit(ex)),
             )
         removed = set(current) - {c.name for c in categories} if prune else set()
         for name in removed:
-            conn.execute("DELETE FROM categories WHERE name = ?", (name,))
+            store.categories.delete(conn, name)
     return {
         "embedded": len(changed),
         "unchanged": len(categories) - len(changed),
@@ -136,20 +129,20 @@ def define(
 
 
 def load_index(store: Store, dim: int) -> CategoryIndex:
-    rows = store.query("SELECT name, vector, examples_vector FROM categories ORDER BY name")
+    rows = store.categories.vectors()
     if not rows:
         raise ConfigError("no categories defined; run `canonlabel categories define FILE`")
-    desc = from_blobs([r[1] for r in rows], dim)
-    has = np.array([r[2] is not None for r in rows])
+    desc = from_blobs([r.vector for r in rows], dim)
+    has = np.array([r.examples_vector is not None for r in rows])
     ex = np.stack(
         [
-            np.frombuffer(r[2], dtype=np.float32)
-            if r[2] is not None
+            np.frombuffer(r.examples_vector, dtype=np.float32)
+            if r.examples_vector is not None
             else np.zeros(dim, dtype=np.float32)
             for r in rows
         ]
     )
-    return CategoryIndex([r[0] for r in rows], desc, ex, has)
+    return CategoryIndex([r.name for r in rows], desc, ex, has)
 
 
 @dataclass(frozen=True)
@@ -221,12 +214,8 @@ def map_labels(clf, *, labeler=None, margin: float = 0.02) -> dict:
         margin=margin if labeler else -1.0,
     )
     with clf.store.write() as conn:
-        conn.execute("DELETE FROM label_categories")
-        for root, a in zip(roots, assignments):
-            conn.execute(
-                "INSERT INTO label_categories VALUES (?, ?, ?, ?, ?)",
-                (root, a.categories[0], a.scores[0], a.source, time.time()),
-            )
+        rows = [(r, a.categories[0], a.scores[0], a.source) for r, a in zip(roots, assignments)]
+        clf.store.categories.map_labels(conn, rows)
     clf.categories = {root: a.categories[0] for root, a in zip(roots, assignments)}
     counts: dict[str, int] = {}
     for a in assignments:
@@ -235,7 +224,7 @@ def map_labels(clf, *, labeler=None, margin: float = 0.02) -> dict:
 
 
 def label_categories(store: Store) -> dict[int, str]:
-    return dict(store.query("SELECT label_id, category FROM label_categories"))
+    return store.categories.of_labels()
 
 
 def _unit(v: np.ndarray) -> np.ndarray:

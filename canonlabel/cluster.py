@@ -214,7 +214,7 @@ def save_to_store(clf, result: ClusterResult, ids: list[str | None]) -> dict[str
                     "cached": True,
                 }
             )
-        item_ids = store.insert_items(c, rows)
+        item_ids = store.items.insert(c, rows)
     for label_id, decision, vec in decided:
         clf.space.commit_raw_label(label_id, decision, vec)
     if rows:

@@ -118,7 +118,7 @@ class Delivery:
         """Insert hit rows; returns the hits with their item ids (``row["id"]``)."""
         if not hits:
             return []
-        ids = self.clf.store.insert_items(conn, [row for _, _, row in hits])
+        ids = self.clf.store.items.insert(conn, [row for _, _, row in hits])
         return [(it, result, {**row, "id": i}) for (it, result, row), i in zip(hits, ids)]
 
     def _cache_hit_rows(self, hits) -> None:

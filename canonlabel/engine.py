@@ -244,11 +244,11 @@ class Engine(Lookup):
     def _settle_elsewhere(self, items: list[Item]) -> list[Item]:
         """Resolve items another process answered (an exact hit) or failed for good."""
         store, clf = self.clf.store, self.clf
-        rows = store.items_by_text_key([it.key for it in items])
+        rows = store.items.by_text_key([it.key for it in items])
         failed = (
             {}
             if self.settings.retry_failed
-            else store.paid_failures([it.key for it in items if it.key not in rows])
+            else store.failures.paid([it.key for it in items if it.key not in rows])
         )
         clf.know([row.label_id for row in rows.values()])
         hits, settled = [], []
@@ -298,7 +298,7 @@ class Engine(Lookup):
             kind = "invalid_output" if isinstance(asked.error, LabelError) else "backend"
             kind = "rejected" if isinstance(asked.error, RejectedTextError) else kind
             with store.write() as conn:
-                store.record_failure(
+                store.failures.record(
                     conn,
                     ext_id=it.ext_id,
                     text_key=it.key,
@@ -383,12 +383,12 @@ class Engine(Lookup):
             completion_tokens=asked.usage.completion_tokens,
         )
         # followers point at the leader's item id, known only after its insert
-        item_id = self.clf.store.insert_items(conn, [row])[0]
+        item_id = self.clf.store.items.insert(conn, [row])[0]
         followers = [
             self._hit(f, label_id, asked.raw_label, how, sim, item_id, name)
             for f, sim, how in followers_of(it)
         ]
         if followers:
-            ids = self.clf.store.insert_items(conn, [r for _, _, r in followers])
+            ids = self.clf.store.items.insert(conn, [r for _, _, r in followers])
             followers = [(f, res, {**r, "id": i}) for (f, res, r), i in zip(followers, ids)]
         return item_id, followers

@@ -153,13 +153,10 @@ def run_canonlabel(data: EvalData, order, labeler: Labeler, settings: Settings) 
             clf.consolidate()
             if run.curve.get("labels"):
                 run.curve["labels"][-1] = len(clf.space)
-        for ext, label_id in clf.store.query("SELECT ext_id, label_id FROM items"):
+        for ext, label_id in clf.store.items.ext_labels():
             run.labels[int(ext)] = clf.space.name(label_id)  # final labels, not as returned
-        rows = clf.store.query(
-            "SELECT a.ext_id, b.ext_id FROM items a JOIN items b ON a.matched_item = b.id "
-            "WHERE a.source IN ('cache', 'exact')"
-        )
-        run.matches = [(int(a), int(b)) for a, b in rows]
+        matches = clf.store.items.hit_matches()
+        run.matches = [(int(m.ext_id), int(m.matched_ext_id)) for m in matches]
         run.llm_calls = counts["llm_calls"]  # adjudication questions included
         run.adjudication_calls = counts["adjudication_calls"]
         run.recheck_calls = counts["recheck_calls"]

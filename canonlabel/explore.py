@@ -54,13 +54,9 @@ def project(store, dim: int, method: str = "pca") -> int:
     meta = store.meta().get("projection")
     fitted = json.loads(json.loads(meta)) if meta else None
     if fitted is not None and fitted["method"] != method:
-        with store.write() as c:
-            c.execute("DELETE FROM projection")
+        store.projection.clear()
         fitted = None
-    rows = store.query(
-        "SELECT i.id, i.vector FROM items i LEFT JOIN projection p ON p.item_id = i.id "
-        "WHERE i.vector IS NOT NULL AND p.item_id IS NULL ORDER BY i.id"
-    )
+    rows = store.projection.unplaced()
     if not rows:
         return 0
     ids = [r[0] for r in rows]
@@ -74,11 +70,7 @@ def project(store, dim: int, method: str = "pca") -> int:
     assert fitted is not None  # set above, or _place_near ran because it was
     kept = fitted if fitted["method"] == "pca" else {"method": "umap"}
     with store.write() as c:
-        c.executemany(
-            "INSERT INTO projection (item_id, x, y) VALUES (?, ?, ?) "
-            "ON CONFLICT (item_id) DO UPDATE SET x = excluded.x, y = excluded.y",
-            [(i, float(x), float(y)) for i, (x, y) in zip(ids, xy)],
-        )
+        store.projection.save(c, [(i, float(x), float(y)) for i, (x, y) in zip(ids, xy)])
         store.set_meta({"projection": json.dumps(kept)}, c)
     return len(ids)
 
@@ -86,14 +78,11 @@ def project(store, dim: int, method: str = "pca") -> int:
 def _place_near(store, dim: int, vectors: np.ndarray, k: int = 10) -> np.ndarray | None:
     """Positions for new items on an existing map: the similarity-weighted mean position of
     their ``k`` nearest placed items (how UMAP itself starts placing new points)."""
-    rows = store.query(
-        "SELECT i.vector, p.x, p.y FROM items i JOIN projection p ON p.item_id = i.id "
-        "WHERE i.vector IS NOT NULL ORDER BY i.id"
-    )
+    rows = store.projection.placed()
     if not rows:
         return None
-    placed = from_blobs([r[0] for r in rows], dim)
-    return _near_positions(vectors, placed, np.array([(r[1], r[2]) for r in rows]), k)
+    placed = from_blobs([r.vector for r in rows], dim)
+    return _near_positions(vectors, placed, np.array([(r.x, r.y) for r in rows]), k)
 
 
 def _near_positions(vectors, placed, where, k: int = 10) -> np.ndarray:
@@ -111,26 +100,25 @@ def _near_positions(vectors, placed, where, k: int = 10) -> np.ndarray:
 def points(clf) -> dict:
     """Every item on the map: coordinates, label index, source; labels with centres."""
     space, store = clf.space, clf.store
-    placed = dict((i, (x, y)) for i, x, y in store.query("SELECT item_id, x, y FROM projection"))
-    rows = store.query("SELECT id, label_id, source, matched_item FROM items ORDER BY id")
+    placed = store.projection.positions()
     ids, xs, ys, label_of, sources = [], [], [], [], []
-    for item_id, label_id, source, matched in rows:
-        at = placed.get(item_id) or placed.get(matched)
+    for item in store.items.summaries():
+        at = placed.get(item.id) or placed.get(item.matched_item)
         if at is None:
             continue
         # a hit sits on its matched item, nudged so that both stay visible
-        nudge = (zlib.crc32(str(item_id).encode()) % 200) / 100 - 1
-        jitter = 0.0 if item_id in placed else 0.004 * nudge
-        ids.append(item_id)
+        nudge = (zlib.crc32(str(item.id).encode()) % 200) / 100 - 1
+        jitter = 0.0 if item.id in placed else 0.004 * nudge
+        ids.append(item.id)
         xs.append(at[0] + jitter)
         ys.append(at[1] - jitter)
-        label_of.append(space.resolve(label_id))
-        sources.append(source)
+        label_of.append(space.resolve(item.label_id))
+        sources.append(item.source)
     roots = [r for r, _ in Counter(label_of).most_common()]
     index = {r: k for k, r in enumerate(roots)}
     x, y, lab = np.array(xs), np.array(ys), np.array([index[r] for r in label_of], dtype=np.int64)
     moved: Counter[int] = Counter()
-    for label_id, n in store.correction_counts().items():
+    for label_id, n in store.corrections.counts().items():
         moved[space.resolve(label_id)] += n
     labels = []
     for r in roots:
@@ -179,14 +167,11 @@ def _spreads(clf) -> dict[int, float]:
 
 
 def item_detail(clf, item_id: int) -> dict | None:
-    row = clf.store.query_one(
-        "SELECT id, ext_id, text, label_id, raw_label, source, similarity FROM items WHERE id = ?",
-        (item_id,),
-    )
-    if row is None:
+    item = clf.store.items.get(item_id)
+    if item is None:
         return None
     keys = ("id", "ext_id", "text", "label_id", "raw_label", "source", "similarity")
-    out = dict(zip(keys, row))
+    out = {k: getattr(item, k) for k in keys}
     out["label_id"] = clf.space.resolve(out["label_id"])
     out["label"] = clf.space.names[out["label_id"]]
     return out
@@ -198,17 +183,11 @@ def members(clf, label_id: int, limit: int = 200) -> list[dict]:
     family = [i for i in space.names if space.resolve(i) == label_id]
     if not family:
         return []
-    marks = ",".join("?" * len(family))
-    rows = clf.store.query(
-        f"SELECT id, ext_id, text, raw_label, source, similarity FROM items "
-        f"WHERE label_id IN ({marks}) ORDER BY id DESC LIMIT ?",
-        [*family, limit],
-    )
     keys = ("id", "ext_id", "text", "raw_label", "source", "similarity")
-    fixes = clf.store.corrections()
+    fixes = clf.store.corrections.all()
     out = []
-    for r in rows:
-        row = dict(zip(keys, r))
+    for item in clf.store.members.newest(family, limit):
+        row = {k: getattr(item, k) for k in keys}
         fix = fixes.get(row["id"])
         if fix is not None and not fix.kept:  # the LLM said otherwise; the evidence moved it
             row["moved_from"] = space.name(fix.answer_label)
@@ -229,7 +208,7 @@ def search_labels(clf, query: str, mode: str, k: int = 20) -> list[int]:
         order = np.argsort(-(centroids @ vector))[:k]
         return [roots[i] for i in order]
     seen: list[int] = []
-    for label_id in clf.store.fulltext_labels(query, k):
+    for label_id in clf.store.labels.search(query, k):
         root = space.resolve(label_id)
         if root not in seen:
             seen.append(root)
@@ -244,9 +223,9 @@ def curves(clf, window: int | None = None) -> dict:
     about ``CURVE_POINTS`` windows, so a small store has a curve too): hit rate, LLM calls
     per 1,000 items, the router's share, and the labels created by the window's end; with
     the router's current estimated error."""
-    rows = clf.store.query("SELECT source, created_at FROM items ORDER BY id")
+    rows = [(r.source, r.created_at) for r in clf.store.items.summaries()]
     window = window or max(1, -(-len(rows) // CURVE_POINTS))
-    created = sorted(t for (t,) in clf.store.query("SELECT created_at FROM labels"))
+    created = clf.store.labels.created_times()
     out: dict[str, Any] = {
         "window": window,
         "end": [],

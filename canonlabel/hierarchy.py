@@ -94,7 +94,7 @@ class Tree:
 
 def load(store) -> Tree:
     """The stored hierarchy (an empty tree before the first fit)."""
-    rows, links = store.hierarchy_rows()
+    rows, links = store.hierarchy.rows()
     kids: dict[int, list[int]] = {}
     for pid, _, _, up, _ in rows:
         if up is not None:
@@ -111,7 +111,7 @@ def load(store) -> Tree:
 def save(store, tree: Tree) -> None:
     up = tree.up
     parents = [(p.id, p.level, p.name, up.get(p.id), p.count) for p in tree.parents.values()]
-    store.save_hierarchy(parents, list(tree.label_parent.items()))
+    store.hierarchy.save(parents, list(tree.label_parent.items()))
 
 
 def level_sizes(n_labels: int, top: int, levels: int) -> list[int]:
@@ -204,7 +204,7 @@ def propose_themes(clf, leaves: list[int], labeler) -> dict[int, str]:
     call; a label without any valid answer has no theme."""
     centroids = clf.space.centroids(leaves)
     texts = {  # every round's examples, read once a label
-        lab: clf.store.typical_label_texts(lab, centroid, 6)
+        lab: clf.store.members.typical_label_texts(lab, centroid, 6)
         for lab, centroid in zip(leaves, centroids, strict=True)
     }
     first = _proposals(clf, leaves, labeler, texts, 0)
@@ -287,7 +287,7 @@ def fit(clf, *, top: int = 12, levels: int = 1, labeler=None) -> Tree:
     start = time.perf_counter()
     space, store = clf.space, clf.store
     counts: dict[int, int] = {}
-    for label_id, n in store.label_item_counts().items():
+    for label_id, n in store.members.label_counts().items():
         root = space.resolve(label_id)
         counts[root] = counts.get(root, 0) + n
     leaves = sorted(counts)
@@ -430,7 +430,9 @@ def _ask_name(clf, tree: Tree, parent: Parent, labeler, counts: dict[int, int]) 
     children = []
     for lab in shown:
         centroid = space.centroids([lab])[0]
-        children.append((space.names[lab], clf.store.typical_label_texts(lab, centroid, EXAMPLES)))
+        children.append(
+            (space.names[lab], clf.store.members.typical_label_texts(lab, centroid, EXAMPLES))
+        )
     fallback = space.names[shown[0]] + "_group"
     try:
         from canonlabel.llm.llamacpp import label_grammar

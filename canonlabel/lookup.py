@@ -70,11 +70,11 @@ class Lookup(Delivery):
         """Resolve resumed and exact-duplicate items from the store; return the rest."""
         store, clf = self.clf.store, self.clf
         start = time.perf_counter()
-        by_id, known_ids = store.items_by_identity(
+        by_id, known_ids = store.items.by_identity(
             [(it.ext_id, it.key) for it in items if it.ext_id]
         )
-        by_key = store.items_by_text_key([it.key for it in items])
-        paid = {} if self.settings.retry_failed else store.paid_failures([i.key for i in items])
+        by_key = store.items.by_text_key([it.key for it in items])
+        paid = {} if self.settings.retry_failed else store.failures.paid([i.key for i in items])
         clf.know([r.label_id for r in (*by_id.values(), *by_key.values())])
         elapsed = (time.perf_counter() - start) / max(1, len(items))
         pending: list[Item] = []
@@ -157,7 +157,7 @@ class Lookup(Delivery):
         resolve = self.clf.space.resolve
         follows = [n is not None and resolve(n[0]) == label for _, label, _, n in answered]
         ids = [n[2] for (_, _, _, n), f in zip(answered, follows) if f]
-        raws = self.clf.store.raw_labels(ids) if ids else {}
+        raws = self.clf.store.items.raw_labels(ids) if ids else {}
         for (it, label, conf, n), follow in zip(answered, follows):
             if follow and raws.get(n[2]) is not None:
                 hits.append(self._hit(it, n[0], raws[n[2]], "model", conf, n[2]))
@@ -220,7 +220,7 @@ class Lookup(Delivery):
 
     def _cache_hits(self, cache_hits, hits) -> None:
         """Rows for items the cache answers: (item, stored label, matched item, similarity)."""
-        raws = self.clf.store.raw_labels([item_id for _, _, item_id, _ in cache_hits])
+        raws = self.clf.store.items.raw_labels([item_id for _, _, item_id, _ in cache_hits])
         for it, label_id, item_id, sim in cache_hits:
             hits.append(self._hit(it, label_id, raws[item_id], "cache", sim, item_id))
             # exact duplicates later in the batch follow this item, not an LLM call

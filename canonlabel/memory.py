@@ -152,7 +152,7 @@ class Memory:
 
     def reload(self) -> None:
         """Rebuild the in-memory label space and cache from the store."""
-        cached = self.store.cached_items(self.dim)
+        cached = self.store.items.cached(self.dim)
         self.space = LabelSpace.load(self.store, self.dim, self.embedder, cached)
         self._load_cache(cached)
         self.consolidated_at = len(self.space.aliases)  # raw labels at the last consolidation
@@ -161,9 +161,7 @@ class Memory:
             if self.settings.router
             else None
         )
-        self.categories: dict[int, str] = dict(
-            self.store.query("SELECT label_id, category FROM label_categories")
-        )
+        self.categories: dict[int, str] = self.store.categories.of_labels()
         self._synced = time.monotonic()
 
     def _load_cache(self, cached) -> None:
@@ -207,10 +205,10 @@ class Memory:
         # every label the items name is read. Ids come from a sequence, not in commit
         # order, so a window of recent ids is read again for late commits.
         after = max(0, self._cache_mark - _SYNC_LOOKBACK)
-        new = [i for i in self.store.cached_ids(after) if i not in self._cached_ids]
-        ids, vectors, labels = self.store.cached_items_by_id(new, self.dim)
+        new = [i for i in self.store.items.cached_ids(after) if i not in self._cached_ids]
+        ids, vectors, labels = self.store.items.cached_by_id(new, self.dim)
         if self.space.refresh():
-            self._load_cache(self.store.cached_items(self.dim))
+            self._load_cache(self.store.items.cached(self.dim))
             self.consolidated_at = len(self.space.aliases)
             if self.router is not None:
                 self.router.refresh()
@@ -223,12 +221,9 @@ class Memory:
         committed, which an index searched in the database can return before a sync)."""
         missing = [int(i) for i in item_ids if int(i) not in self.space.item_label]
         if missing:
-            marks = ",".join("?" * len(missing))
-            rows = self.store.query(
-                f"SELECT id, label_id FROM items WHERE id IN ({marks})", missing
-            )
+            rows = self.store.items.label_ids(missing)
             self.space.item_label.update(rows)
-            self.know([label for _, label in rows])
+            self.know(list(rows.values()))
         return {int(i): self.space.item_label[int(i)] for i in item_ids}
 
     def know(self, label_ids) -> None:
@@ -267,7 +262,7 @@ class Memory:
         s = self.settings
         meta = self.store.meta()
         spent = int(float(meta.get("adjudication_calls", 0)))
-        paid = self.store.count("SELECT count(*) FROM items WHERE source = 'llm'")
+        paid = self.store.items.count(source="llm")
         share, cap = self.grouping().adjudication_share, s.adjudication_budget
         if float(meta.get("llm_error_low", 0.0)) >= CONFIRM_ABOVE:
             # a "same" then takes two answers: twice the calls settle as many pairs
@@ -307,8 +302,8 @@ class Memory:
         (see :mod:`canonlabel.labelspace.consensus`); returns what moved."""
         from canonlabel.labelspace import consensus
 
-        ids, vectors, stored = self.store.cached_items(self.dim)
-        current = self.store.corrections()
+        ids, vectors, stored = self.store.items.cached(self.dim)
+        current = self.store.corrections.all()
         resolve = self.space.resolve
         answers = np.array(
             [
@@ -319,7 +314,7 @@ class Memory:
         )
         from canonlabel.thresholds import wilson_interval
 
-        rechecks = self.store.rechecks()
+        rechecks = self.store.corrections.rechecks()
         overturned, _ = wilson_interval(sum(r.chose for r in rechecks.values()), len(ids))
         stray_moves = overturned >= consensus.STRAY_MOVES_ABOVE  # (low end of its interval)
         disputed = {i: resolve(r.label_id) for i, r in rechecks.items() if r.chose}
@@ -351,7 +346,7 @@ class Memory:
         are stored so no item is asked twice."""
         from canonlabel.labelspace import consensus
 
-        texts = self.store.texts_by_id([c.item_id for c in asked])
+        texts = self.store.items.texts([c.item_id for c in asked])
         requests = consensus.recheck_requests(self.space, texts, asked)
         outputs: list[str | None] = [None] * len(requests)
         calls, alone = 0, list[int]()
@@ -380,7 +375,9 @@ class Memory:
         self.counters["llm_calls"] += calls
         self.counters["recheck_calls"] += calls
         found = consensus.read_rechecks(self.space, asked, outputs)
-        self.store.save_rechecks([r for r, out in zip(found, outputs, strict=True) if out])
+        self.store.corrections.save_rechecks(
+            [r for r, out in zip(found, outputs, strict=True) if out]
+        )
         return found
 
     def _ask_alone(self, requests, positions: list[int], outputs: list) -> int:

@@ -80,7 +80,7 @@ def undo(clf) -> dict:
     if not stack:
         raise CurationError("no hierarchy edit to undo")
     parents, links = stack.pop()
-    clf.store.save_hierarchy([tuple(r) for r in parents], [tuple(r) for r in links])
+    clf.store.hierarchy.save([tuple(r) for r in parents], [tuple(r) for r in links])
     clf.store.set_meta({UNDO_KEY: stack})
     return {"kind": "undo_hierarchy", "left": len(stack)}
 
@@ -114,7 +114,7 @@ def _remove(tree: Tree, pid: int) -> None:
 
 def _save(clf, tree: Tree) -> None:
     """Recount, push the stored tree onto the undo stack and store the edited one."""
-    parents, links = clf.store.hierarchy_rows()
+    parents, links = clf.store.hierarchy.rows()
     stack = [*_stack(clf)[-(UNDO_DEPTH - 1) :], [list(parents), list(links)]]
     counts = clf.label_counts()
     under: dict[int, list[int]] = {}

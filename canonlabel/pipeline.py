@@ -147,10 +147,10 @@ class Classifier(Memory):
         """Canonical labels that hold items, most frequent first (a label the consensus
         emptied, founded by stray answers, is not listed)."""
         counts: Counter[int] = Counter()
-        for label_id, n in self.store.label_item_counts().items():
+        for label_id, n in self.store.members.label_counts().items():
             counts[self.space.resolve(label_id)] += n
         moved: Counter[int] = Counter()
-        for label_id, n in self.store.correction_counts().items():
+        for label_id, n in self.store.corrections.counts().items():
             moved[self.space.resolve(label_id)] += n
         aliases: dict[int, list[str]] = defaultdict(list)
         for raw, label_id in self.space.aliases.items():
@@ -198,14 +198,14 @@ class Classifier(Memory):
     def label_counts(self) -> dict[int, int]:
         """Items per canonical label (merged labels' items counted with their label)."""
         counts: dict[int, int] = {}
-        for label_id, n in self.store.label_item_counts().items():
+        for label_id, n in self.store.members.label_counts().items():
             root = self.space.resolve(label_id)
             counts[root] = counts.get(root, 0) + n
         return counts
 
     def label_count(self) -> int:
         """How many canonical labels hold items."""
-        return len({self.space.resolve(i) for i in self.store.label_item_counts()})
+        return len({self.space.resolve(i) for i in self.store.members.label_counts()})
 
     def label_detail(self, label_id: int, sample: int = 10) -> dict | None:
         """One label: name, count, aliases, a sample of member texts, merge history."""
@@ -213,24 +213,19 @@ class Classifier(Memory):
             return None
         root = self.space.resolve(label_id)
         ids = [i for i in self.space.names if self.space.resolve(i) == root]
-        marks = ",".join("?" * len(ids))
-        query = self.store.query
-        count = self.store.count(f"SELECT count(*) FROM items WHERE label_id IN ({marks})", *ids)
-        members = [
-            r[0]
-            for r in query(
-                f"SELECT text FROM items WHERE label_id IN ({marks}) AND source = 'llm' "
-                f"ORDER BY id LIMIT ?",
-                [*ids, sample],
-            )
-        ]
+        count = self.store.items.count(label_ids=ids)
+        members = self.store.members.label_texts(ids, sample)
         history = [
-            dict(zip(("kind", "raw_label", "from", "into", "similarity", "undone", "at"), r))
-            for r in query(
-                f"SELECT kind, raw_label, from_label, into_label, similarity, undone, created_at "
-                f"FROM merges WHERE into_label IN ({marks}) OR from_label IN ({marks}) ORDER BY id",
-                [*ids, *ids],
-            )
+            {
+                "kind": e.kind,
+                "raw_label": e.raw_label,
+                "from": e.from_label,
+                "into": e.into_label,
+                "similarity": e.similarity,
+                "undone": e.undone,
+                "at": e.created_at,
+            }
+            for e in self.store.log.history(ids)
         ]
         aliases = sorted(a for a, i in self.space.aliases.items() if self.space.resolve(i) == root)
         return {
@@ -247,7 +242,7 @@ class Classifier(Memory):
     def stats(self) -> dict[str, object]:
         """Totals over the whole store."""
         s = self.store
-        by_source = dict(s.query("SELECT source, count(*) FROM items GROUP BY source"))
+        by_source = s.items.count_by_source()
         items = sum(by_source.values())
         hits = by_source.get("exact", 0) + by_source.get("cache", 0) + by_source.get("model", 0)
         return {
@@ -259,19 +254,17 @@ class Classifier(Memory):
             "cached_items": len(self.cache),
             "labels": self.label_count(),
             "raw_labels": len(self.space.aliases),
-            "consensus_moved": sum(self.store.correction_counts().values()),
+            "consensus_moved": sum(self.store.corrections.counts().values()),
             "llm_error_estimate": float(s.meta().get("llm_error_estimate", 0.0)),
-            "merges": s.count("SELECT count(*) FROM merges WHERE undone = 0"),
-            "failures": s.count("SELECT count(*) FROM failures"),
+            "merges": s.log.live_count(),
+            "failures": s.failures.count(),
             "hit_rate": round(hits / items, 4) if items else 0.0,
-            "llm_tokens": s.count(
-                "SELECT coalesce(sum(prompt_tokens + completion_tokens), 0) FROM items"
-            ),
+            "llm_tokens": s.items.tokens(),
             "embedder": self.embedder.id,
             "labeler": self.labeler.id,
             "min_similarity": self.settings.min_similarity,
             "label_similarity": self.settings.label_similarity,
             "router": self.router.summary() if self.router is not None else None,
-            "router_versions": s.count("SELECT count(*) FROM router_versions"),
+            "router_versions": s.router_versions.count(),
             "audits_this_run": self.counters["audits"],
         }

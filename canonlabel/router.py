@@ -304,7 +304,9 @@ class Router:
             self.train_seconds += time.perf_counter() - start
             self._fitted = (head, n)
             if store is not None:
-                store.save_router(head.to_bytes(), {"items": n, "classes": len(head.classes_)})
+                store.router_versions.save(
+                    head.to_bytes(), {"items": n, "classes": len(head.classes_)}
+                )
 
         self._training = threading.Thread(target=fit, name="canonlabel-router", daemon=True)
         self._training.start()

@@ -206,7 +206,7 @@ def _tree(clf):
 def relabel_rows(clf, rows: list[dict]) -> int:
     """Bring ``rows`` up to the final label space in place; returns how many changed."""
     keys = [text_key(r["text"]) for r in rows if r.get("label_id") is not None]
-    stored = clf.store.item_labels(keys) if keys else {}
+    stored = clf.store.items.label_ids_by_key(keys) if keys else {}
     return sum(_relabel(clf, row, stored) for row in rows)
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -175,8 +174,8 @@ def from_store(clf, n_labels: int, examples: int = 3) -> list[Entry]:
     from canonlabel.labelspace import typical_centroids
 
     stats = typical_centroids(clf.space)
-    ids, vectors, labels = clf.store.cached_items(clf.dim)
-    texts = dict(clf.store.query("SELECT id, text FROM items WHERE cached = 1"))
+    ids, vectors, labels = clf.store.items.cached(clf.dim)
+    texts = clf.store.items.texts(cached=True)
     out = []
     for lab in clf.labels()[:n_labels]:
         if lab.id not in stats:
@@ -258,23 +257,15 @@ def annotate(
     for text in texts:
         norm = normalize(text, max_chars)[0]
         key = text_key(norm)
-        row = store.query_one(
-            "SELECT labels FROM annotations WHERE text_key = ? AND taxonomy = ? AND max_labels = ?",
-            (key, tax, max_labels),
-        )
-        if row is not None:
-            out.append((json.loads(row[0]), None, True))
+        stored = store.annotations.get(key, tax, max_labels)
+        if stored is not None:
+            out.append((stored, None, True))
             continue
         try:
             labels = annotate_one(labeler, norm, names, max_labels)
         except LabelError as exc:
             out.append((None, str(exc), False))
             continue
-        with store.write() as c:
-            c.execute(
-                "INSERT INTO annotations VALUES (?, ?, ?, ?, ?) ON CONFLICT "
-                "(text_key, taxonomy, max_labels) DO UPDATE SET labels = excluded.labels",
-                (key, tax, max_labels, json.dumps(labels), time.time()),
-            )
+        store.annotations.save(key, tax, max_labels, labels)
         out.append((labels, None, False))
     return out

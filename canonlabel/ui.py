@@ -17,7 +17,7 @@ def export_html(clf, path: Path, projection: str = "pca", members_per_label: int
     """One self-contained HTML file: the page, its script and style, and the data."""
     explore.project(clf.store, clf.dim, projection)
     pts = explore.points(clf)
-    texts = dict(clf.store.query("SELECT id, text FROM items"))
+    texts = clf.store.items.texts()
     pts["texts"] = [texts[i][:300] for i in pts["ids"]]
     from canonlabel.hierarchy import as_dict
 

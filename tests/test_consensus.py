@@ -98,9 +98,9 @@ def test_consensus_moves_wrong_answers_to_their_cluster_and_keeps_the_raw_answer
         return sum(labels[t] != main[gold[t]] for t in gold)
 
     assert errors(clf) < errors(plain)
-    moved = clf.store.corrections()
+    moved = clf.store.corrections.all()
     assert moved and all(not c.kept for c in moved.values())
-    raw = clf.store.raw_labels(list(moved))
+    raw = clf.store.items.raw_labels(list(moved))
     assert all(raw[i] is not None for i in moved)  # what the LLM said is kept
     assert sum(lab.moved for lab in clf.labels()) == len(moved)
     assert clf.stats()["llm_error_estimate"] > 0
@@ -128,11 +128,11 @@ def test_undo_gives_back_the_llm_answer_and_keeps_it(tmp_path):
     assert report["consensus"]["moved"] > 0
     result = undo(clf.space)
     assert result["kind"] == "undo" and result["kept"] == report["consensus"]["moved"]
-    kept = clf.store.corrections()
+    kept = clf.store.corrections.all()
     assert kept and all(c.kept for c in kept.values())
     clf.consolidate()  # the next consolidation leaves a kept answer alone
-    assert all(c.kept for c in clf.store.corrections().values())
-    assert {i for i in kept} == {i for i, c in clf.store.corrections().items() if c.kept}
+    assert all(c.kept for c in clf.store.corrections.all().values())
+    assert {i for i in kept} == {i for i, c in clf.store.corrections.all().items() if c.kept}
     assert before  # (the items were labelled)
 
 
@@ -240,7 +240,7 @@ def test_second_questions_go_sixteen_a_call_and_alone_when_they_must(tmp_path):
     gold = corpus(n_per_intent=20)
     clf = build(tmp_path, "r", sorted(gold), gold, labeler=_noisy(gold))
     clf.consolidate()
-    asked = len(clf.store.rechecks())
+    asked = len(clf.store.corrections.rechecks())
     assert asked > 16 and clf.counters["recheck_calls"] <= asked // 4  # batches of up to 16
 
     class Closed(SimulatedLLM):  # no free completions: one question a call, as before
@@ -250,4 +250,4 @@ def test_second_questions_go_sixteen_a_call_and_alone_when_they_must(tmp_path):
     other = build(tmp_path, "s", sorted(gold), gold, labeler=Closed(gold, inconsistency=0.3,
                   error_rate=0.2))  # fmt: skip
     other.consolidate()
-    assert other.counters["recheck_calls"] >= len(other.store.rechecks()) > 0
+    assert other.counters["recheck_calls"] >= len(other.store.corrections.rechecks()) > 0

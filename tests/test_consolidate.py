@@ -239,7 +239,7 @@ def test_same_is_not_transitive_through_one_generic_raw_label(tmp_path, other):
             c.execute("INSERT INTO adjudications VALUES (?, 1, 0)", (pair + "#2",))
     clf.consolidate(adjudication_budget=3)
     labels = final_labels(clf)
-    heads = clf.store.adjudications()["card_delivery_question|unrelated_side_matter"]
+    heads = clf.store.adjudications.get()["card_delivery_question|unrelated_side_matter"]
     assert heads == (other == "card_arrival")  # the heads' pair was asked
     joined = labels[side_a[1]] == labels[side_b[1]]
     assert joined == heads

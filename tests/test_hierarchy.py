@@ -154,7 +154,7 @@ def test_parents_are_renamed_moved_and_merged_and_each_edit_undone_exactly(tmp_p
     clf, gold = _store(tmp_path)
     tree = clf.hierarchy(top=2)
     a, b = tree.top()
-    stored = clf.store.hierarchy_rows()
+    stored = clf.store.hierarchy.rows()
 
     parents.rename(clf, a.id, "Card Things")
     assert clf.hierarchy(refit=False).parents[a.id].name == "card_things"
@@ -174,7 +174,7 @@ def test_parents_are_renamed_moved_and_merged_and_each_edit_undone_exactly(tmp_p
 
     for _ in range(3):
         parents.undo(clf)
-    assert clf.store.hierarchy_rows() == stored  # back exactly as fitted
+    assert clf.store.hierarchy.rows() == stored  # back exactly as fitted
     with pytest.raises(CurationError):
         parents.undo(clf)
     with pytest.raises(CurationError):

@@ -268,15 +268,25 @@ def test_the_over_time_charts_draw_curves_and_unstretched_text(page):
 
 def test_curves_split_any_store_into_about_fifty_windows():
     from canonlabel import explore
+    from canonlabel.store.items import ItemSummary
 
-    class Store:
+    class Items:
         def __init__(self, n):
             self.n = n
 
-        def query(self, sql, params=()):
-            if "FROM labels" in sql:
-                return [(0.5,), (7.5,)]
-            return [("llm" if i % 3 else "cache", float(i)) for i in range(self.n)]
+        def summaries(self):
+            return [
+                ItemSummary(i, 1, "llm" if i % 3 else "cache", None, float(i))
+                for i in range(self.n)
+            ]
+
+    class Labels:
+        def created_times(self):
+            return [0.5, 7.5]
+
+    class Store:
+        def __init__(self, n):
+            self.items, self.labels = Items(n), Labels()
 
     class Clf:
         router = None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from canonlabel.embed.base import Embedder
+from canonlabel.store.caches import VectorCache
 
 
 class CachingEmbedder(Embedder):
@@ -18,11 +18,8 @@ class CachingEmbedder(Embedder):
 
     def __init__(self, base: Embedder, path: str | Path) -> None:
         self.base, self.id, self.batch_size = base, base.id, 4096
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._vectors = VectorCache(path)
         self._lock = threading.Lock()  # LLM worker threads embed labels too
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, v BLOB)")
         self.hits = 0
 
     @property
@@ -38,22 +35,14 @@ class CachingEmbedder(Embedder):
 
     def _embed_batch(self, texts: Sequence[str]) -> np.ndarray:
         keys = [self._key(t) for t in texts]
-        found: dict[str, bytes] = {}
-        unique = list(dict.fromkeys(keys))
-        for start in range(0, len(unique), 500):
-            chunk = unique[start : start + 500]
-            found.update(
-                self._conn.execute(
-                    f"SELECT key, v FROM vectors WHERE key IN ({','.join('?' * len(chunk))})", chunk
-                )
-            )
+        found = self._vectors.get(keys)
         missing = [i for i, k in enumerate(keys) if k not in found]
         self.hits += len(keys) - len(missing)
         if missing:
             todo = list(dict.fromkeys(texts[i] for i in missing))
             vectors = self.base.embed(todo)
             rows = [(self._key(t), v.tobytes()) for t, v in zip(todo, vectors)]
-            self._conn.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?)", rows)
+            self._vectors.put(rows)
             found.update(rows)
         return np.stack([np.frombuffer(found[k], dtype=np.float32) for k in keys])
 

@@ -27,8 +27,8 @@ class PgVectorIndex(VectorIndex):
         """Nothing to do: the rows already carry their embeddings."""
 
     def snapshot(self) -> tuple[np.ndarray, np.ndarray]:
-        ids, vectors, _ = self.store.cached_items(self.dim)
+        ids, vectors, _ = self.store.items.cached(self.dim)
         return ids, vectors
 
     def __len__(self) -> int:
-        return self.store.count("SELECT count(*) FROM items WHERE cached = 1")
+        return self.store.items.count(cached=True)

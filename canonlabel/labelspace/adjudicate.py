@@ -26,7 +26,6 @@ of the time instead of e. A "different" decides alone: it only leaves a group ap
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -273,15 +272,7 @@ def _ask_one_by_one(labeler: Labeler, shown: list, budget: int) -> tuple[dict[in
 
 
 def _store(store, answers: dict[str, bool]) -> None:
-    if not answers:
-        return
-    with store.write() as c:
-        for key, same in answers.items():
-            c.execute(
-                "INSERT INTO adjudications VALUES (?, ?, ?) ON CONFLICT (pair) DO UPDATE SET "
-                "same = excluded.same, created_at = excluded.created_at",
-                (key, int(same), time.time()),
-            )
+    store.adjudications.save(answers)
 
 
 class Adjudication:
@@ -322,7 +313,7 @@ class Adjudication:
         if len(self.rows) < 2:
             return
         group_of = {raw: g for g, raws in enumerate(self.raws) for raw in raws}
-        self.stored = stored = self.store.adjudications()
+        self.stored = stored = self.store.adjudications.get()
         checks: dict[str, tuple[int, int]] = {}  # joins waiting for their heads' answer
         for key in sorted({k.partition("#")[0] for k in stored}):
             same, _ = verdict(stored, key, confirm)
@@ -371,7 +362,7 @@ class Adjudication:
         the next most typical member texts (the first ones when there are too few)."""
         if g not in self._examples:
             assert self._top_centroids is not None  # set whenever there are groups
-            texts = self.store.typical_member_texts(
+            texts = self.store.members.typical_texts(
                 [self.top[g]], self._top_centroids[g], EXAMPLES * VARIANTS
             )
             self._examples[g] = texts
@@ -386,7 +377,7 @@ class Adjudication:
         if len(self.rows) < 2:
             return []
         g = max(range(len(self.rows)), key=lambda i: (len(self.rows[i]), -i))
-        texts = self.store.typical_member_texts(self.raws[g], self.content[g], 2 * EXAMPLES)
+        texts = self.store.members.typical_texts(self.raws[g], self.content[g], 2 * EXAMPLES)
         same = ((self.top[g], texts[:EXAMPLES]), (self.top[g], texts[EXAMPLES:] or texts))
         return [(same, True), ((self._shown(g), PLACEHOLDER), False)]
 

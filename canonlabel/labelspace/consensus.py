@@ -356,11 +356,11 @@ def apply(
     store = space.store
     if moved or restored:
         with space.rewrite() as c:
-            store.write_corrections(c, moved, restored)
+            store.corrections.write(c, moved, restored)
         space.reload()
     from canonlabel.thresholds import wilson_interval
 
-    standing = sum(store.correction_counts().values())  # corrections not kept
+    standing = sum(store.corrections.counts().values())  # corrections not kept
     low, _ = wilson_interval(standing, answers)
     store.set_meta(
         {
@@ -374,7 +374,7 @@ def apply(
 
 
 def _merge_emptied(space, touched: set[int], join: float) -> int:
-    counts = space.store.label_item_counts()
+    counts = space.store.members.label_counts()
     held = {space.resolve(i) for i, n in counts.items() if n}
     empty = sorted(
         r for r in {space.resolve(i) for i in touched} if r not in held and r not in space.pinned
@@ -392,7 +392,7 @@ def _merge_emptied(space, touched: set[int], join: float) -> int:
             merges.append((label, targets[best], round(float(sims[best]), 4)))
     if merges:
         with space.rewrite() as c:
-            space.store.merge_emptied(c, merges)
+            space.store.labels.merge_emptied(c, merges)
         space.reload()
     return len(merges)
 
@@ -405,9 +405,9 @@ def revert(space, entry: int, detail: dict) -> dict:
     moved = [Correction(*row) for row in detail["moved"]]
     restored = [Correction(*row) for row in detail["restored"]]
     with space.rewrite() as c:
-        space.store.write_corrections(
+        space.store.corrections.write(
             c, [replace(m, kept=True) for m in moved] + restored, moved, log=False
         )
-        space.store.mark_undone(c, entry)
+        space.store.log.mark_undone(c, entry)
     space.reload()
     return {"kind": "undo", "consensus": entry, "kept": len(moved), "moved": len(restored)}

@@ -26,7 +26,6 @@ usage-weighted mean of its raw labels' name embeddings. Everything is one transa
 from __future__ import annotations
 
 import base64
-import json
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -47,7 +46,7 @@ from canonlabel.labelspace.evidence import (
     similarity,
 )
 from canonlabel.labelspace.space import LabelSpace
-from canonlabel.store import to_blob
+from canonlabel.store.labels import Labels
 from canonlabel.types import Grouping
 
 # The generic grouping (one definition: canonlabel.types.Grouping). THRESHOLD is grouped
@@ -350,46 +349,43 @@ def consolidate(
 def _apply(space: LabelSpace, ev: Evidence, result: Plan) -> int:
     """Write a plan in one transaction and log it; returns the log entry id."""
     detail: dict = {"moves": [], "merges": [], "renames": [], "created": [], "vectors": {}}
+    assert space.store is not None
     with space.rewrite() as c:
         for raw, vector in ev.new_vectors.items():
-            c.execute("UPDATE aliases SET vector = ? WHERE raw_label = ?", (to_blob(vector), raw))
+            space.store.aliases.set_vector(c, raw, vector)
         ids = write_labels(space, c, result, _representatives(ev, result), detail)
         for raw, old, g in result.moves:
             stored = space.aliases[raw]
             _move(space, c, raw, old, ids[g])
             detail["moves"].append([raw, stored, ids[g]])
-        return log_consolidation(c, result.merges, ids, detail)
+        return log_consolidation(space, c, result.merges, ids, detail)
 
 
 def write_labels(space: LabelSpace, c, result, reps, detail: dict) -> list[int]:
     """Renames first (they free names for new labels), then each group's label: created,
     or its representative replaced (the old one logged). Returns the label id per group."""
-    _rename(c, [(i, new) for i, _, new in result.renames])
+    assert space.store is not None
+    labels = space.store.labels
+    _rename(labels, c, [(i, new) for i, _, new in result.renames])
     detail["renames"] = [[i, old] for i, old, _ in result.renames]
     ids = list(result.targets)
     for g, target in enumerate(ids):
         if target is None:
-            assert space.store is not None
-            ids[g] = space.store.insert_label(c, result.names[g], reps[g])
+            ids[g] = labels.insert(c, result.names[g], reps[g])
             detail["created"].append(ids[g])
         else:
             detail["vectors"][str(target)] = _b64(space.representative(target))
-            c.execute("UPDATE labels SET vector = ? WHERE id = ?", (to_blob(reps[g]), target))
+            labels.set_vector(c, target, reps[g])
     return ids
 
 
-def log_consolidation(c, merges, ids: list[int], detail: dict) -> int:
+def log_consolidation(space: LabelSpace, c, merges, ids: list[int], detail: dict) -> int:
     """Point old labels at their groups and log the consolidation; returns the entry id."""
+    assert space.store is not None
     for old, g in merges:
-        c.execute("UPDATE labels SET merged_into = ? WHERE id = ?", (ids[g], old))
+        space.store.labels.merge(c, old, ids[g])
         detail["merges"].append([old, ids[g]])
-    return int(
-        c.execute(
-            "INSERT INTO merges (kind, into_label, created_at, detail) "
-            "VALUES ('consolidate', 0, ?, ?) RETURNING id",
-            (time.time(), json.dumps(detail)),
-        ).fetchone()[0]
-    )
+    return space.store.log.add(c, "consolidate", detail=detail)
 
 
 def _representatives(ev: Evidence, result: Plan) -> list[np.ndarray]:
@@ -401,67 +397,48 @@ def _representatives(ev: Evidence, result: Plan) -> list[np.ndarray]:
     return out
 
 
-def _rename(c, renames: list[tuple[int, str]]) -> None:
+def _rename(labels: Labels, c, renames: list[tuple[int, str]]) -> None:
     """Rename in two steps, so names can move between labels without a UNIQUE clash."""
     for label_id, _ in renames:
-        c.execute(
-            "UPDATE labels SET name = ? WHERE id = ?", (f"~consolidating~{label_id}", label_id)
-        )
+        labels.rename(c, label_id, f"~consolidating~{label_id}")
     for label_id, name in renames:
-        c.execute("UPDATE labels SET name = ? WHERE id = ?", (name, label_id))
+        labels.rename(c, label_id, name)
 
 
 def _move(space: LabelSpace, c, raw: str, old_root: int, new_label: int) -> None:
     """Point a raw label at another label; its items (and the hits that reused it) follow,
     except items a person moved elsewhere by hand."""
-    c.execute("UPDATE aliases SET label_id = ? WHERE raw_label = ?", (new_label, raw))
+    assert space.store is not None
+    space.store.aliases.move(c, raw, new_label)
     family = [i for i in space.names if space.resolve(i) == old_root]
-    marks = ",".join("?" * len(family))
-    c.execute(
-        f"UPDATE items SET label_id = ? WHERE raw_label = ? AND label_id IN ({marks})",
-        [new_label, raw, *family],
-    )
+    space.store.items.relabel_raw(c, raw, new_label, family)
 
 
 def revert(space: LabelSpace, entry: int, detail: dict) -> dict:
     """Undo consolidation ``entry``: merges, moves, renames and representatives go back;
     labels it created are removed once nothing refers to them."""
+    store = space.store
+    assert store is not None
     with space.rewrite() as c:
         for old, _ in detail["merges"]:
-            c.execute("UPDATE labels SET merged_into = NULL WHERE id = ?", (old,))
+            store.labels.merge(c, old, None)
         for item, stored, moved_to in reversed(detail.get("items", [])):  # by items
-            c.execute(
-                "UPDATE items SET label_id = ? WHERE id = ? AND label_id = ?",
-                (stored, item, moved_to),
-            )
+            store.items.relabel(c, [item], stored, was=moved_to)
         for raw, stored, _ in reversed(detail.get("aliases", [])):
-            c.execute("UPDATE aliases SET label_id = ? WHERE raw_label = ?", (stored, raw))
+            store.aliases.move(c, raw, stored)
         for raw, stored, moved_to in reversed(detail["moves"]):
-            c.execute("UPDATE aliases SET label_id = ? WHERE raw_label = ?", (stored, raw))
-            c.execute(
-                "UPDATE items SET label_id = ? WHERE raw_label = ? AND label_id = ?",
-                (stored, raw, moved_to),
-            )
+            store.aliases.move(c, raw, stored)
+            store.items.relabel_raw(c, raw, stored, [moved_to])
         for label_id, blob in detail["vectors"].items():
-            c.execute(
-                "UPDATE labels SET vector = ? WHERE id = ?", (base64.b64decode(blob), int(label_id))
-            )
+            vector = np.frombuffer(base64.b64decode(blob), dtype=np.float32)
+            store.labels.set_vector(c, int(label_id), vector)
         # Created labels go first: one may hold a name a renamed label takes back.
         wanted = {old for _, old in detail["renames"]}
         for label_id in detail["created"]:
-            used = c.execute(
-                "SELECT (SELECT count(*) FROM items WHERE label_id = ?) + "
-                "(SELECT count(*) FROM aliases WHERE label_id = ?) + "
-                "(SELECT count(*) FROM labels WHERE merged_into = ?)",
-                (label_id, label_id, label_id),
-            ).fetchone()[0]
-            if not used:
-                c.execute("DELETE FROM label_fts WHERE label_id = ?", (label_id,))
-                c.execute("DELETE FROM labels WHERE id = ?", (label_id,))
-                continue
-        _free_names(c, wanted, {i for i, _ in detail["renames"]})
-        _rename(c, [(i, old) for i, old in detail["renames"]])
-        c.execute("UPDATE merges SET undone = 1 WHERE id = ?", (entry,))
+            store.labels.delete_unused(c, label_id)
+        _free_names(store.labels, c, wanted, {i for i, _ in detail["renames"]})
+        _rename(store.labels, c, [(i, old) for i, old in detail["renames"]])
+        store.log.mark_undone(c, entry)
     space.reload()
     return {
         "kind": "undo",
@@ -472,19 +449,15 @@ def revert(space: LabelSpace, entry: int, detail: dict) -> dict:
     }
 
 
-def _free_names(c, wanted: set[str], renamed: set[int]) -> None:
+def _free_names(labels: Labels, c, wanted: set[str], renamed: set[int]) -> None:
     """A label that holds a name being given back — created by this consolidation and
     still used, or made since (a split, a new raw label) — keeps its items under a free
     name (``~`` never appears in a label name)."""
     if not wanted:
         return
-    marks = ",".join("?" * len(wanted))
-    holders = c.execute(
-        f"SELECT id, name FROM labels WHERE name IN ({marks})", sorted(wanted)
-    ).fetchall()
-    for label_id, name in holders:
+    for label_id, name in labels.holders(c, sorted(wanted)):
         if label_id not in renamed:
-            c.execute("UPDATE labels SET name = ? WHERE id = ?", (f"{name}~{label_id}", label_id))
+            labels.rename(c, label_id, f"{name}~{label_id}")
 
 
 def _unit(v: np.ndarray) -> np.ndarray:

@@ -11,7 +11,6 @@ merge or consolidation exactly.
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 
 import numpy as np
@@ -19,7 +18,12 @@ import numpy as np
 from canonlabel.canon import InvalidLabel, clean_label, label_text
 from canonlabel.errors import CurationError
 from canonlabel.labelspace.space import LabelSpace
-from canonlabel.store import from_blobs, to_blob
+from canonlabel.store import Store, from_blobs
+
+
+def _store(space: LabelSpace) -> Store:
+    assert space.store is not None  # curation works on a loaded label space
+    return space.store
 
 
 def _root(space: LabelSpace, label_id: int) -> int:
@@ -41,16 +45,13 @@ def merge(space: LabelSpace, source: int, into: int, *, pin: bool = True) -> dic
     if source == into:
         raise CurationError("cannot merge a label into itself")
     sim = float(space.representative(source) @ space.representative(into))
-    detail = json.dumps({"pinned_before": into in space.pinned})
+    detail = {"pinned_before": into in space.pinned}
+    store = _store(space)
     with space.rewrite() as c:
-        c.execute("UPDATE labels SET merged_into = ? WHERE id = ?", (into, source))
+        store.labels.merge(c, source, into)
         if pin:
-            c.execute("UPDATE labels SET pinned = 1 WHERE id = ?", (into,))
-        c.execute(
-            "INSERT INTO merges (kind, from_label, into_label, similarity, created_at, detail) "
-            "VALUES ('merge', ?, ?, ?, ?, ?)",
-            (source, into, sim, time.time(), detail),
-        )
+            store.labels.pin(c, [into])
+        store.log.add(c, "merge", from_label=source, into_label=into, similarity=sim, detail=detail)
     space.reload()
     return {"kind": "merge", "from": source, "into": into, "similarity": round(sim, 4)}
 
@@ -58,28 +59,25 @@ def merge(space: LabelSpace, source: int, into: int, *, pin: bool = True) -> dic
 def undo(space: LabelSpace) -> dict:
     """Revert the most recent merge, consolidation or consensus correction that is not
     undone yet (undoing a correction keeps those items' LLM answers from then on)."""
-    assert space.store is not None
-    row = space.store.query_one(
-        "SELECT id, from_label, into_label, kind, detail FROM merges "
-        "WHERE kind IN ('merge', 'consolidate', 'consensus') AND undone = 0 "
-        "ORDER BY id DESC LIMIT 1"
-    )
+    store = _store(space)
+    row = store.log.last_undoable()
     if row is None:
         raise CurationError("nothing to undo: no merge or consolidation is left")
-    entry, source, into, kind, detail = row
-    if kind == "consensus":
+    entry, source, into = row.id, row.from_label, row.into_label
+    if row.kind == "consensus":
         from canonlabel.labelspace.consensus import revert as revert_consensus
 
-        return revert_consensus(space, entry, json.loads(detail))
-    if kind == "consolidate":
+        return revert_consensus(space, entry, row.details())
+    if row.kind == "consolidate":
         from canonlabel.labelspace.consolidate import revert
 
-        return revert(space, entry, json.loads(detail))
-    pinned_before = json.loads(detail or "{}").get("pinned_before", True)
+        return revert(space, entry, row.details())
+    assert source is not None  # a merge names the label it merged
+    pinned_before = row.details().get("pinned_before", True)
     with space.rewrite() as c:
-        c.execute("UPDATE labels SET merged_into = NULL WHERE id = ?", (source,))
-        c.execute("UPDATE labels SET pinned = ? WHERE id = ?", (int(pinned_before), into))
-        c.execute("UPDATE merges SET undone = 1 WHERE id = ?", (entry,))
+        store.labels.merge(c, source, None)
+        store.labels.pin(c, [into], pinned_before)
+        store.log.mark_undone(c, entry)
     space.reload()
     return {"kind": "undo", "merge": entry, "from": source, "into": into}
 
@@ -103,18 +101,13 @@ def rename(space: LabelSpace, label_id: int, name: str) -> dict:
     old = space.names[label_id]
     assert space.embedder is not None
     vector = space.embedder.embed([label_text(name)])[0]
+    store = _store(space)
     with space.rewrite() as c:
-        c.execute(
-            "UPDATE labels SET name = ?, vector = ?, pinned = 1 WHERE id = ?",
-            (name, to_blob(vector), label_id),
-        )
+        store.labels.rename(c, label_id, name, vector=vector, pin=True)
         if owner is None:
-            assert space.store is not None
-            space.store.insert_alias(c, name, label_id, None, vector)
-        c.execute(
-            "INSERT INTO merges (kind, raw_label, from_label, into_label, created_at) "
-            "VALUES ('rename', ?, ?, ?, ?)",
-            (json.dumps([old, name]), label_id, label_id, time.time()),
+            store.aliases.insert(c, name, label_id, None, vector)
+        store.log.add(
+            c, "rename", raw_label=json.dumps([old, name]), from_label=label_id, into_label=label_id
         )
     space.reload()
     return {"kind": "rename", "id": label_id, "from": old, "to": name}
@@ -163,14 +156,8 @@ def split(
 
 def _members(space: LabelSpace, label_id: int) -> list[dict]:
     ids = [i for i in space.names if space.resolve(i) == label_id]
-    marks = ",".join("?" * len(ids))
-    assert space.store is not None
-    rows = space.store.query(
-        f"SELECT id, raw_label, vector FROM items WHERE cached = 1 AND source IN ('llm', 'cluster') "
-        f"AND label_id IN ({marks}) ORDER BY id",
-        ids,
-    )
-    return [{"id": r[0], "raw_label": r[1], "vector": r[2]} for r in rows]
+    rows = _store(space).members.cached(ids)
+    return [{"id": r.id, "raw_label": r.raw_label, "vector": r.vector} for r in rows]
 
 
 def _kmeans_groups(space: LabelSpace, members: list[dict], k: int | None) -> list[list[int]]:
@@ -187,38 +174,32 @@ def _kmeans_groups(space: LabelSpace, members: list[dict], k: int | None) -> lis
 def _apply_split(space, label_id, members, moved_sets, name, aliases) -> list[dict]:
     by_id = {m["id"]: m for m in members}
     created = []
+    store = _store(space)
     with space.rewrite() as c:
         for n, moved in enumerate(moved_sets):
             raws = Counter(by_id[i]["raw_label"] for i in moved)
             base = name if (name and n == 0) else raws.most_common(1)[0][0]
-            new_name = _free_name(space, c, base)
+            new_name = _free_name(store, c, base)
             vectors = from_blobs([by_id[i]["vector"] for i in moved], space.dim)
             rep = space.embedder.embed([label_text(new_name)])[0]
-            new_id = space.store.insert_label(c, new_name, rep)
+            new_id = store.labels.insert(c, new_name, rep)
             # split by hand: consolidation must not fold the pieces back together
-            c.execute("UPDATE labels SET pinned = 1 WHERE id IN (?, ?)", (new_id, label_id))
-            marks = ",".join("?" * len(moved))
-            c.execute(f"UPDATE items SET label_id = ? WHERE id IN ({marks})", [new_id, *moved])
-            c.execute(
-                f"UPDATE items SET label_id = ? WHERE matched_item IN ({marks})", [new_id, *moved]
-            )  # hits follow the item they matched
+            store.labels.pin(c, [new_id, label_id])
+            store.items.relabel(c, list(moved), new_id)
+            store.items.relabel_hits(c, list(moved), new_id)  # hits follow their item
             for raw in aliases or []:
-                c.execute("UPDATE aliases SET label_id = ? WHERE raw_label = ?", (new_id, raw))
+                store.aliases.move(c, raw, new_id)
             if new_name not in space.aliases:
-                space.store.insert_alias(c, new_name, new_id, None, rep)
+                store.aliases.insert(c, new_name, new_id, None, rep)
             centroid = vectors.mean(0)
             sim = float(centroid @ rep / max(np.linalg.norm(centroid), 1e-12))
-            c.execute(
-                "INSERT INTO merges (kind, from_label, into_label, similarity, "
-                "created_at) VALUES ('split', ?, ?, ?, ?)",
-                (label_id, new_id, sim, time.time()),
-            )
+            store.log.add(c, "split", from_label=label_id, into_label=new_id, similarity=sim)
             created.append({"id": new_id, "name": new_name, "items": len(moved)})
     return created
 
 
-def _free_name(space, conn, base: str) -> str:
-    taken = {r[0] for r in conn.execute("SELECT name FROM labels")}
+def _free_name(store: Store, conn, base: str) -> str:
+    taken = store.labels.names(conn)
     name, n = base, 2
     while name in taken:
         name, n = f"{base}_{n}"[:60], n + 1
@@ -231,7 +212,7 @@ def typical_centroids(
     """Per root label: centroid of its most typical members (the ``keep`` share closest to
     the plain centroid), member count, and spread (1 - mean cosine to the centroid)."""
     assert space.store is not None
-    ids, vectors, labels = space.store.cached_items(space.dim)
+    ids, vectors, labels = space.store.items.cached(space.dim)
     out = {}
     roots = np.array([space.resolve(int(x)) for x in labels], dtype=np.int64)
     for root in np.unique(roots):

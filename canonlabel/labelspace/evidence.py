@@ -61,29 +61,25 @@ def gather(space: LabelSpace) -> Evidence:
     its core name's embedding."""
     store = space.store
     assert store is not None  # consolidation works on a loaded label space
-    rows = store.query(
-        "SELECT raw_label, label_id, vector FROM items WHERE vector IS NOT NULL "
-        "AND raw_label IS NOT NULL "
-        "AND (source = 'cache' OR (cached = 1 AND source IN ('llm', 'cluster')))"
-    )
+    rows = store.members.raw_label_vectors()
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = defaultdict(int)
     rows = sorted(  # by raw label and vector: sums never depend on arrival order
         (
             r
             for r in rows
-            if (o := space.aliases.get(r[0])) is not None
-            and space.resolve(r[1]) == space.resolve(o)
+            if (o := space.aliases.get(r.raw_label)) is not None
+            and space.resolve(r.label_id) == space.resolve(o)
         ),
-        key=lambda r: (r[0], bytes(r[2])),
+        key=lambda r: (r.raw_label, bytes(r.vector)),
     )
-    vectors = from_blobs([r[2] for r in rows], space.dim)
+    vectors = from_blobs([r.vector for r in rows], space.dim)
     for (raw, _, _), vector in zip(rows, vectors, strict=False):
         sums[raw] = sums[raw] + vector if raw in sums else vector.copy()
         counts[raw] += 1
     raws = sorted(sums)
-    uses = store.raw_label_uses()
-    known = store.alias_vectors(space.dim)
+    uses = store.members.raw_label_uses()
+    known = store.aliases.vectors(space.dim)
     missing = [r for r in raws if r not in known]
     new: dict[str, np.ndarray] = {}
     if missing:

@@ -67,29 +67,21 @@ class ItemPlan:
     renames: list[tuple[int, str, str]] = field(default_factory=list)
 
 
-# Every item with a vector; an exact duplicate (stored without one) takes its original's,
-# so it lands wherever the original does.
-ITEMS = (
-    "SELECT i.id, i.label_id, i.raw_label, COALESCE(i.vector, m.vector) FROM items i "
-    "LEFT JOIN items m ON m.id = i.matched_item WHERE COALESCE(i.vector, m.vector) IS NOT NULL"
-)
-
-
 def gather_items(space: LabelSpace) -> Items:
     """Every item with a vector (its own, or an exact duplicate's original's) outside
     pinned labels, sorted by vector (order-invariant), and the core-name embedding of each
     raw label they carry."""
     assert space.store is not None
-    rows = space.store.query(ITEMS)
-    rows = [r for r in rows if space.resolve(r[1]) not in space.pinned]
-    rows.sort(key=lambda r: (bytes(r[3]), r[2] or "", r[0]))
-    vectors = from_blobs([r[3] for r in rows], space.dim).astype(np.float64)
+    rows = space.store.members.vectors()
+    rows = [r for r in rows if space.resolve(r.label_id) not in space.pinned]
+    rows.sort(key=lambda r: (bytes(r.vector), r.raw_label or "", r.id))
+    vectors = from_blobs([r.vector for r in rows], space.dim).astype(np.float64)
     vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     items = Items(
-        np.array([r[0] for r in rows], dtype=np.int64),
-        np.array([r[1] for r in rows], dtype=np.int64),
-        np.array([space.resolve(r[1]) for r in rows], dtype=np.int64),
-        [r[2] for r in rows],
+        np.array([r.id for r in rows], dtype=np.int64),
+        np.array([r.label_id for r in rows], dtype=np.int64),
+        np.array([space.resolve(r.label_id) for r in rows], dtype=np.int64),
+        [r.raw_label for r in rows],
         vectors,
     )
     sums: dict[str, np.ndarray] = {}
@@ -281,19 +273,21 @@ def _apply(space: LabelSpace, items: Items, result: ItemPlan, aliases: dict[str,
     detail: dict = {"moves": [], "merges": [], "renames": [], "created": [], "vectors": {}}
     detail |= {"items": [], "aliases": []}
     reps = _representatives(space, items, result, aliases)
+    store = space.store
+    assert store is not None
     with space.rewrite() as c:
         ids = write_labels(space, c, result, reps, detail)
         for k, rows in enumerate(result.clusters):
             for item, stored in zip(items.ids[rows].tolist(), items.stored[rows].tolist()):
                 if stored != ids[k]:
-                    c.execute("UPDATE items SET label_id = ? WHERE id = ?", (ids[k], item))
+                    store.items.relabel(c, [item], ids[k])
                     detail["items"].append([item, stored, ids[k]])
         for raw in sorted(aliases):
             now, new = space.aliases.get(raw), ids[aliases[raw]]
             if now is not None and now != new and space.resolve(now) not in space.pinned:
-                c.execute("UPDATE aliases SET label_id = ? WHERE raw_label = ?", (new, raw))
+                store.aliases.move(c, raw, new)
                 detail["aliases"].append([raw, now, new])
-        return log_consolidation(c, result.merges, ids, detail)
+        return log_consolidation(space, c, result.merges, ids, detail)
 
 
 def _representatives(space, items: Items, result: ItemPlan, aliases) -> list[np.ndarray]:
@@ -301,7 +295,7 @@ def _representatives(space, items: Items, result: ItemPlan, aliases) -> list[np.
     its name's embedding (what a new raw label is compared with)."""
     from canonlabel.canon import label_text
 
-    known = space.store.alias_vectors(space.dim)
+    known = space.store.aliases.vectors(space.dim)
     uses = Counter(r for r in items.raw if r is not None)
     pointing: dict[int, list[str]] = defaultdict(list)
     for raw, k in sorted(aliases.items()):

@@ -66,12 +66,12 @@ class LabelSpace:
         cached: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     ) -> LabelSpace:
         """Read labels, aliases and the semantic cache's members (``cached`` is
-        ``store.cached_items(dim)`` when the caller already has it)."""
+        ``store.items.cached(dim)`` when the caller already has it)."""
         space = cls(dim)
         space.store, space.embedder = store, embedder
         space.epoch = store.epoch()
-        rows = store.label_rows()
-        vectors = from_blobs([r[2] for r in rows], dim)
+        rows = store.labels.rows()
+        vectors = from_blobs([r.vector for r in rows], dim)
         for (label_id, name, _, merged_into), vector in zip(rows, vectors, strict=False):
             space.names[label_id] = name
             space._rep_rows[label_id] = vector
@@ -80,8 +80,8 @@ class LabelSpace:
         space._label_mark = max(space.names, default=0)
         space._rebuild_reps()
         space._read_aliases()
-        space.pinned = store.pinned_labels()
-        item_ids, item_vectors, label_ids = cached or store.cached_items(dim)
+        space.pinned = store.labels.pinned()
+        item_ids, item_vectors, label_ids = cached or store.items.cached(dim)
         space.add_members(item_ids, label_ids, item_vectors)
         return space
 
@@ -106,20 +106,20 @@ class LabelSpace:
         # has its label in the label read that follows (the other way round, one committed
         # in between left an alias pointing at a label this process had not read)
         self._read_aliases()
-        rows = self.store.label_rows(after=self._label_mark)
+        rows = self.store.labels.rows(after=self._label_mark)
         for (label_id, name, _, _), vector in zip(
-            rows, from_blobs([r[2] for r in rows], self.dim), strict=False
+            rows, from_blobs([r.vector for r in rows], self.dim), strict=False
         ):
             self.add_label(label_id, name, vector)
-        self._label_mark = max(self._label_mark, *(r[0] for r in rows), 0)
+        self._label_mark = max(self._label_mark, *(r.id for r in rows), 0)
         return False
 
     def _read_aliases(self) -> None:
         assert self.store is not None
-        rows = self.store.alias_rows(after=self._alias_mark)
-        self.aliases.update((raw, label_id) for raw, label_id, _ in rows)
+        rows = self.store.aliases.rows(after=self._alias_mark)
+        self.aliases.update((r.raw_label, r.label_id) for r in rows)
         if rows:
-            self._alias_mark = max(self._alias_mark, rows[-1][2])
+            self._alias_mark = max(self._alias_mark, rows[-1].seq)
 
     @contextmanager
     def rewrite(self) -> Iterator[Tx]:
@@ -209,7 +209,7 @@ class LabelSpace:
         if source in ("embedding", "both"):
             ids += self.nearest_by_centroid(vector, k, min_similarity)
         if source in ("fulltext", "both") and self.store is not None:
-            ft = [self.resolve(i) for i in self.store.fulltext_labels(text, k)]
+            ft = [self.resolve(i) for i in self.store.labels.search(text, k)]
             ids = _interleave(ids, ft) if ids else ft
         names = list(dict.fromkeys(self.names[i] for i in ids))
         return tuple(names[:k])
@@ -250,16 +250,17 @@ class LabelSpace:
         if label_id is None:
             assert self.store is not None
             assert vector is not None  # decide() raised for an unknown raw label without one
-            label_id = self.store.insert_label(conn, raw_label, vector)
-            self.store.insert_alias(conn, raw_label, label_id, None, vector)
+            label_id = self.store.labels.insert(conn, raw_label, vector)
+            self.store.aliases.insert(conn, raw_label, label_id, None, vector)
         elif not decision.known:
             assert self.store is not None
-            self.store.insert_alias(conn, raw_label, label_id, decision.similarity, vector)
+            self.store.aliases.insert(conn, raw_label, label_id, decision.similarity, vector)
         return label_id, decision
 
     def _label_named(self, conn, name: str) -> int | None:
-        row = conn.execute("SELECT id FROM labels WHERE name = ?", (name,)).fetchone()
-        return None if row is None else self.resolve(int(row[0]))
+        assert self.store is not None
+        label_id = self.store.labels.named(conn, name)
+        return None if label_id is None else self.resolve(label_id)
 
     def commit_raw_label(
         self, label_id: int, decision: Decision, vector: np.ndarray | None

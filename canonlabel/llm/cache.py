@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 from canonlabel.llm.base import Labeler
+from canonlabel.store.caches import AnswerCache
 from canonlabel.types import LabelRequest, LabelResponse, Usage
 
 
@@ -28,13 +28,7 @@ class CachingLabeler(Labeler):
         self.max_pairs = getattr(base, "max_pairs", 50)  # what one adjudication call may hold
         self.workers = getattr(base, "workers", 1)  # questions one call may group
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute(
-            "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, "
-            "output TEXT NOT NULL, prompt_tokens INT, completion_tokens INT)"
-        )
+        self._answers = AnswerCache(self.path)
         self._lock = threading.Lock()
         self.hits = self.misses = 0
 
@@ -48,31 +42,25 @@ class CachingLabeler(Labeler):
         out: list[LabelResponse | None] = []
         todo = []
         for i, r in enumerate(requests):
-            with self._lock:
-                row = self._conn.execute(
-                    "SELECT output, prompt_tokens, completion_tokens FROM answers WHERE key = ?",
-                    (self._key(r),),
-                ).fetchone()
+            row = self._answers.get(self._key(r))
             if row is None:
                 todo.append(i)
                 out.append(None)
             else:
                 self.hits += 1
-                out.append(LabelResponse(row[0], Usage(row[1], row[2])))
+                usage = Usage(row.prompt_tokens, row.completion_tokens)
+                out.append(LabelResponse(row.output, usage))
         if todo:
             answers = self.base.label_batch([requests[i] for i in todo])
             with self._lock:
                 for i, a in zip(todo, answers):
                     self.misses += 1
                     out[i] = a
-                    self._conn.execute(
-                        "INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?)",
-                        (
-                            self._key(requests[i]),
-                            a.output,
-                            a.usage.prompt_tokens,
-                            a.usage.completion_tokens,
-                        ),
+                    self._answers.put(
+                        self._key(requests[i]),
+                        a.output,
+                        a.usage.prompt_tokens,
+                        a.usage.completion_tokens,
                     )
         return out  # type: ignore[return-value]
 
@@ -82,19 +70,14 @@ class CachingLabeler(Labeler):
         key = hashlib.sha256(
             json.dumps([self.base.id, "complete", prompt, grammar, max_tokens]).encode()
         ).hexdigest()
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT output, prompt_tokens, completion_tokens FROM answers WHERE key = ?",
-                (key,),
-            ).fetchone()
+        row = self._answers.get(key)
         if row is not None:
             self.hits += 1
-            return LabelResponse(row[0], Usage(row[1], row[2]))
+            return LabelResponse(row.output, Usage(row.prompt_tokens, row.completion_tokens))
         answer = self.base.complete(prompt, grammar=grammar, max_tokens=max_tokens)
         with self._lock:
             self.misses += 1
-            self._conn.execute(
-                "INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?)",
-                (key, answer.output, answer.usage.prompt_tokens, answer.usage.completion_tokens),
+            self._answers.put(
+                key, answer.output, answer.usage.prompt_tokens, answer.usage.completion_tokens
             )
         return answer

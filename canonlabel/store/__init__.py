@@ -2,23 +2,20 @@
 
 ``open_store("labels.db")`` opens (or creates) the embedded SQLite store;
 ``open_store("postgresql://user@host/db")`` a shared PostgreSQL + pgvector one that
-several processes may write at once (install ``canonlabel[postgres]``).
+several processes may write at once (install ``canonlabel[postgres]``). Both are read
+and written through the same repositories (``store.items``, ``store.labels``...; see
+:mod:`canonlabel.store.base`), which hold every SQL statement of the package.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from canonlabel.store.base import (
-    SCHEMA_VERSION,
-    Correction,
-    Recheck,
-    Store,
-    StoredItem,
-    Tx,
-    from_blobs,
-    to_blob,
-)
+from canonlabel.store.base import Store
+from canonlabel.store.decisions import Correction, Recheck
+from canonlabel.store.items import StoredItem
+from canonlabel.store.schema import SCHEMA_VERSION
+from canonlabel.store.sql import Tx, from_blobs, to_blob
 from canonlabel.store.sqlite import SqliteStore
 
 __all__ = [

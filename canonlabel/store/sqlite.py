@@ -17,139 +17,37 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from canonlabel.errors import StoreBusyError, StoreError
-from canonlabel.store.base import (
-    CORRECTIONS_TABLE,
-    HIERARCHY_TABLES,
-    SCHEMA_VERSION,
-    Store,
-    search_words,
-)
+from canonlabel.store.base import Store
+from canonlabel.store.labels import Aliases, Labels
+from canonlabel.store.schema import SCHEMA_VERSION, upgrade
+from canonlabel.store.sql import search_words
 
-_SCHEMA = """
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE labels (
-    id INTEGER PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE,
-    vector BLOB NOT NULL,                 -- representative: embedding of the name
-    merged_into INTEGER REFERENCES labels(id),
-    created_at REAL NOT NULL
-);
-CREATE TABLE aliases (
-    raw_label TEXT PRIMARY KEY,
-    label_id INTEGER NOT NULL REFERENCES labels(id),
-    similarity REAL,                      -- to the representative; NULL if it founded the label
-    created_at REAL NOT NULL
-);
-CREATE TABLE items (
-    id INTEGER PRIMARY KEY,
-    ext_id TEXT UNIQUE,
-    text TEXT NOT NULL,
-    text_key TEXT NOT NULL,
-    truncated INTEGER NOT NULL DEFAULT 0,
-    label_id INTEGER NOT NULL REFERENCES labels(id),
-    raw_label TEXT,
-    source TEXT NOT NULL,                 -- exact | cache | llm | cluster
-    similarity REAL,
-    matched_item INTEGER,
-    vector BLOB,
-    cached INTEGER NOT NULL DEFAULT 0,    -- 1: part of the semantic cache
-    prompt_tokens INTEGER NOT NULL DEFAULT 0,
-    completion_tokens INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL
-);
-CREATE INDEX items_text_key ON items(text_key);
-CREATE INDEX items_label ON items(label_id);
-CREATE TABLE merges (
-    id INTEGER PRIMARY KEY,
-    kind TEXT NOT NULL,                   -- alias: a raw label joined a label
-    raw_label TEXT,
-    from_label INTEGER,
-    into_label INTEGER NOT NULL,
-    similarity REAL,
-    undone INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL
-);
-CREATE TABLE failures (
-    id INTEGER PRIMARY KEY,
-    ext_id TEXT,
-    text_key TEXT NOT NULL,
-    text TEXT NOT NULL,
-    kind TEXT NOT NULL,                   -- invalid_output (LLM was paid) | rejected | backend
-    error TEXT NOT NULL,
-    outputs TEXT,                         -- JSON list of what the LLM said
-    created_at REAL NOT NULL
-);
-CREATE INDEX failures_key ON failures(text_key);
-CREATE VIRTUAL TABLE label_fts USING fts5(content, label_id UNINDEXED,
-                                          tokenize='porter unicode61');
-"""
-# Each entry upgrades a store from version i+1 to i+2.
-_MIGRATIONS = [
-    """
-CREATE TABLE categories (
-    name TEXT PRIMARY KEY, description TEXT NOT NULL, examples TEXT NOT NULL,
-    hash TEXT NOT NULL, vector BLOB NOT NULL, examples_vector BLOB, updated_at REAL NOT NULL);
-CREATE TABLE label_categories (
-    label_id INTEGER PRIMARY KEY REFERENCES labels(id), category TEXT NOT NULL,
-    similarity REAL NOT NULL, method TEXT NOT NULL, updated_at REAL NOT NULL);
-""",
-    """
-CREATE TABLE annotations (
-    text_key TEXT NOT NULL, taxonomy TEXT NOT NULL, max_labels INTEGER NOT NULL,
-    labels TEXT NOT NULL, created_at REAL NOT NULL,
-    PRIMARY KEY (text_key, taxonomy, max_labels));
-""",
-    """
-ALTER TABLE labels ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0;  -- named by hand: kept
-ALTER TABLE aliases ADD COLUMN vector BLOB;                        -- embedding of the raw label
-ALTER TABLE merges ADD COLUMN detail TEXT;                         -- JSON: how to undo it
-CREATE INDEX items_raw_label ON items(raw_label);
-CREATE TABLE adjudications (pair TEXT PRIMARY KEY, same INTEGER NOT NULL, created_at REAL NOT NULL);
-""",
-    # An item is its id *and* its text: a reused id with another text is another item.
-    """
-CREATE TABLE items_v5 AS SELECT * FROM items;
-DROP TABLE items;
-CREATE TABLE items (
-    id INTEGER PRIMARY KEY,
-    ext_id TEXT,
-    text TEXT NOT NULL,
-    text_key TEXT NOT NULL,
-    truncated INTEGER NOT NULL DEFAULT 0,
-    label_id INTEGER NOT NULL REFERENCES labels(id),
-    raw_label TEXT,
-    source TEXT NOT NULL,
-    similarity REAL,
-    matched_item INTEGER,
-    vector BLOB,
-    cached INTEGER NOT NULL DEFAULT 0,
-    prompt_tokens INTEGER NOT NULL DEFAULT 0,
-    completion_tokens INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL
-);
-INSERT INTO items SELECT * FROM items_v5;
-DROP TABLE items_v5;
-CREATE INDEX items_text_key ON items(text_key);
-CREATE INDEX items_label ON items(label_id);
-CREATE INDEX items_raw_label ON items(raw_label);
-CREATE UNIQUE INDEX items_identity ON items(ext_id, text_key);
-""",
-    """
-CREATE TABLE router_versions (
-    id INTEGER PRIMARY KEY, meta TEXT NOT NULL, weights BLOB NOT NULL, created_at REAL NOT NULL);
-""",
-    """
-CREATE TABLE projection (item_id INTEGER PRIMARY KEY, x REAL NOT NULL, y REAL NOT NULL);
-""",
-    CORRECTIONS_TABLE,
-    HIERARCHY_TABLES,
-]
+
+class SqliteLabels(Labels):
+    def search(self, text: str, k: int) -> list[int]:
+        """Label ids ranked by BM25 over label names, aliases and member texts."""
+        words = search_words(text)
+        if not words:
+            return []
+        query = " OR ".join('"' + w.replace('"', "") + '"' for w in words)
+        rows = self._query(
+            "SELECT label_id, min(s) AS best FROM (SELECT label_id, bm25(label_fts) AS s "
+            "FROM label_fts WHERE label_fts MATCH ? ORDER BY s LIMIT 200) "
+            "GROUP BY label_id ORDER BY best LIMIT ?",
+            (query, k * 3),
+        )
+        return [int(r[0]) for r in rows]
+
+
+class SqliteAliases(Aliases):
+    _SEQ = "rowid"  # SQLite numbers rows in insertion order
 
 
 class SqliteStore(Store):
     """SQLite-backed persistence. One instance per process owns the writes."""
 
     def __init__(self, path: str | Path) -> None:
+        super().__init__(labels=SqliteLabels, aliases=SqliteAliases)
         self.path = Path(path)
         self.location = str(path)
         if str(path) != ":memory:":
@@ -215,6 +113,8 @@ class SqliteStore(Store):
         self._writer = handle
 
     def _migrate(self) -> None:
+        """Bring the file to :data:`SCHEMA_VERSION` by the ordered steps of
+        :mod:`~canonlabel.store.schema`, each in its own transaction."""
         version = self.conn.execute("PRAGMA user_version").fetchone()[0]
         if version == 0:
             tables = self.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
@@ -223,8 +123,6 @@ class SqliteStore(Store):
                     f"{self.path} is a SQLite file but not a canonlabel store; "
                     "pass another --db path"
                 )
-            self.conn.executescript(f"BEGIN;{_SCHEMA}PRAGMA user_version=1;COMMIT;")
-            version = 1
         if version > SCHEMA_VERSION:
             raise StoreError(
                 f"{self.path} has schema {version}, newer than this canonlabel "
@@ -232,7 +130,7 @@ class SqliteStore(Store):
             )
         for v in range(version, SCHEMA_VERSION):
             self.conn.executescript(
-                f"BEGIN;{_MIGRATIONS[v - 1]}PRAGMA user_version={v + 1};COMMIT;"
+                f"BEGIN;{upgrade('sqlite', v)}PRAGMA user_version={v + 1};COMMIT;"
             )
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
@@ -251,25 +149,5 @@ class SqliteStore(Store):
                 raise
             self.conn.execute("COMMIT")
 
-    def fulltext_labels(self, text: str, k: int) -> list[int]:
-        """Label ids ranked by BM25 over label names, aliases and member texts."""
-        words = search_words(text)
-        if not words:
-            return []
-        query = " OR ".join('"' + w.replace('"', "") + '"' for w in words)
-        rows = self.conn.execute(
-            "SELECT label_id, min(s) AS best FROM (SELECT label_id, bm25(label_fts) AS s "
-            "FROM label_fts WHERE label_fts MATCH ? ORDER BY s LIMIT 200) "
-            "GROUP BY label_id ORDER BY best LIMIT ?",
-            (query, k * 3),
-        )
-        return [int(r[0]) for r in rows]
-
     def integrity_check(self) -> str:
         return self.conn.execute("PRAGMA integrity_check").fetchone()[0]
-
-    def alias_rows(self, after: int = 0) -> list[tuple[str, int, int]]:
-        return self.query(
-            "SELECT raw_label, label_id, rowid FROM aliases WHERE rowid > ? ORDER BY rowid",
-            (after,),
-        )

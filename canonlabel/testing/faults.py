@@ -8,7 +8,7 @@ Used by ``tests/reliability/test_crash.py`` (a few kills) and ``benchmarks/fault
 - ``consolidate``: ``canonlabel consolidate`` on a store full of raw-label variants;
 - ``curation``: a loop of merge / split / rename / undo.
 
-After every kill: ``PRAGMA integrity_check``, every item's label resolves to a live
+After every kill: the store's integrity check, every item's label resolves to a live
 label, every alias too, and (for ``classify``) every row the job had written to its
 output, that is acknowledged, is in the store with the same label.
 """
@@ -19,13 +19,13 @@ import json
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from canonlabel.store import SqliteStore
 from canonlabel.testing import ledger_counts
 
 FAKE = ["--embedder", "hash"]
@@ -75,14 +75,14 @@ class KillReport:
 
 def check_store(db: Path) -> list[str]:
     """Problems found in a store after a crash (empty list: consistent)."""
-    conn = sqlite3.connect(db)
+    store = SqliteStore(db)
     try:
         problems = []
-        if conn.execute("PRAGMA integrity_check").fetchone()[0] != "ok":
+        if store.integrity_check() != "ok":
             problems.append("integrity_check failed")
-        parent = dict(conn.execute("SELECT id, merged_into FROM labels"))
+        parent = {r.id: r.merged_into for r in store.labels.rows()}
 
-        def root(label: int) -> int | None:
+        def root(label: int | None) -> int | None:
             seen = set()
             while label is not None and parent.get(label) is not None:
                 if label in seen:
@@ -91,25 +91,26 @@ def check_store(db: Path) -> list[str]:
                 label = parent[label]
             return label if label in parent else None
 
-        for (label,) in conn.execute("SELECT DISTINCT label_id FROM items"):
+        for label in store.members.label_counts():
             if root(label) is None:
                 problems.append(f"item label {label} does not resolve")
-        for raw, label in conn.execute("SELECT raw_label, label_id FROM aliases"):
-            if root(label) is None:
-                problems.append(f"alias {raw} does not resolve")
+        for alias in store.aliases.rows():
+            if root(alias.label_id) is None:
+                problems.append(f"alias {alias.raw_label} does not resolve")
         return problems
     finally:
-        conn.close()
+        store.close()
 
 
 def _acknowledged_lost(db: Path, out: Path) -> tuple[int, int]:
     """Rows written to the job's output (acknowledged) and how many the store lacks."""
     if not out.exists():
         return 0, 0
-    conn = sqlite3.connect(db)
-    stored = {(e, t) for e, t in conn.execute("SELECT ext_id, text FROM items")}
-    failed = {e for (e,) in conn.execute("SELECT ext_id FROM failures")}
-    conn.close()
+    store = SqliteStore(db)
+    try:
+        stored, failed = store.items.identities(), store.failures.ext_ids()
+    finally:
+        store.close()
     acked = lost = 0
     for line in out.read_text(encoding="utf-8").splitlines():
         try:
@@ -164,7 +165,7 @@ def kill_classify(workdir: Path, texts: list[str], kills: int, rng: random.Rando
     done = subprocess.run(classify_cmd(src, final, db, ledger), capture_output=True, text=True)
     rows = [json.loads(x) for x in final.read_text(encoding="utf-8").splitlines()]
     asked = ledger_counts(ledger)
-    llm_items = _count(db, "SELECT count(*) FROM items WHERE source = 'llm'")
+    llm_items = _llm_items(db)
     return report.as_dict() | {
         "final_exit": done.returncode,
         "items": len(texts),
@@ -224,9 +225,9 @@ def _record(report: KillReport, db: Path, out: Path | None) -> None:
         report.lost_acknowledged += lost
 
 
-def _count(db: Path, sql: str) -> int:
-    conn = sqlite3.connect(db)
+def _llm_items(db: Path) -> int:
+    store = SqliteStore(db)
     try:
-        return int(conn.execute(sql).fetchone()[0])
+        return store.items.count(source="llm")
     finally:
-        conn.close()
+        store.close()

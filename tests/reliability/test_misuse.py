@@ -38,7 +38,7 @@ def test_a_reused_id_with_another_text_is_a_new_item_not_a_resume(make_clf):
     assert other.source == "llm" and other.label != first.label and llm.calls == 2
     assert clf.counters["reused_ids"] == 1
     # both versions are kept; the latest answers lookups by id
-    assert clf.store.items_by_ext_id(["1"])["1"].text == other.text
+    assert clf.store.items.by_ext_id(["1"])["1"].text == other.text
     assert clf.store.count("SELECT count(*) FROM items WHERE ext_id = '1'") == 2
 
 

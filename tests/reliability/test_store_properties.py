@@ -127,7 +127,7 @@ class StoreMachine(RuleBasedStateMachine):
             self.clf.store,
             self.clf.dim,
             self.clf.embedder,
-            self.clf.store.cached_items(self.clf.dim),
+            self.clf.store.items.cached(self.clf.dim),
         )
         space = self.clf.space
         assert {i: space.resolve(i) for i in space.names} == {
