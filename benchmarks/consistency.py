@@ -55,6 +55,10 @@ def load(spec: str) -> tuple[str, list[str], list[str]]:
 
 
 KEEP: Path | None = None  # --keep-stores: where each run's store is copied for inspection
+# Where canonlabel's LLM calls go: labelling, second questions, adjudication (the rest of
+# llm_calls is naming and themes).
+CALL_KINDS = ("llm_items", "recheck_calls", "adjudication_calls", "consensus_moved")
+BREAKDOWN: list[dict] = []
 
 
 def run_canonlabel(data: EvalData, order, labeler, settings: Settings) -> tuple[list[str], int]:
@@ -68,6 +72,7 @@ def run_canonlabel(data: EvalData, order, labeler, settings: Settings) -> tuple[
         if hasattr(clf, "consolidate"):  # (absent before consolidation existed)
             clf.consolidate()  # what the end of a `classify` job does
         calls = clf.counters["llm_calls"]  # adjudication questions included
+        BREAKDOWN.append({k: clf.counters[k] for k in CALL_KINDS})
         final = {
             int(ext): clf.space.name(label_id)
             for ext, label_id in clf.store.conn.execute("SELECT ext_id, label_id FROM items")
@@ -148,6 +153,7 @@ def evaluate(data: EvalData, labeler, settings, strategies, shuffles: int) -> di
     out = {}
     for name in strategies:
         labelings, calls, seconds = [], [], []
+        BREAKDOWN.clear()
         for s in range(shuffles):
             order = list(range(len(data.texts)))
             random.Random(1000 + s).shuffle(order)
@@ -159,18 +165,31 @@ def evaluate(data: EvalData, labeler, settings, strategies, shuffles: int) -> di
             calls.append(n_calls)
             print(f"  {name} order {s + 1}/{shuffles}: {seconds[-1]:.1f}s", flush=True)
         ari = [adjusted_rand_score(data.gold, x) for x in labelings]
-        out[name] = {
-            "labels": round(float(np.mean([len(set(x)) for x in labelings])), 1),
-            "gold_labels": len(set(data.gold)),
-            "nmi": round(
-                float(np.mean([normalized_mutual_info_score(data.gold, x) for x in labelings])), 4
-            ),
-            "ari": round(float(np.mean(ari)), 4),
-            "order_ari": mean_pairwise_ari(labelings) if shuffles > 1 else None,
-            "stable_share": stable_share(labelings) if shuffles > 1 else None,
-            "llm_calls": round(float(np.mean(calls)), 1),
-            "seconds": round(float(np.mean(seconds)), 1),
-        } | (name_quality(labelings[0], data.gold, data.embedder) if name != "kmeans-k" else {})
+        out[name] = (
+            {
+                "labels": round(float(np.mean([len(set(x)) for x in labelings])), 1),
+                "gold_labels": len(set(data.gold)),
+                "nmi": round(
+                    float(np.mean([normalized_mutual_info_score(data.gold, x) for x in labelings])),
+                    4,
+                ),
+                "ari": round(float(np.mean(ari)), 4),
+                "order_ari": mean_pairwise_ari(labelings) if shuffles > 1 else None,
+                "stable_share": stable_share(labelings) if shuffles > 1 else None,
+                "llm_calls": round(float(np.mean(calls)), 1),
+                "seconds": round(float(np.mean(seconds)), 1),
+            }
+            | (
+                {
+                    "calls_by_kind": {
+                        k: round(float(np.mean([b[k] for b in BREAKDOWN])), 1) for k in CALL_KINDS
+                    }
+                }
+                if BREAKDOWN
+                else {}
+            )
+            | (name_quality(labelings[0], data.gold, data.embedder) if name != "kmeans-k" else {})
+        )
         print(f"  {name}: {json.dumps(out[name])}", flush=True)
     return out
 
