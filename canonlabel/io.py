@@ -10,10 +10,10 @@ import csv
 import io
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import TextIO, cast
 
 from canonlabel.errors import InputError
 
@@ -53,15 +53,54 @@ def check_output(path: Path | None) -> Path | None:
     return path
 
 
+def jsonl(row: dict) -> str:
+    """One JSONL line: the row as JSON (UTF-8 kept as is) and a newline."""
+    return json.dumps(row, ensure_ascii=False) + "\n"
+
+
+class RowWriter:
+    """JSONL rows written to ``-o`` as they come (stdout when None or "-").
+
+    The one writer of every job's output: the destination is opened for writing and
+    nothing else, so a regular file is truncated and written, a symlink's target is
+    written, and a FIFO or a device (/dev/stdout, /dev/null) receives a stream; it is
+    never renamed, replaced or read back. Stdout is flushed, never closed."""
+
+    def __init__(self, output: Path | None) -> None:
+        self._to_stdout = output is None or str(output) == "-"
+        self._sink: TextIO = sys.stdout
+        if output is not None and not self._to_stdout:
+            self._sink = open(output, "w", encoding="utf-8")  # noqa: SIM115 (closed by close())
+
+    def write(self, row: dict) -> None:
+        self._sink.write(jsonl(row))
+
+    def write_many(self, rows: Iterable[dict]) -> None:
+        """Write ``rows`` in one call (a chunk of a spool)."""
+        self._sink.write("".join(jsonl(r) for r in rows))
+
+    def flush(self) -> None:
+        self._sink.flush()
+
+    def close(self) -> None:
+        if self._to_stdout:
+            self._sink.flush()
+        else:
+            self._sink.close()
+
+    def __enter__(self) -> RowWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 class RowSpool:
     """Output rows held in an anonymous temporary file until the job ends.
 
     A job's rows may change label after they are made (consolidation), so they are
-    spooled and written to the destination once, in one pass, with their final labels.
-    The destination is opened for writing and nothing else: a regular file is
-    truncated and written, a symlink's target is written, a FIFO or a device
-    (/dev/stdout, /dev/null) receives the rows as a stream; nothing is ever renamed
-    over it or read back from it."""
+    spooled and written to the destination once, in one pass, with their final labels,
+    by a :class:`RowWriter` (so the destination is written in place, never replaced)."""
 
     def __init__(self) -> None:
         import tempfile
@@ -70,7 +109,7 @@ class RowSpool:
         self.rows = 0
 
     def write(self, row: dict) -> None:
-        self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self._file.write(jsonl(row))
         self.rows += 1
 
     def deliver(self, output: Path | None, update=None, chunk: int = 500) -> int:
@@ -81,18 +120,12 @@ class RowSpool:
 
         self._file.flush()
         self._file.seek(0)
-        to_stdout = output is None or str(output) == "-"
-        sink = sys.stdout if to_stdout or output is None else open(output, "w", encoding="utf-8")  # noqa: SIM115
         changed = 0
-        try:
+        with RowWriter(output) as sink:
             while lines := list(islice(self._file, chunk)):
                 rows = [json.loads(line) for line in lines]
                 changed += update(rows) if update is not None else 0
-                sink.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-            sink.flush()
-        finally:
-            if not to_stdout:
-                sink.close()
+                sink.write_many(rows)
         return changed
 
     def close(self) -> None:
@@ -242,6 +275,33 @@ def count_lines(path: str) -> int | None:
         return None
     with open(path, "rb") as fh:
         return sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
+
+
+@dataclass(frozen=True)
+class JobIO:
+    """A file job's input records and output rows (the flags every such command has)."""
+
+    input: str  # a .jsonl, .csv, .tsv or .txt path, or "-" for stdin
+    output: Path | None = None  # JSONL rows; stdout when None or "-"
+    text_field: str = "text"
+    id_field: str = "id"
+    limit: int | None = None  # the first N records only
+
+    def records(self) -> Iterator[Record]:
+        """The input's records, up to ``limit`` (the path is checked now)."""
+        from itertools import islice
+
+        records = read_records(self.input, text_field=self.text_field, id_field=self.id_field)
+        return islice(records, self.limit) if self.limit else records
+
+    def total(self) -> int | None:
+        """Records to expect, for a progress bar (None: unknown, stdin)."""
+        total = count_lines(self.input)
+        return min(total, self.limit) if total and self.limit else (self.limit or total)
+
+    def writer(self) -> RowWriter:
+        """The output, opened for writing (see :class:`RowWriter`)."""
+        return RowWriter(self.output)
 
 
 def read_labelled(

@@ -117,3 +117,25 @@ def test_an_unwritable_existing_output_fails_before_any_work(tmp_path):
         assert check_output(locked / "out.jsonl") == locked / "out.jsonl"
     finally:
         locked.chmod(0o755)
+
+
+def test_the_row_writer_writes_in_place_and_dash_is_stdout(tmp_path, capsys, monkeypatch):
+    """Every command's ``-o`` goes through RowWriter (predict, cluster, annotate, the
+    categories job, and the spool of classify)."""
+    from pathlib import Path
+
+    from canonlabel.io import RowWriter
+
+    target = tmp_path / "target.jsonl"
+    target.write_text("old content\n" * 100)
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(target)
+    with RowWriter(link) as sink:
+        sink.write({"text": "é"})
+    assert link.is_symlink() and target.read_text(encoding="utf-8") == '{"text": "é"}\n'
+    monkeypatch.chdir(tmp_path)
+    for dest in (None, Path("-")):
+        with RowWriter(dest) as sink:
+            sink.write_many([{"n": 1}, {"n": 2}])
+    assert capsys.readouterr().out == '{"n": 1}\n{"n": 2}\n' * 2
+    assert not (tmp_path / "-").exists()

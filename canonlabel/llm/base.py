@@ -32,3 +32,14 @@ class Labeler(ABC):
         """Free-form completion (taxonomy discovery). ``grammar`` (GBNF) binds local
         models; remote ones are asked in words and parsed leniently."""
         raise NotImplementedError(f"{type(self).__name__} cannot do free completions")
+
+
+class NoLabeler(Labeler):
+    """Stands in for the LLM where a job never asks it (reading a store, clustering-only
+    evaluation), so no model is loaded."""
+
+    id = "none"
+
+    def label_batch(self, requests: Sequence[LabelRequest]) -> list[LabelResponse]:
+        # never called; raises what the method-less stand-in it replaced raised
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute 'label_batch'")
