@@ -16,6 +16,8 @@ Reference labels are the gold labels when the data has them, else the LLM's raw 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -175,59 +177,39 @@ def plot_calibration(cache_rows, label_rows, out) -> list:
     return paths
 
 
-def run_calibration(
-    dataset: str,
-    settings,
-    *,
-    limit: int,
-    llm_sample: int,
-    split,
-    target_precision: float,
-    sample_seed: int,
-    text_field: str,
-    labels_field: str,
-    out,
-    console=None,
-) -> dict:
+@dataclass(frozen=True)
+class CalibrationOptions:
+    """The ``calibrate`` command's sample and target."""
+
+    limit: int = 2000  # texts used for the cache sweep
+    llm_sample: int = 300  # texts the LLM labels for the label_similarity sweep (0: skip)
+    split: str | None = None  # only rows of this split
+    target_precision: float = 0.95  # of cache hits, for the recommended min_similarity
+    sample_seed: int = 0  # rows are shuffled with this seed
+    text_field: str = "text"
+    labels_field: str = "labels"
+
+
+def run_calibration(dataset: str, settings, options: CalibrationOptions, out, console=None) -> dict:
     """The ``calibrate`` command: both sweeps, plots and ``calibration.json``."""
     import json
     from pathlib import Path
 
     from canonlabel.embed import make_embedder
-    from canonlabel.errors import InputError
-    from canonlabel.io import read_labelled, read_records
     from canonlabel.llm import make_labeler
-    from canonlabel.normalize import normalize
 
-    try:
-        texts, golds = read_labelled(
-            dataset,
-            text_field=text_field,
-            labels_field=labels_field,
-            split=split,
-            limit=limit,
-            shuffle_seed=sample_seed,
-        )
-        reference: list | None = [g[0] for g in golds]
-    except InputError:  # no gold labels: the LLM's raw labels become the reference
-        texts = [
-            r.text
-            for r in read_records(dataset, text_field=text_field, fmt="jsonl")
-            if r.error is None and r.text and r.text.strip()
-        ][:limit]
-        reference = None
-    texts = [normalize(t, settings.max_chars)[0] for t in texts]
+    texts, reference = _sample(dataset, settings, options)
     embedder = make_embedder(settings.embedder, settings)
     vectors = embedder.embed(texts)
     raw = None
-    if llm_sample or reference is None:
+    if options.llm_sample or reference is None:
         labeler = make_labeler(settings.llm, settings)
-        n = max(llm_sample, 0) if reference is not None else len(texts)
+        n = max(options.llm_sample, 0) if reference is not None else len(texts)
         raw = ask_raw_labels(texts[:n], labeler)
         if reference is None:
             reference = [r or "_failed" for r in raw]
     cache_rows = sweep_cache(vectors, reference)
-    cache_rec = recommend_cache(cache_rows, target_precision)
+    cache_rec = recommend_cache(cache_rows, options.target_precision)
     label_rows = sweep_labels(raw, reference[: len(raw)], embedder) if raw else []
     label_rec = recommend_labels(label_rows) if label_rows else None
     result = {
@@ -235,7 +217,7 @@ def run_calibration(
         "items": len(texts),
         "embedder": embedder.id,
         "reference": "gold" if golds_present(reference, raw) else "llm",
-        "target_precision": target_precision,
+        "target_precision": options.target_precision,
         "cache_sweep": cache_rows,
         "label_sweep": label_rows,
         "recommended": {
@@ -252,6 +234,37 @@ def run_calibration(
     (out / "calibration.json").write_text(json.dumps(result, indent=1) + "\n")
     plot_calibration(cache_rows, label_rows, out)
     return result
+
+
+class _Sample(NamedTuple):
+    texts: list[str]  # normalised
+    reference: list | None  # gold labels, None when the data has none
+
+
+def _sample(dataset: str, settings, options: CalibrationOptions) -> _Sample:
+    """The texts to calibrate on, and their gold labels when the data has them."""
+    from canonlabel.errors import InputError
+    from canonlabel.io import read_labelled, read_records
+    from canonlabel.normalize import normalize
+
+    try:
+        texts, golds = read_labelled(
+            dataset,
+            text_field=options.text_field,
+            labels_field=options.labels_field,
+            split=options.split,
+            limit=options.limit,
+            shuffle_seed=options.sample_seed,
+        )
+        reference: list | None = [g[0] for g in golds]
+    except InputError:  # no gold labels: the LLM's raw labels become the reference
+        texts = [
+            r.text
+            for r in read_records(dataset, text_field=options.text_field, fmt="jsonl")
+            if r.error is None and r.text and r.text.strip()
+        ][: options.limit]
+        reference = None
+    return _Sample([normalize(t, settings.max_chars)[0] for t in texts], reference)
 
 
 def golds_present(reference, raw) -> bool:

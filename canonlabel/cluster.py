@@ -10,6 +10,7 @@ are fixed, so a shuffled input gives identical clusters and names.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 import numpy as np
 
@@ -20,6 +21,12 @@ from canonlabel.labelspace import LabelSpace
 from canonlabel.llm import Labeler
 from canonlabel.normalize import normalize, text_key
 from canonlabel.types import LabelRequest
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from canonlabel.config import Settings
+    from canonlabel.io import JobIO, Record
 
 UNCLUSTERED = "unclustered"
 
@@ -121,36 +128,16 @@ def cluster_texts(
     ids = sorted(set(assigned.tolist()) - {-1})
     centroids = {c: _unit(vectors[assigned == c].mean(0)) for c in ids}
     result = ClusterResult([""] * len(norm), [-1] * len(norm), [1.0] * len(norm))
-    if ids:
-        cmat = np.stack([centroids[c] for c in ids])
-        for j in np.flatnonzero(assigned == -1):  # noise: nearest cluster if close enough
-            sims = cmat @ vectors[j]
-            if sims.max() >= noise_similarity:
-                assigned[j] = ids[int(sims.argmax())]
-                result.noise_assigned += 1
+    result.noise_assigned = _assign_noise(assigned, vectors, centroids, noise_similarity)
     space = space or LabelSpace(embedder.dim)
     names: dict[int, str] = {}
-    next_id = max(space.names, default=0) + 1
     for c in sorted(ids, key=lambda c: (-int((assigned == c).sum()), c)):
         members = np.flatnonzero(assigned == c)
-        reps = representatives(vectors, members, samples)
-        rep_texts = [sorted_texts[i] for i in reps]
-        raw = _name(labeler, rep_texts)
+        reps = [sorted_texts[i] for i in representatives(vectors, members, samples)]
+        info = _name_cluster(c, len(members), reps, embedder, labeler, space, label_similarity)
         result.llm_calls += 1
-        vec = embedder.embed([label_text(raw)])[0]
-        decision = space.decide(raw, vec, label_similarity)
-        if decision.label_id is None:
-            space.add_label(next_id, raw, vec)
-            space.add_alias(raw, next_id)
-            next_id += 1
-            label = raw
-        else:
-            label = space.names[decision.label_id]
-            space.add_alias(raw, decision.label_id)
-        names[c] = label
-        result.info.append(
-            ClusterInfo(int(c), label, raw, len(members), rep_texts, f"Texts like: {rep_texts[0]}")
-        )
+        names[c] = info.label
+        result.info.append(info)
     for pos, i in enumerate(order):
         c = int(assigned[pos])
         result.clusters[i] = c
@@ -162,6 +149,49 @@ def cluster_texts(
     inverse[order] = np.arange(len(order))
     result.vectors, result.texts = vectors[inverse], norm
     return result
+
+
+def _assign_noise(
+    assigned: np.ndarray, vectors: np.ndarray, centroids: dict, noise_similarity: float
+) -> int:
+    """Move noise (-1) in ``assigned`` to its nearest cluster if close enough; returns how
+    many moved."""
+    if not centroids:
+        return 0
+    ids = list(centroids)
+    cmat = np.stack([centroids[c] for c in ids])
+    moved = 0
+    for j in np.flatnonzero(assigned == -1):
+        sims = cmat @ vectors[j]
+        if sims.max() >= noise_similarity:
+            assigned[j] = ids[int(sims.argmax())]
+            moved += 1
+    return moved
+
+
+def _name_cluster(
+    c: int,
+    size: int,
+    rep_texts: list[str],
+    embedder: Embedder,
+    labeler: Labeler,
+    space: LabelSpace,
+    label_similarity: float,
+) -> ClusterInfo:
+    """Ask the LLM to name cluster ``c`` from its representatives; a name close enough to
+    a label of ``space`` becomes that label (canonicalised as the streaming pipeline does)."""
+    raw = _name(labeler, rep_texts)
+    vec = embedder.embed([label_text(raw)])[0]
+    decision = space.decide(raw, vec, label_similarity)
+    if decision.label_id is None:
+        label_id = max(space.names, default=0) + 1
+        space.add_label(label_id, raw, vec)
+        space.add_alias(raw, label_id)
+        label = raw
+    else:
+        label = space.names[decision.label_id]
+        space.add_alias(raw, decision.label_id)
+    return ClusterInfo(int(c), label, raw, size, rep_texts, f"Texts like: {rep_texts[0]}")
 
 
 def _name(labeler: Labeler, rep_texts: list[str]) -> str:
@@ -223,3 +253,91 @@ def save_to_store(clf, result: ClusterResult, ids: list[str | None]) -> dict[str
         clf.cache.add(np.array(item_ids), vectors)
         clf.space.add_members(item_ids, label_arr, vectors)
     return label_ids
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """How the ``cluster`` command groups and names texts (see :func:`cluster_texts`)."""
+
+    method: str = "hdbscan"  # hdbscan | kmeans | agglomerative
+    k: int | None = None  # clusters (kmeans, agglomerative)
+    min_cluster_size: int = 5  # hdbscan
+    samples: int = 5  # representative texts shown per cluster
+    noise_similarity: float = 0.6  # noise joins its nearest cluster at this similarity
+
+
+class _Usable(NamedTuple):
+    records: list[Record]  # with a usable text
+    failed: list[dict]  # output rows of the others, with their error
+
+
+def run_cluster(
+    files: JobIO,
+    settings: Settings,
+    options: ClusterOptions,
+    *,
+    save: bool = False,
+    console: Console | None = None,
+) -> dict:
+    """The ``cluster`` job: cluster and name the input texts, write one row per record
+    (unreadable ones last, with their error) and, with ``save``, write the clusters into
+    the store ``settings.db`` for streaming ``classify``; returns the summary."""
+    from rich.console import Console
+
+    from canonlabel.embed import make_embedder
+    from canonlabel.llm import make_labeler
+
+    console = console or Console(stderr=True)
+    good, bad = _usable(files, settings.max_chars)
+    emb = make_embedder(settings.embedder, settings)
+    labeler = make_labeler(settings.llm, settings)
+    with console.status(f"clustering {len(good)} texts..."):
+        result = cluster_texts(
+            [cast(str, r.text) for r in good],  # usable_text() checked each
+            emb,
+            labeler,
+            method=options.method,
+            k=options.k,
+            min_cluster_size=options.min_cluster_size,
+            samples=options.samples,
+            noise_similarity=options.noise_similarity,
+            label_similarity=settings.label_similarity,
+            max_chars=settings.max_chars,
+        )
+    if save:
+        from canonlabel.pipeline import Classifier
+
+        with Classifier.open(settings=settings, embedder=emb, labeler=labeler) as clf:
+            save_to_store(clf, result, [r.id for r in good])
+    with files.writer() as sink:
+        for r, label, c, d in zip(good, result.labels, result.clusters, result.distances):
+            sink.write({"id": r.id, "text": r.text, "label": label, "cluster": c, "distance": d})
+        sink.write_many(bad)
+    return {
+        "items": len(good) + len(bad),
+        "failed": len(bad),
+        "clusters": len(result.info),
+        "labels": len({i.label for i in result.info}),
+        "llm_calls": result.llm_calls,
+        "noise_assigned": result.noise_assigned,
+        "unclustered": result.unclustered,
+    }
+
+
+def _usable(files: JobIO, max_chars: int) -> _Usable:
+    """The input's records split by whether their text is usable (an error when none is)."""
+    from canonlabel.errors import CanonlabelError
+    from canonlabel.io import usable_text
+
+    usable = _Usable([], [])
+    for r in files.records():
+        try:
+            usable_text(r, max_chars)
+            usable.records.append(r)
+        except CanonlabelError as exc:
+            usable.failed.append(
+                {"id": r.id or f"line:{r.line}", "text": r.text, "error": str(exc)}
+            )
+    if not usable.records:
+        raise CanonlabelError(f"{files.input} has no usable texts")
+    return usable

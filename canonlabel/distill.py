@@ -14,12 +14,19 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from canonlabel.errors import CanonlabelError, ConfigError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from canonlabel.config import Settings
+    from canonlabel.io import JobIO, Record
 
 FORMAT_VERSION = 1
 
@@ -316,3 +323,115 @@ def multilabel_metrics(P: np.ndarray, Y: np.ndarray, thresholds: np.ndarray) -> 
         else None,
         "n": len(y),
     }
+
+
+# -- the train and predict jobs ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """The ``train`` command's choices: the head, the validation share, the rows."""
+
+    model: str = "logreg"  # logreg | mlp
+    val: float = 0.2  # validation share, for the thresholds
+    split: str | None = None  # only rows of this split
+    limit: int | None = None
+    seed: int = 0  # shuffles the rows (before ``limit``) and seeds the head
+    text_field: str = "text"
+    labels_field: str = "labels"
+
+
+def run_train(
+    annotated: str,
+    output: Path,
+    settings: Settings,
+    options: TrainOptions,
+    *,
+    console: Console | None = None,
+) -> dict:
+    """The ``train`` job: fit a head on the embeddings of the labelled texts of
+    ``annotated`` and save it to the directory ``output``; returns the summary."""
+    from rich.console import Console
+
+    from canonlabel.embed import make_embedder
+    from canonlabel.embed.cache import cached
+    from canonlabel.io import read_labelled
+
+    console = console or Console(stderr=True)
+    texts, golds = read_labelled(
+        annotated,
+        text_field=options.text_field,
+        labels_field=options.labels_field,
+        split=options.split,
+        limit=options.limit,
+        shuffle_seed=options.seed,
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DataWarning)
+        check_training_data(golds)
+    for w in caught:
+        console.print(f"[yellow]warning:[/] {w.message}", soft_wrap=True)
+    emb = cached(make_embedder(settings.embedder, settings), settings.cache_dir)
+    with console.status(f"embedding {len(texts)} texts..."):
+        X = emb.embed(texts)
+    n_val = int(len(texts) * options.val)
+    clf = DistilledClassifier(options.model, seed=options.seed, embedder_id=emb.id)
+    with console.status(f"training {options.model}..."):
+        clf.fit(
+            X[n_val:],
+            golds[n_val:],
+            X_val=X[:n_val] if n_val else None,
+            val_sets=golds[:n_val] if n_val else None,
+        )
+    clf.save(output)
+    return {
+        "model": str(output),
+        "labels": len(clf.classes_),
+        "train": len(texts) - n_val,
+        "val": n_val,
+        "fit_seconds": clf.fit_seconds_,
+        "val_metrics": clf.metrics_,
+    }
+
+
+def run_predict(model_dir: Path, files: JobIO, settings: Settings, *, top: int = 3) -> None:
+    """The ``predict`` job: per input record, the labels of the model in ``model_dir``
+    above their thresholds (at least the most probable) and the ``top`` probabilities;
+    a record without a usable text gets its error instead."""
+    from canonlabel.embed import make_embedder
+
+    model = DistilledClassifier.load(model_dir, embedder=make_embedder(settings.embedder, settings))
+    records = list(files.records())
+    with files.writer() as sink:
+        for start in range(0, len(records), 1024):
+            sink.write_many(_predicted(model, records[start : start + 1024], settings, top))
+
+
+def _predicted(
+    model: DistilledClassifier, chunk: list[Record], settings: Settings, top: int
+) -> list[dict[str, object]]:
+    """The output rows of ``chunk``, predicted together."""
+    from canonlabel.io import usable_text
+
+    good, rows = [], []
+    for r in chunk:
+        row: dict[str, object] = {"id": r.id or f"line:{r.line}", "text": r.text}
+        try:
+            good.append(usable_text(r, settings.max_chars))
+        except CanonlabelError as exc:
+            row["error"] = str(exc)
+        rows.append(row)
+    P = model.predict_proba(good) if good else None
+    it = iter(range(len(good)))
+    for row in rows:
+        if "error" not in row:
+            assert P is not None  # a row without an error means ``good`` is not empty
+            p = P[next(it)]
+            order = p.argsort()[::-1]
+            picked = [model.classes_[j] for j in order if p[j] >= model.thresholds_[j]]
+            order = order[:top]
+            row |= {
+                "labels": picked or [model.classes_[int(order[0])]],
+                "top": [[model.classes_[j], round(float(p[j]), 4)] for j in order],
+            }
+    return rows

@@ -290,37 +290,46 @@ def evaluate(
     for name in strategies:
         if name not in RUNNERS:
             raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
-        runs = []
-        for r, order in enumerate(orders):
-            if progress:
-                progress(f"{name} run {r + 1}/{len(orders)}")
-            start = time.perf_counter()
-            kwargs = {"seed": seed + r} if name in ("kmeans-k", "hdbscan") else {}
-            run = RUNNERS[name](data, order, labeler, settings, **kwargs)
-            run.seconds = time.perf_counter() - start
-            runs.append(run)
-            if name == "llm-only":  # the raw labels later strategies will embed one by one
-                data.embedder.prefetch([label_text(x) for x in run.labels if x])
+        runs = _runs(name, data, orders, labeler, settings, seed, progress)
         summary = summarize(data, runs[0])
         if repeats > 1:
-            labelings = [
-                [lab if lab is not None else f"_failed_{i}" for i, lab in enumerate(run.labels)]
-                for run in runs
-            ]
-            summary["order_invariance_ari"] = mean_pairwise_ari(labelings)
-            summary["stable_share"] = stable_share(labelings)
-            if name not in ("kmeans-k", "hdbscan"):
-                again = RUNNERS[name](data, orders[0], labeler, settings)
-                summary["test_retest_ari"] = mean_pairwise_ari(
-                    [
-                        labelings[0],
-                        [
-                            lab if lab is not None else f"_failed_{i}"
-                            for i, lab in enumerate(again.labels)
-                        ],
-                    ]
-                )
+            summary |= _consistency(name, runs, data, orders[0], labeler, settings)
         report["strategies"][name] = summary
         if runs[0].curve.get("items"):
             report["curves"][name] = dict(runs[0].curve)
     return report
+
+
+def _runs(name: str, data: EvalData, orders, labeler, settings, seed: int, progress) -> list[Run]:
+    """Strategy ``name`` over each ordering, timed."""
+    runs = []
+    for r, order in enumerate(orders):
+        if progress:
+            progress(f"{name} run {r + 1}/{len(orders)}")
+        start = time.perf_counter()
+        kwargs = {"seed": seed + r} if name in ("kmeans-k", "hdbscan") else {}
+        run = RUNNERS[name](data, order, labeler, settings, **kwargs)
+        run.seconds = time.perf_counter() - start
+        runs.append(run)
+        if name == "llm-only":  # the raw labels later strategies will embed one by one
+            data.embedder.prefetch([label_text(x) for x in run.labels if x])
+    return runs
+
+
+def _consistency(name: str, runs: list[Run], data: EvalData, order, labeler, settings) -> dict:
+    """Order invariance and stable share over the runs; for the strategies that ask the
+    LLM, also test-retest agreement of the first ordering run again."""
+    labelings = [_labeling(run) for run in runs]
+    out = {
+        "order_invariance_ari": mean_pairwise_ari(labelings),
+        "stable_share": stable_share(labelings),
+    }
+    if name not in ("kmeans-k", "hdbscan"):
+        again = RUNNERS[name](data, order, labeler, settings)
+        out["test_retest_ari"] = mean_pairwise_ari([labelings[0], _labeling(again)])
+    return out
+
+
+def _labeling(run: Run) -> list[str]:
+    """The run's labels, each failed item a label of its own."""
+    return [lab if lab is not None else f"_failed_{i}" for i, lab in enumerate(run.labels)]

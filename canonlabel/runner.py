@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import (
@@ -20,11 +20,96 @@ from rich.progress import (
 )
 
 from canonlabel.config import Settings
-from canonlabel.io import RowSpool, check_output, count_lines, read_records, usable_text
+from canonlabel.io import JobIO, RowSpool, check_output, usable_text
 from canonlabel.normalize import text_key
 from canonlabel.types import Result
 
+if TYPE_CHECKING:
+    from canonlabel.categories import Assignment, CategoryIndex
+    from canonlabel.distill import DistilledClassifier
+    from canonlabel.embed import Embedder
+    from canonlabel.io import Record
+    from canonlabel.llm import Labeler
+
 CHUNK = 256
+
+
+@dataclass(frozen=True)
+class CategoryOptions:
+    """``classify --categories``: fixed categories matched by embedding similarity."""
+
+    file: Path  # the category definitions (see canonlabel.categories.load_categories)
+    min_similarity: float = 0.3  # below it the answer is "other"
+    top_k: int = 1
+    multi_threshold: float | None = None  # extra categories need this similarity
+    margin: float = 0.0  # ask the LLM when the top two are this close (0: never)
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """``classify --ray``: where the Ray Data pipeline runs and its actor pools."""
+
+    address: str | None = None  # a cluster (auto, ray://head:10001); None: local
+    embedders: int = 1
+    labelers: int | None = None  # None: 2 on PostgreSQL, 1 on SQLite
+
+
+@dataclass(frozen=True)
+class ClassifyOptions:
+    """One ``classify`` job, as its flags describe it: files, settings, and at most one
+    of a distilled router model, fixed categories or Ray."""
+
+    files: JobIO
+    settings: Settings
+    router: Path | None = None  # a model directory from ``train``
+    router_threshold: float = 0.7  # its top probability needed to skip the pipeline
+    categories: CategoryOptions | None = None
+    ray: RayOptions | None = None
+    summary_json: Path | None = None  # also write the summary here
+
+
+def classify_job(options: ClassifyOptions, console: Console | None = None) -> dict:
+    """Run one ``classify`` job: fixed categories, on Ray, or the streaming pipeline
+    (with or without a router model); returns its summary."""
+    from canonlabel.errors import ConfigError
+
+    files, settings = options.files, options.settings
+    alone = options.categories is None and options.router is None
+    if options.ray is not None and not alone:
+        raise ConfigError("--ray runs the open-set pipeline; drop --categories/--router, or --ray")
+    if options.categories is not None:
+        summary = run_categories(files, settings, options.categories, console=console)
+    elif options.ray is not None:
+        from canonlabel.batch import run_classify_ray
+
+        ray = options.ray
+        summary = run_classify_ray(
+            files.input,
+            files.output,
+            settings,
+            address=ray.address,
+            embedders=ray.embedders,
+            labelers=ray.labelers,
+            text_field=files.text_field,
+            id_field=files.id_field,
+            limit=files.limit,
+            console=console,
+        )
+    else:
+        summary = run_classify(
+            files.input,
+            files.output,
+            settings,
+            text_field=files.text_field,
+            id_field=files.id_field,
+            limit=files.limit,
+            console=console,
+            router=options.router,
+            router_threshold=options.router_threshold,
+        )
+    if options.summary_json:
+        options.summary_json.write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
 
 
 def run_classify(
@@ -48,20 +133,36 @@ def run_classify(
 
     console = console or Console(stderr=True)
     check_output(output)
-    records = read_records(input, text_field=text_field, id_field=id_field)
-    if limit:
-        records = islice(records, limit)
-    total = count_lines(input)
-    total = min(total, limit) if total and limit else (limit or total)
+    files = JobIO(input, output, text_field, id_field, limit)
+    records, total = files.records(), files.total()
     with console.status("loading models and store..."):
         clf = Classifier.open(settings=settings)
-        model = None
-        if router is not None:
-            from canonlabel.distill import DistilledClassifier
-
-            model = DistilledClassifier.load(router, embedder=clf.embedder)
+        model = None if router is None else _load_model(router, clf)
     start = time.perf_counter()
-    spool = RowSpool()
+    with clf, RowSpool() as spool:
+        try:
+            _label_records(clf, records, total, spool, model, router_threshold, console)
+            summary = _summary(clf, time.perf_counter() - start)
+        except KeyboardInterrupt:
+            summary = _summary(clf, time.perf_counter() - start) | {"interrupted": True}
+        finally:
+            # every row made, interrupted or not, reaches the output once, with the labels
+            # the store holds at the end (the store is still open here)
+            changed = deliver_rows(spool, output, clf)
+    summary["relabelled_rows"] = changed
+    _print_summary(console, summary)
+    _warn(console, summary)
+    return summary
+
+
+def _load_model(path: Path, clf) -> DistilledClassifier:
+    from canonlabel.distill import DistilledClassifier
+
+    return DistilledClassifier.load(path, embedder=clf.embedder)
+
+
+def _label_records(clf, records, total, spool: RowSpool, model, threshold, console) -> None:
+    """Label ``records`` chunk by chunk into ``spool``, then consolidate."""
     progress = Progress(
         TextColumn("[bold]classify"),
         BarColumn(),
@@ -72,27 +173,19 @@ def run_classify(
         console=console,
         disable=not console.is_terminal,
     )
-    with clf, spool:
-        try:
-            with progress:
-                task = progress.add_task("classify", total=total, hit=0.0, llm=0)
-                while chunk := list(islice(records, CHUNK)):
-                    for row in _classify_chunk(clf, chunk, model, router_threshold):
-                        spool.write(row)
-                    _advance(progress, task, clf.counters, len(chunk))
-            if clf.settings.consolidate_every > 0:
-                with console.status("consolidating labels..."):
-                    # a job that labelled nothing new (a resumed, finished one) pays nothing
-                    clf.consolidate(adjudication_budget=None if clf.counters["llm_items"] else 0)
-            summary = _summary(clf, time.perf_counter() - start)
-        except KeyboardInterrupt:
-            summary = _summary(clf, time.perf_counter() - start) | {"interrupted": True}
-        finally:
-            # every row made, interrupted or not, reaches the output once, with the labels
-            # the store holds at the end (the store is still open here)
-            changed = deliver_rows(spool, output, clf)
-    summary["relabelled_rows"] = changed
-    _print_summary(console, summary)
+    with progress:
+        task = progress.add_task("classify", total=total, hit=0.0, llm=0)
+        while chunk := list(islice(records, CHUNK)):
+            for row in _classify_chunk(clf, chunk, model, threshold):
+                spool.write(row)
+            _advance(progress, task, clf.counters, len(chunk))
+    if clf.settings.consolidate_every > 0:
+        with console.status("consolidating labels..."):
+            # a job that labelled nothing new (a resumed, finished one) pays nothing
+            clf.consolidate(adjudication_budget=None if clf.counters["llm_items"] else 0)
+
+
+def _warn(console: Console, summary: dict) -> None:
     if summary["reused_ids"]:
         console.print(
             f"[yellow]warning:[/] {summary['reused_ids']} ids were already stored with "
@@ -102,7 +195,6 @@ def run_classify(
     warning = (summary.get("router") or {}).get("warning")
     if warning:
         console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
-    return summary
 
 
 def _advance(progress: Progress, task, c, n: int) -> None:
@@ -359,92 +451,105 @@ def _router_line(r: dict) -> str:
 
 
 def run_categories(
-    input: str,
-    output: Path | None,
+    files: JobIO,
     settings: Settings,
-    categories_file: Path,
+    options: CategoryOptions,
     *,
-    text_field: str = "text",
-    id_field: str = "id",
-    limit: int | None = None,
-    min_similarity: float = 0.3,
-    top_k: int = 1,
-    multi_threshold: float | None = None,
-    margin: float = 0.0,
     console: Console | None = None,
 ) -> dict:
     """``classify --categories``: fixed categories by embedding similarity, no LLM unless
-    ``margin`` > 0 (then the LLM breaks near-ties, constrained to the tied categories)."""
+    ``options.margin`` > 0 (then the LLM breaks near-ties, constrained to the tied
+    categories)."""
     from canonlabel import categories as cat
-    from canonlabel.embed import make_embedder
-    from canonlabel.errors import CanonlabelError
+    from canonlabel.jobs import open_categories
     from canonlabel.llm import make_labeler
-    from canonlabel.store import open_store
 
     console = console or Console(stderr=True)
-    check_output(output)
-    records = read_records(input, text_field=text_field, id_field=id_field)
-    if limit:
-        records = islice(records, limit)
-    embedder = make_embedder(settings.embedder, settings)
-    store = open_store(settings.db)
-    store.lock_writer(settings.lock_wait)
-    store.bind_embedder(embedder.id, embedder.dim)
-    defined = cat.define(store, embedder, cat.load_categories(categories_file))
-    index = cat.load_index(store, embedder.dim)
-    labeler = make_labeler(settings.llm, settings) if margin > 0 else None
-    counts: dict[str, int] = {"items": 0, "failed": 0, "other": 0, "llm_calls": 0}
-    start = time.perf_counter()
-    sink = output.open("w", encoding="utf-8") if output else sys.stdout
+    check_output(files.output)
+    records = files.records()
+    opened = open_categories(settings, options.file)
     try:
-        while chunk := list(islice(records, CHUNK)):
-            texts: list[str] = []
-            rows: list[dict[str, Any]] = []
-            for r in chunk:
-                row: dict[str, Any] = {"id": r.id, "text": r.text}
-                try:
-                    row["text"] = usable_text(r, settings.max_chars)
-                    texts.append(row["text"])
-                except CanonlabelError as exc:
-                    row["error"] = str(exc)
-                rows.append(row)
-            vectors = embedder.embed(texts)
-            found = iter(
-                cat.assign(
-                    index,
-                    vectors,
-                    texts,
-                    min_similarity=min_similarity,
-                    top_k=top_k,
-                    multi_threshold=multi_threshold,
-                    labeler=labeler,
-                    margin=margin,
-                )
-            )
-            for row in rows:
-                counts["items"] += 1
-                if "error" in row:
-                    counts["failed"] += 1
-                else:
-                    a = next(found)
-                    row |= {
-                        "label": a.categories[0],
-                        "categories": list(a.categories),
-                        "scores": list(a.scores),
-                        "source": a.source,
-                    }
-                    counts["other"] += a.categories[0] == cat.OTHER
-                    counts["llm_calls"] += a.source == "llm"
-                sink.write(json.dumps(row, ensure_ascii=False) + "\n")
-            sink.flush()
+        match = _CategoryMatch(
+            opened.embedder,
+            cat.load_index(opened.store, opened.embedder.dim),
+            make_labeler(settings.llm, settings) if options.margin > 0 else None,
+            options,
+            settings.max_chars,
+        )
+        start = time.perf_counter()
+        with files.writer() as sink:
+            while chunk := list(islice(records, CHUNK)):
+                sink.write_many(match.rows(chunk))
+                sink.flush()
     finally:
-        store.close()
-        if output:
-            sink.close()
+        opened.store.close()
     summary = (
-        counts
-        | {"categories": len(index.names), "seconds": round(time.perf_counter() - start, 2)}
-        | {"definitions": defined}
+        match.counts
+        | {"categories": len(match.index.names), "seconds": round(time.perf_counter() - start, 2)}
+        | {"definitions": opened.defined}
     )
     _print_summary(console, summary)
     return summary
+
+
+@dataclass
+class _CategoryMatch:
+    """Matches chunks of records to categories, counting what it answers."""
+
+    embedder: Embedder
+    index: CategoryIndex
+    labeler: Labeler | None  # None: never ask the LLM
+    options: CategoryOptions
+    max_chars: int
+    counts: dict[str, int] = field(
+        default_factory=lambda: {"items": 0, "failed": 0, "other": 0, "llm_calls": 0}
+    )
+
+    def rows(self, chunk: list[Record]) -> list[dict[str, Any]]:
+        """One output row per record of ``chunk``, in order (unreadable ones: an error)."""
+        from canonlabel import categories as cat
+        from canonlabel.errors import CanonlabelError
+
+        texts: list[str] = []
+        rows: list[dict[str, Any]] = []
+        for r in chunk:
+            row: dict[str, Any] = {"id": r.id, "text": r.text}
+            try:
+                row["text"] = usable_text(r, self.max_chars)
+                texts.append(row["text"])
+            except CanonlabelError as exc:
+                row["error"] = str(exc)
+            rows.append(row)
+        o = self.options
+        found = iter(
+            cat.assign(
+                self.index,
+                self.embedder.embed(texts),
+                texts,
+                min_similarity=o.min_similarity,
+                top_k=o.top_k,
+                multi_threshold=o.multi_threshold,
+                labeler=self.labeler,
+                margin=o.margin,
+            )
+        )
+        for row in rows:
+            self._count(row, None if "error" in row else next(found))
+        return rows
+
+    def _count(self, row: dict[str, Any], found: Assignment | None) -> None:
+        """Fill ``row`` from its assignment ``found`` (None: it failed) and count it."""
+        from canonlabel.categories import OTHER
+
+        self.counts["items"] += 1
+        if found is None:
+            self.counts["failed"] += 1
+            return
+        row |= {
+            "label": found.categories[0],
+            "categories": list(found.categories),
+            "scores": list(found.scores),
+            "source": found.source,
+        }
+        self.counts["other"] += found.categories[0] == OTHER
+        self.counts["llm_calls"] += found.source == "llm"
