@@ -175,26 +175,6 @@ def test_one_same_never_joins_a_pair_and_a_third_answer_breaks_a_tie():
     assert verdict(tie | {variant_key(key, 2): False}, key)[0] is False
 
 
-def test_a_lone_different_that_confirmed_sames_contradict_is_asked_again():
-    """Two components whose heads one answer called different, while a confirmed "same"
-    links their members: the heads' pair is asked again, and two answers decide."""
-    from canonlabel.labelspace.adjudicate import Adjudication, _Links, variant_key, verdict
-
-    assert verdict({"a|c": False}, "a|c", doubted=True) == (None, 1)
-    adj = Adjudication.__new__(Adjudication)
-    adj.top, adj.confirm, adj.doubted = ["a", "b", "c", "d"], True, set()
-    adj.stored = {"a|c": False}  # the heads, judged different once
-    adj.links = _Links([False] * 4, [10, 2, 10, 2])
-    adj.links.join(0, 1)
-    adj.links.join(2, 3)
-    assert adj._claim(1, 3) == (0, 2)  # "b" and "d" were judged the same twice: ask again
-    assert not adj.links.joined(1, 3)
-    adj.stored[variant_key("a|c", 1)] = True
-    assert adj._claim(1, 3) == (0, 2)  # one each way: a third answer decides
-    adj.stored[variant_key("a|c", 2)] = True
-    assert adj._claim(1, 3) is None and adj.links.joined(1, 3)
-
-
 def test_the_erring_judge_depends_on_the_question_not_only_the_texts():
     gold = corpus(n_per_intent=30)
     llm = SimulatedLLM(gold, error_rate=0.0, judge_error_rate=0.5, seed=4)

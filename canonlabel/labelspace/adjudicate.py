@@ -20,10 +20,7 @@ A judge errs too, and its answer depends on the examples shown. So one "same" ne
 joins a pair: it is asked again, in the reverse order with other example texts, and a
 third time (other examples again) when the two disagree; two agreeing answers decide
 (:func:`verdict`). With independent errors at rate e a pair is joined wrongly about 3e²
-of the time instead of e. A "different" decides alone (it only leaves a group apart),
-unless confirmed "same" answers about the two sides' members contradict it: then the
-two heads are asked again, and two answers decide (Banking77 3,000 at 10% wrong: labels
-90.0 -> 82.3 and 88.3 -> 85.3, uniform and confusable errors, ARI unchanged).
+of the time instead of e. A "different" decides alone: it only leaves a group apart.
 """
 
 from __future__ import annotations
@@ -120,19 +117,16 @@ def variant_key(key: str, variant: int) -> str:
 CONFIRM_ABOVE = 0.03  # the LLM's estimated error rate from which a "same" is confirmed
 
 
-def verdict(
-    stored: dict[str, bool], key: str, confirm: bool = True, doubted: bool = False
-) -> tuple[bool | None, int]:
+def verdict(stored: dict[str, bool], key: str, confirm: bool = True) -> tuple[bool | None, int]:
     """(decision, next question to ask) for pair ``key`` from its stored answers.
 
     With ``confirm`` (an LLM the consensus found wrong at least ``CONFIRM_ABOVE`` of the
     time), a "same" must be confirmed by a second answer (a wrong "same" joins two kinds
     of message for good, a wrong "different" leaves a group apart that the next
     consolidation can still join); with two answers that disagree, a third decides; a
-    "different" decides alone unless ``doubted`` (confirmed "same" answers link the two
-    sides' members, see ``Adjudication._claim``). Without ``confirm``, the first answer
-    decides. The decision is None while a question is still due (the variant to ask
-    next), or after ``VARIANTS`` questions without a majority.
+    "different" decides alone. Without it, the first answer decides. The decision is
+    None while a question is still due (the variant to ask next), or after
+    ``VARIANTS`` questions without a majority.
 
     Asking a "different" again too where the pair's similarity leans "same" was measured
     and not adopted: the questions it adds leave other pairs unasked within the budget
@@ -141,7 +135,7 @@ def verdict(
     LLM that is never wrong went from 55 to 118 labels (ARI 0.965 -> 0.794)."""
     answers = [stored.get(variant_key(key, v)) for v in range(VARIANTS)]
     given = [a for a in answers if a is not None]
-    if len(given) == 1 and (not confirm or (given == [False] and not doubted)):
+    if len(given) == 1 and (not confirm or given == [False]):
         return given[0], VARIANTS
     for value in (True, False):
         if given.count(value) >= 2:
@@ -316,14 +310,13 @@ class Adjudication:
         self._examples: dict[int, list[str]] = {}
         self.stored: dict[str, bool] = {}
         self.confirm = confirm  # a "same" needs a second answer (see verdict)
-        self.doubted: set[str] = set()  # heads' pairs a lone "different" cannot settle
         if len(self.rows) < 2:
             return
         group_of = {raw: g for g, raws in enumerate(self.raws) for raw in raws}
         self.stored = stored = self.store.adjudications.get()
         checks: dict[str, tuple[int, int]] = {}  # joins waiting for their heads' answer
         for key in sorted({k.partition("#")[0] for k in stored}):
-            same, _ = self._verdict(key)
+            same, _ = verdict(stored, key, confirm)
             a, _, b = key.partition("|")
             if same and a in group_of and b in group_of:
                 check = self._claim(group_of[a], group_of[b])
@@ -333,13 +326,10 @@ class Adjudication:
         self.pair_of.update(checks)
         for g, h, _ in borderline_pairs(names, self.content, name_weight, floor, 2.0):
             key = self._key(g, h)
-            if self._verdict(key)[1] < VARIANTS and not (
+            if verdict(stored, key, confirm)[1] < VARIANTS and not (
                 self.links.pinned[g] and self.links.pinned[h]
             ):
                 self.pair_of.setdefault(key, (g, h))
-
-    def _verdict(self, key: str) -> tuple[bool | None, int]:
-        return verdict(self.stored, key, self.confirm, key in self.doubted)
 
     def _key(self, g: int, h: int) -> str:
         return "|".join(sorted((self.top[g], self.top[h])))
@@ -351,9 +341,7 @@ class Adjudication:
 
         Without this, "same" is transitive through any small group: one generic raw label
         (``waiting_transaction``, used once for a card payment and once for a transfer)
-        that is like both sides joins two intents that nobody judged alike. A confirmed
-        "same" here does contradict a lone "different" about the heads, though: that one
-        is asked again (``doubted``), since a judge errs both ways."""
+        that is like both sides joins two intents that nobody judged alike."""
         links = self.links
         a, b = links.find(g), links.find(h)
         if a == b:
@@ -362,9 +350,7 @@ class Adjudication:
         if {ha, hb} == {g, h}:
             links.join(g, h)
             return None
-        heads = self._key(ha, hb)
-        self.doubted.add(heads)  # a confirmed "same" links the two sides
-        known, _ = self._verdict(heads)
+        known, _ = verdict(self.stored, self._key(ha, hb), self.confirm)
         if known is None:
             return (ha, hb)
         if known:
@@ -404,7 +390,7 @@ class Adjudication:
 
         def question(g: int, h: int) -> tuple[str, Callable]:
             key = self._key(g, h)
-            v = self._verdict(key)[1]
+            v = verdict(self.stored, key, self.confirm)[1]
             if v % 2:  # every other question shows the pair the other way round
                 return variant_key(key, v), lambda: (self._shown(h, v), self._shown(g, v))
             return variant_key(key, v), lambda: (self._shown(g, v), self._shown(h, v))
@@ -412,7 +398,7 @@ class Adjudication:
         def answered(asked: str, same: bool) -> list:
             self.stored[asked] = same
             key = asked.partition("#")[0]
-            decided, following = self._verdict(key)
+            decided, following = verdict(self.stored, key, self.confirm)
             if decided is None:
                 return [question(*pair_of[key])] if following < VARIANTS else []
             check = self._claim(*pair_of[key]) if decided else None
