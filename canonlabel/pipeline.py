@@ -29,6 +29,15 @@ class Classifier(Memory):
     'card_delivery'
     """
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # one engine for the classifier's life; each run starts it afresh (see Engine.start)
+        self.engine = Engine(self)
+
+    def close(self) -> None:
+        self.engine.close()
+        super().close()
+
     # -- the label space (see canonlabel.labelspace) ----------------------------------
     def merge(self, source: int, into: int) -> dict:
         """Merge label ``source`` into ``into`` (logged, undoable)."""
@@ -124,7 +133,7 @@ class Classifier(Memory):
             if progress:
                 progress(1)
 
-        engine = Engine(self, concurrency)
+        engine = self.engine.start(concurrency)
         try:
             for start in range(0, len(texts), _MISS_BATCH):
                 stop = start + _MISS_BATCH
