@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -39,8 +39,17 @@ log = logging.getLogger(__name__)
 class Engine:
     """One classifier's pipeline: its parts, and consolidation when it falls due."""
 
-    def __init__(self, memory: Memory, concurrency: int = 1, background: bool = False) -> None:
+    def __init__(
+        self,
+        memory: Memory,
+        concurrency: int = 1,
+        background: bool = False,
+        *,
+        consolidate: Callable[..., dict] | None = None,
+    ) -> None:
         self.memory = memory
+        # the owner's consolidation (a classifier's also refits its hierarchy)
+        self.consolidate = consolidate or memory.consolidate
         self.leaders = Leaders(memory.dim)
         self.delivery = Delivery(memory)
         self.lookup = Lookup(memory, self.delivery, self.leaders)
@@ -143,11 +152,11 @@ class Engine:
         if not self.consolidation_due:
             return
         if not self.background:
-            self.memory.consolidate()
+            self.consolidate()
             return
         questions = self.memory.consolidation.job()
         if questions is None:
-            self.memory.consolidate(adjudication_budget=0)
+            self.consolidate(adjudication_budget=0)
             return
         if self._side is None:
             self._side = ThreadPoolExecutor(1, thread_name_prefix="canonlabel-adjudicate")
@@ -163,7 +172,7 @@ class Engine:
             calls = 0
         try:
             self.memory.consolidation.record(calls)
-            self.memory.consolidate(adjudication_budget=0)
+            self.consolidate(adjudication_budget=0)
         finally:  # `adjudicating` stays true until the answers are counted and applied
             self._adjudicating = None
 
