@@ -26,7 +26,7 @@ _MISS_BATCH = 256  # items normalised, looked up and embedded together
 T = TypeVar("T")
 
 
-class _Memory(Generic[T]):
+class _FromMemory(Generic[T]):
     """A classifier attribute that is its memory's, read and written through (callers
     and tests swap a classifier's settings or backends, and the engine must see it)."""
 
@@ -34,7 +34,7 @@ class _Memory(Generic[T]):
         self.name = name
 
     @overload
-    def __get__(self, obj: None, owner: type) -> _Memory[T]: ...
+    def __get__(self, obj: None, owner: type) -> _FromMemory[T]: ...
     @overload
     def __get__(self, obj: Classifier, owner: type) -> T: ...
     def __get__(self, obj: Classifier | None, owner: type) -> Any:
@@ -52,16 +52,16 @@ class Classifier:
     'card_delivery'
     """
 
-    settings: _Memory[Settings] = _Memory()
-    store: _Memory[Store] = _Memory()
-    embedder: _Memory[Embedder] = _Memory()
-    labeler: _Memory[Labeler] = _Memory()
-    dim: _Memory[int] = _Memory()
-    space: _Memory[LabelSpace] = _Memory()
-    cache: _Memory[VectorIndex] = _Memory()
-    router: _Memory[Router | None] = _Memory()
-    categories: _Memory[dict[int, str]] = _Memory()
-    counters: _Memory[dict[str, float]] = _Memory()
+    settings: _FromMemory[Settings] = _FromMemory()
+    store: _FromMemory[Store] = _FromMemory()
+    embedder: _FromMemory[Embedder] = _FromMemory()
+    labeler: _FromMemory[Labeler] = _FromMemory()
+    dim: _FromMemory[int] = _FromMemory()
+    space: _FromMemory[LabelSpace] = _FromMemory()
+    cache: _FromMemory[VectorIndex] = _FromMemory()
+    router: _FromMemory[Router | None] = _FromMemory()
+    categories: _FromMemory[dict[int, str]] = _FromMemory()
+    counters: _FromMemory[dict[str, float]] = _FromMemory()
 
     def __init__(
         self,
@@ -77,6 +77,7 @@ class Classifier:
         self.engine = Engine(self.memory, consolidate=self.consolidate)
 
     def close(self) -> None:
+        """Finish the engine's work and close the store (releasing the writer lock)."""
         self.engine.close()
         self.memory.close()
 
@@ -234,9 +235,9 @@ class Classifier:
 
     def consolidate(self, *, dry_run: bool = False, adjudication_budget: int | None = None) -> dict:
         """Regroup every raw label, order-invariantly, and run the consensus (see
-        :meth:`Memory.consolidate`); a stored label hierarchy whose labels drifted is
-        refitted too (``report["hierarchy"]``; its calls count as LLM calls), unless the
-        consolidation may ask the LLM nothing (``adjudication_budget=0``)."""
+        :mod:`canonlabel.labelspace.maintenance`); a stored label hierarchy whose labels
+        drifted is refitted too (``report["hierarchy"]``; its calls count as LLM calls),
+        unless the consolidation may ask the LLM nothing (``adjudication_budget=0``)."""
         report = self.memory.consolidate(dry_run=dry_run, adjudication_budget=adjudication_budget)
         if dry_run or adjudication_budget == 0 or "skipped" in report:
             return report
