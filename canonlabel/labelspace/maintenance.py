@@ -51,6 +51,7 @@ class Host(Protocol):
     @property
     def router(self) -> _Router | None: ...
     def sync(self, *, force: bool = False) -> None: ...
+    def know(self, label_ids) -> None: ...
     def grouping(self) -> Grouping: ...
 
 
@@ -129,6 +130,8 @@ class Consolidation:
         (see :mod:`canonlabel.labelspace.consensus`); returns what moved."""
         host, store = self.host, self.host.store
         ids, vectors, stored = store.items.cached(host.space.dim)
+        # another process may have committed items under labels made since our sync
+        host.know(stored.tolist())
         current = store.corrections.all()
         resolve = host.space.resolve
         answers = np.array(
