@@ -63,7 +63,7 @@ class Engine:
         """Begin a run (a ``classify_many`` call, or a service's life): ``concurrency``
         LLM questions at once, audit sampling from its seed again so the run's audits
         do not depend on earlier runs. ``background``: consolidation's LLM questions
-        off the engine thread."""
+        off the engine thread. Only between runs, with nothing in flight."""
         self.background = background
         self.dispatch.start(concurrency)
         self.lookup.rng.seed(0)
@@ -84,6 +84,7 @@ class Engine:
         return self.dispatch.busy
 
     def close(self) -> None:
+        """End a run: settle adjudication still out and release the worker threads."""
         if self._adjudicating is not None:
             self._settle_adjudication()  # waits for the questions still out
         if self._side is not None:
