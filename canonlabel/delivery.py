@@ -7,19 +7,41 @@ committed before the callback runs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from canonlabel.types import Result, Source
 
 if TYPE_CHECKING:
-    from canonlabel.config import Settings
     from canonlabel.memory import Memory
 
 Callback = Callable[[Hashable, Result, "Exception | None"], None]
+
+
+class Follower(NamedTuple):
+    """An item that takes its leader's answer: how close it is and how it was matched."""
+
+    item: Item
+    similarity: float
+    how: Source  # "exact" (same text key) or "cache" (a near-duplicate)
+
+
+class Guess(NamedTuple):
+    """What the router would answer for an item."""
+
+    label: int
+    score: float
+
+
+class Near(NamedTuple):
+    """An item's nearest cached neighbour: its stored label, the cache's score, its id."""
+
+    label: int
+    score: float
+    item_id: int
 
 
 @dataclass(eq=False)
@@ -31,11 +53,19 @@ class Item:
     key: str
     timings: dict[str, float] = field(default_factory=dict)
     vector: np.ndarray | None = None
-    followers: list[tuple[Item, float, Source]] = field(default_factory=list)
-    # what the router and the cache would say, audited if the item goes to the LLM:
-    # (router label, confidence) and (nearest cached item's stored label, similarity)
-    guess: tuple[int, float] | None = None
-    near: tuple[int, float, int] | None = None  # ... and that item's id
+    followers: list[Follower] = field(default_factory=list)
+    # what the router and the cache would say, audited if the item goes to the LLM
+    guess: Guess | None = None
+    near: Near | None = None
+
+
+class Hit(NamedTuple):
+    """A decided item: the result it is delivered and the row stored for it (after the
+    insert, ``row["id"]`` is its item id)."""
+
+    item: Item
+    result: Result
+    row: dict
 
 
 def failure(text: str, ext_id: str | None, error: Exception, timings=None) -> Result:
@@ -51,23 +81,27 @@ def failure(text: str, ext_id: str | None, error: Exception, timings=None) -> Re
     )
 
 
-def followers_of(it: Item):
+def followers_of(it: Item) -> Iterator[Follower]:
     """Items waiting on ``it``: its followers and, recursively, theirs (an exact
     duplicate of a text that itself follows a near-duplicate)."""
-    for f, sim, how in it.followers:
-        yield f, sim, how
-        yield from followers_of(f)
+    for follower in it.followers:
+        yield follower
+        yield from followers_of(follower.item)
 
 
 class Delivery:
-    """Turning decided items into committed rows and delivered results (base of
-    :class:`~canonlabel.engine.Engine`, which sets ``clf``, ``settings`` and callbacks)."""
+    """Turns decided items into committed rows and delivered results, and holds each
+    pending item's callback."""
 
-    clf: Memory
-    settings: Settings
-    _callback: dict[Item, Callback]
+    def __init__(self, memory: Memory) -> None:
+        self.memory = memory
+        self._callback: dict[Item, Callback] = {}
 
-    def _hit(
+    def watch(self, it: Item, on_done: Callback) -> None:
+        """``it`` is pending: ``on_done`` gets its result."""
+        self._callback[it] = on_done
+
+    def hit(
         self,
         it: Item,
         label_id: int,
@@ -76,15 +110,16 @@ class Delivery:
         sim: float,
         matched: int | None,
         name: str | None = None,
-    ):
+    ) -> Hit:
         """``name`` is given for a label created in the transaction being written.
 
         The row keeps the matched item's own (unresolved) label id, so the hit follows
         that label through later merges and their undo."""
         stored = label_id
+        space = self.memory.space
         if name is None:
-            label_id = self.clf.space.resolve(label_id)
-            name = self.clf.space.names[label_id]
+            label_id = space.resolve(label_id)
+            name = space.names[label_id]
         result = Result(
             text=it.text,
             label=name,
@@ -96,60 +131,61 @@ class Delivery:
             id=it.ext_id,
             timings=it.timings,
         )
-        row = self._row(it, stored, raw, source, sim, matched)
+        row = self.row(it, stored, raw, source, sim, matched)
         if source == "cache":
             # Kept with or without store_hits: a hit's text is evidence of what its raw
             # label is used for (consolidation), whichever item happened to be asked.
-            row.update(vector=it.vector, cached=self.settings.store_hits)
+            row.update(vector=it.vector, cached=self.memory.settings.store_hits)
         elif source == "model":  # kept for consolidation by items (it regroups every item)
             row.update(vector=it.vector)
-        return it, result, row
+        return Hit(it, result, row)
 
-    def _commit_hits(self, hits) -> None:
+    def commit_hits(self, hits: list[Hit]) -> None:
         if not hits:
             return
-        hits = self.clf.store.transaction(lambda conn: self._insert_hit_rows(conn, hits))
-        self._cache_hit_rows(hits)
-        self._learn(hits)
+        hits = self.memory.store.transaction(lambda conn: self.insert_hit_rows(conn, hits))
+        self.after_commit(hits)
         for it, result, _ in hits:
-            self._resolve(it, result, f"{result.source}_hits")
+            self.resolve(it, result, f"{result.source}_hits")
 
-    def _insert_hit_rows(self, conn, hits) -> list:
+    def insert_hit_rows(self, conn, hits: list[Hit]) -> list[Hit]:
         """Insert hit rows; returns the hits with their item ids (``row["id"]``)."""
         if not hits:
             return []
-        ids = self.clf.store.items.insert(conn, [row for _, _, row in hits])
-        return [(it, result, {**row, "id": i}) for (it, result, row), i in zip(hits, ids)]
+        ids = self.memory.store.items.insert(conn, [h.row for h in hits])
+        return [Hit(h.item, h.result, {**h.row, "id": i}) for h, i in zip(hits, ids)]
 
-    def _cache_hit_rows(self, hits) -> None:
+    def after_commit(self, hits: list[Hit]) -> None:
+        """Committed hits join the semantic cache and teach the router."""
+        self._cache_hit_rows(hits)
+        self._learn(hits)
+
+    def _cache_hit_rows(self, hits: list[Hit]) -> None:
         """After commit: cached hits join the semantic cache (a repeated (id, text) got
         the first row's id, and an item joins once)."""
-        cached = [row for _, _, row in hits if row.get("cached")]
+        cached = [h.row for h in hits if h.row.get("cached")]
         if cached:
-            self._add_to_cache(
+            self.memory.add_cached(
                 [r["id"] for r in cached],
                 [r["label_id"] for r in cached],
                 [r["vector"] for r in cached],
             )
 
-    def _learn(self, hits) -> None:
+    def _learn(self, hits: list[Hit]) -> None:
         """After commit: items answered without the LLM train the router's next head
         (exact duplicates add nothing; cached hits are in the cache already)."""
-        router = self.clf.router
+        router = self.memory.router
         learn = [
-            (row["label_id"], it.vector)
-            for it, result, row in hits
-            if result.source in ("cache", "model") and not row.get("cached")
+            (h.row["label_id"], h.item.vector)
+            for h in hits
+            if h.result.source in ("cache", "model") and not h.row.get("cached")
         ]
         if router is not None and learn:
             router.remember(*zip(*learn, strict=True))
 
-    def _add_to_cache(self, item_ids, label_ids, vectors) -> None:
-        self.clf.add_cached(item_ids, label_ids, vectors)
-
     # -- bookkeeping --------------------------------------------------------------------
     @staticmethod
-    def _row(it: Item, label_id, raw, source, sim, matched) -> dict:
+    def row(it: Item, label_id, raw, source, sim, matched) -> dict:
         return {
             "ext_id": it.ext_id,
             "text": it.text,
@@ -162,11 +198,11 @@ class Delivery:
             "matched_item": matched,
         }
 
-    def _resolve(self, it: Item, result: Result, counter: str) -> None:
-        self._deliver(self._callback.pop(it), it.token, result, None, counter)
+    def resolve(self, it: Item, result: Result, counter: str) -> None:
+        self.deliver(self._callback.pop(it), it.token, result, None, counter)
 
-    def _fail(self, it: Item, error: Exception) -> None:
-        self._deliver(
+    def fail(self, it: Item, error: Exception) -> None:
+        self.deliver(
             self._callback.pop(it),
             it.token,
             failure(it.text, it.ext_id, error, it.timings),
@@ -174,7 +210,7 @@ class Delivery:
             "failed",
         )
 
-    def _deliver(self, on_done, token, result, error, counter) -> None:
-        self.clf.counters["items"] += 1
-        self.clf.counters[counter] += 1
+    def deliver(self, on_done, token, result, error, counter) -> None:
+        self.memory.counters["items"] += 1
+        self.memory.counters[counter] += 1
         on_done(token, result, error)

@@ -1,20 +1,30 @@
-"""Finding what an item's answer can be without the LLM (base of
-:class:`~canonlabel.engine.Engine`): normalisation, the resumed and exact-duplicate lookup,
-batched embedding, the router, the semantic cache and the audits that keep both honest.
+"""Finding what an item's answer can be without the LLM: normalisation, the resumed and
+exact-duplicate lookup, batched embedding, the router, the semantic cache and the audit
+sampling that keeps both honest.
 
-Items these stages cannot answer become *leaders* (:meth:`Engine._lead`) or followers of
-a near-duplicate leader already waiting for the LLM.
+Items these stages cannot answer become *leaders* (:class:`Leaders`) or followers of a
+near-duplicate leader already waiting for the LLM.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from typing import TYPE_CHECKING, cast
+from collections import deque
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 import numpy as np
 
-from canonlabel.delivery import Delivery, Item, failure, followers_of
+from canonlabel.delivery import (
+    Delivery,
+    Follower,
+    Guess,
+    Hit,
+    Item,
+    Near,
+    failure,
+    followers_of,
+)
 from canonlabel.errors import CanonlabelError, LabelError, RejectedTextError
 from canonlabel.normalize import normalize, text_key
 
@@ -22,35 +32,77 @@ if TYPE_CHECKING:
     from canonlabel.memory import Memory
 
 
+class Neighbour(NamedTuple):
+    """An item's nearest cached neighbour as the cache finds it."""
+
+    label: int  # the neighbour's stored (unresolved) label
+    similarity: float
+    item_id: int
+
+
 def _vectors(items: list[Item]) -> np.ndarray:
     """The items' embeddings, one row each (every item is embedded before any search)."""
     return np.stack([cast(np.ndarray, it.vector) for it in items])
 
 
-class Lookup(Delivery):
-    """The stages before the LLM. The engine sets ``clf``, ``settings``, ``_rng`` and the
-    leader state (``by_key``, ``_leaders``, ``_leader_vecs``) and provides ``_lead``."""
+class Leaders:
+    """Items that need the LLM: those waiting for a call and those in flight, by text key
+    and by embedding (a near-duplicate miss follows the nearest one)."""
 
-    clf: Memory
-    by_key: dict[str, Item]
-    _leaders: list[Item]
-    _leader_vecs: np.ndarray
-    _rng: random.Random
+    def __init__(self, dim: int) -> None:
+        self.waiting: deque[Item] = deque()  # not yet dispatched
+        self.by_key: dict[str, Item] = {}  # not yet answered
+        self._items: list[Item] = []
+        self._vectors = np.zeros((0, dim), dtype=np.float32)
 
-    def _lead(self, it: Item) -> None:  # pragma: no cover - the engine's
-        raise NotImplementedError
+    def lead(self, it: Item) -> None:
+        self.by_key[it.key] = it
+        n = len(self._items)
+        if n == len(self._vectors):
+            grown = np.zeros((max(64, 2 * n), self._vectors.shape[1]), dtype=np.float32)
+            grown[:n] = self._vectors[:n]
+            self._vectors = grown
+        self._vectors[n] = it.vector
+        self._items.append(it)
+        self.waiting.append(it)
 
-    def _normalise(self, texts, ids, tokens, on_done, vectors=None) -> list[Item]:
+    def unlead(self, it: Item) -> None:
+        self.by_key.pop(it.key, None)
+        n = len(self._items)
+        i = self._items.index(it)
+        self._items.pop(i)
+        self._vectors[i : n - 1] = self._vectors[i + 1 : n]
+
+    def nearest(self, vector) -> tuple[float, Item | None]:
+        """The unanswered leader most similar to ``vector``, and its similarity."""
+        if not self._items:
+            return -1.0, None
+        sims = self._vectors[: len(self._items)] @ vector
+        best = int(sims.argmax())
+        return float(sims[best]), self._items[best]
+
+
+class Lookup:
+    """The stages before the LLM, on the classifier's memory; items they cannot answer
+    join ``leaders``, the answered ones go to ``delivery``."""
+
+    def __init__(self, memory: Memory, delivery: Delivery, leaders: Leaders) -> None:
+        self.memory = memory
+        self.delivery = delivery
+        self.leaders = leaders
+        self.rng = random.Random(0)  # audit sampling: reproducible runs
+
+    def normalise(self, texts, ids, tokens, on_done, vectors=None) -> list[Item]:
         items = []
         vectors = [None] * len(texts) if vectors is None else vectors
         for text, ext_id, token, vector in zip(texts, ids, tokens, vectors):
             start = time.perf_counter()
             ext_id = None if ext_id is None else str(ext_id)
             try:
-                norm, truncated = normalize(text, self.settings.max_chars)
+                norm, truncated = normalize(text, self.memory.settings.max_chars)
             except CanonlabelError as exc:
                 shown = text if isinstance(text, str) else repr(text)
-                self._deliver(on_done, token, failure(shown, ext_id, exc), exc, "failed")
+                self.delivery.deliver(on_done, token, failure(shown, ext_id, exc), exc, "failed")
                 continue
             item = Item(
                 token,
@@ -62,20 +114,21 @@ class Lookup(Delivery):
             )
             if vector is not None:
                 item.vector = np.asarray(vector, dtype=np.float32)
-            self._callback[item] = on_done
+            self.delivery.watch(item, on_done)
             items.append(item)
         return items
 
-    def _lookup(self, items: list[Item], hits) -> list[Item]:
+    def lookup(self, items: list[Item], hits: list[Hit]) -> list[Item]:
         """Resolve resumed and exact-duplicate items from the store; return the rest."""
-        store, clf = self.clf.store, self.clf
+        store, memory = self.memory.store, self.memory
+        settings = memory.settings
         start = time.perf_counter()
         by_id, known_ids = store.items.by_identity(
             [(it.ext_id, it.key) for it in items if it.ext_id]
         )
         by_key = store.items.by_text_key([it.key for it in items])
-        paid = {} if self.settings.retry_failed else store.failures.paid([i.key for i in items])
-        clf.know([r.label_id for r in (*by_id.values(), *by_key.values())])
+        paid = {} if settings.retry_failed else store.failures.paid([i.key for i in items])
+        memory.know([r.label_id for r in (*by_id.values(), *by_key.values())])
         elapsed = (time.perf_counter() - start) / max(1, len(items))
         pending: list[Item] = []
         batch_first: dict[str, Item] = {}
@@ -83,49 +136,53 @@ class Lookup(Delivery):
             it.timings["search"] = elapsed
             row = by_id.get((it.ext_id, it.key)) if it.ext_id else None
             if row is not None:
-                self._resolve(it, clf.result_from_stored(row, timings=it.timings), "resumed")
+                result = memory.result_from_stored(row, timings=it.timings)
+                self.delivery.resolve(it, result, "resumed")
                 continue
             if it.ext_id in known_ids:  # another text under a known id: a new item
-                clf.counters["reused_ids"] += 1
+                memory.counters["reused_ids"] += 1
             if (row := by_key.get(it.key)) is not None:
-                hits.append(self._hit(it, row.label_id, row.raw_label, "exact", 1.0, row.id))
+                hits.append(
+                    self.delivery.hit(it, row.label_id, row.raw_label, "exact", 1.0, row.id)
+                )
             elif it.key in paid:
                 kind, message = paid[it.key]
-                self._fail(
+                self.delivery.fail(
                     it, (RejectedTextError if kind == "rejected" else LabelError)(message, [])
                 )
-            elif (leader := self.by_key.get(it.key) or batch_first.get(it.key)) is not None:
-                leader.followers.append((it, 1.0, "exact"))
+            elif (leader := self.leaders.by_key.get(it.key) or batch_first.get(it.key)) is not None:
+                leader.followers.append(Follower(it, 1.0, "exact"))
             else:
                 batch_first[it.key] = it
                 pending.append(it)
         return pending
 
-    def _embed(self, pending: list[Item]) -> None:
+    def embed(self, pending: list[Item]) -> None:
         todo = [it for it in pending if it.vector is None]
         if not todo:
             return
         start = time.perf_counter()
-        vectors = self.clf.embedder.embed([it.text for it in todo])
+        vectors = self.memory.embedder.embed([it.text for it in todo])
         elapsed = time.perf_counter() - start
-        self.clf.counters["embed_seconds"] += elapsed
+        self.memory.counters["embed_seconds"] += elapsed
         for it, vector in zip(todo, vectors):
             it.vector = vector
             it.timings["embed"] = elapsed / len(todo)
 
-    def _route(self, pending: list[Item], near: list, hits) -> tuple[list[Item], list]:
+    def _route(
+        self, pending: list[Item], near: list[Neighbour | None], hits: list[Hit]
+    ) -> tuple[list[Item], list[Neighbour | None]]:
         """Items the router answers become ``model`` hits (but an ``audit_rate`` share of
         them goes to the LLM instead); every other item carries the router's guess, so
         the LLM's answer audits it for free. ``near``: each item's nearest cached
-        neighbour (stored label, similarity, item id) or None. Returns the items left for cache
-        and LLM, with their neighbours."""
-        router = self.clf.router
+        neighbour or None. Returns the items left for cache and LLM, with their neighbours."""
+        router = self.memory.router
         if router is None:
             return pending, near
         start = time.perf_counter()
         labels, confs = router.predict(_vectors(pending))
         scores = [
-            router.head_score(label, conf, n and n[0]) if label >= 0 else conf
+            router.head_score(label, conf, n and n.label) if label >= 0 else conf
             for label, conf, n in zip(labels.tolist(), confs.tolist(), near)
         ]
         router.scored(labels[labels >= 0], np.asarray(scores)[labels >= 0])
@@ -134,19 +191,19 @@ class Lookup(Delivery):
             pending, near, labels.tolist(), confs.tolist(), scores
         ):
             if label >= 0:
-                it.guess = (label, score)  # a free audit if it goes to the LLM
+                it.guess = Guess(label, score)  # a free audit if it goes to the LLM
             if label < 0 or not router.answers(label, score):
                 rest.append(it)
                 rest_near.append(n)
             elif self._audit_now():
-                self._lead(it)  # straight to the LLM: an audit of what the router would say
+                self.leaders.lead(it)  # straight to the LLM: an audit of what the router says
             else:
                 answered.append((it, label, conf, n))
         self._model_hits(answered, hits)
-        self.clf.counters["route_seconds"] += time.perf_counter() - start
+        self.memory.counters["route_seconds"] += time.perf_counter() - start
         return rest, rest_near
 
-    def _model_hits(self, answered, hits) -> None:
+    def _model_hits(self, answered, hits: list[Hit]) -> None:
         """Rows for items the head answers: (item, root label, confidence, neighbour).
 
         One whose nearest cached neighbour holds the same label keeps that neighbour's
@@ -154,110 +211,100 @@ class Lookup(Delivery):
         consolidation or a split by hand that divides the label (two close intents a
         name-only merge had joined) then takes the item where its nearest LLM-answered
         text goes, instead of leaving it with whichever part keeps the id."""
-        resolve = self.clf.space.resolve
-        follows = [n is not None and resolve(n[0]) == label for _, label, _, n in answered]
-        ids = [n[2] for (_, _, _, n), f in zip(answered, follows) if f]
-        raws = self.clf.store.items.raw_labels(ids) if ids else {}
+        resolve = self.memory.space.resolve
+        follows = [n is not None and resolve(n.label) == label for _, label, _, n in answered]
+        ids = [n.item_id for (_, _, _, n), f in zip(answered, follows) if f]
+        raws = self.memory.store.items.raw_labels(ids) if ids else {}
         for (it, label, conf, n), follow in zip(answered, follows):
-            if follow and raws.get(n[2]) is not None:
-                hits.append(self._hit(it, n[0], raws[n[2]], "model", conf, n[2]))
+            if follow and raws.get(n.item_id) is not None:
+                hit = self.delivery.hit(it, n.label, raws[n.item_id], "model", conf, n.item_id)
+                hits.append(hit)
             else:
-                hits.append(self._hit(it, label, None, "model", conf, None))
+                hits.append(self.delivery.hit(it, label, None, "model", conf, None))
 
-    def _neighbours(self, pending: list[Item]) -> list[tuple[int, float, int] | None]:
-        """Each item's nearest cached neighbour: (stored label, similarity, item id)."""
-        clf = self.clf
+    def _neighbours(self, pending: list[Item]) -> list[Neighbour | None]:
+        """Each item's nearest cached neighbour, if the cache holds any."""
+        memory = self.memory
         start = time.perf_counter()
-        sims, keys = clf.cache.search(_vectors(pending), 1)
-        labels = clf.item_labels([int(k) for k in keys[:, 0] if k >= 0])
+        sims, keys = memory.cache.search(_vectors(pending), 1)
+        labels = memory.item_labels([int(k) for k in keys[:, 0] if k >= 0])
         per_item = (time.perf_counter() - start) / len(pending)
         for it in pending:
             it.timings["search"] += per_item
         return [
-            (labels[int(k)], float(sim), int(k)) if k >= 0 else None
+            Neighbour(labels[int(k)], float(sim), int(k)) if k >= 0 else None
             for sim, k in zip(sims[:, 0].tolist(), keys[:, 0].tolist())
         ]
 
-    def _search(self, pending: list[Item], hits) -> None:
+    def search(self, pending: list[Item], hits: list[Hit]) -> None:
+        """Answer from the router or the cache, follow a near-duplicate leader, or lead."""
         pending, near = self._route(pending, self._neighbours(pending), hits)
         if not pending:
             return
-        router = self.clf.router
+        router = self.memory.router
         scores = [
-            None if n is None else self._cache_score(it, n[0], n[1]) for it, n in zip(pending, near)
+            None if n is None else self._cache_score(it, n.label, n.similarity)
+            for it, n in zip(pending, near)
         ]
         if router is not None:
-            found = [(n[0], s) for n, s in zip(near, scores) if n is not None]
+            found = [(n.label, s) for n, s in zip(near, scores) if n is not None]
             if found:
                 router.cache_scored(*zip(*found, strict=True))
-        follow_at = self.settings.min_similarity if router is None else router.follow_threshold()
+        settings = self.memory.settings
+        follow_at = settings.min_similarity if router is None else router.follow_threshold()
         cache_hits: list[tuple[Item, int, int, float]] = []
         for it, n, score in zip(pending, near, scores):
             start = time.perf_counter()
-            lead_sim, lead = -1.0, None
-            if self._leaders:
-                sims = self._leader_vecs[: len(self._leaders)] @ it.vector
-                best = int(sims.argmax())
-                lead_sim, lead = float(sims[best]), self._leaders[best]
+            lead_sim, lead = self.leaders.nearest(it.vector)
             it.timings["search"] += time.perf_counter() - start
             # (the score is a float wherever there is a neighbour)
             if n is not None:
-                it.near = (n[0], cast(float, score), n[2])  # a free audit if it goes to the LLM
+                # a free audit if it goes to the LLM
+                it.near = Near(n.label, cast(float, score), n.item_id)
             if (
                 n is not None
-                and n[1] >= lead_sim
-                and self._cache_answers(n[0], n[1], cast(float, score))
+                and n.similarity >= lead_sim
+                and self._cache_answers(n.label, n.similarity, cast(float, score))
             ):
                 if self._audit_now():
-                    self._lead(it)
+                    self.leaders.lead(it)
                 else:
-                    cache_hits.append((it, n[0], n[2], n[1]))
+                    cache_hits.append((it, n.label, n.item_id, n.similarity))
             elif lead is not None and lead_sim >= follow_at:
-                lead.followers.append((it, lead_sim, "cache"))
+                lead.followers.append(Follower(it, lead_sim, "cache"))
             else:
-                self._lead(it)
+                self.leaders.lead(it)
         self._cache_hits(cache_hits, hits)
 
-    def _cache_hits(self, cache_hits, hits) -> None:
+    def _cache_hits(self, cache_hits, hits: list[Hit]) -> None:
         """Rows for items the cache answers: (item, stored label, matched item, similarity)."""
-        raws = self.clf.store.items.raw_labels([item_id for _, _, item_id, _ in cache_hits])
+        raws = self.memory.store.items.raw_labels([item_id for _, _, item_id, _ in cache_hits])
         for it, label_id, item_id, sim in cache_hits:
-            hits.append(self._hit(it, label_id, raws[item_id], "cache", sim, item_id))
+            hits.append(self.delivery.hit(it, label_id, raws[item_id], "cache", sim, item_id))
             # exact duplicates later in the batch follow this item, not an LLM call
             hits += [
-                self._hit(f, label_id, raws[item_id], how, f_sim, item_id)
+                self.delivery.hit(f, label_id, raws[item_id], how, f_sim, item_id)
                 for f, f_sim, how in followers_of(it)
             ]
 
     def _cache_score(self, it: Item, stored_label: int, similarity: float) -> float:
-        router = self.clf.router
+        router = self.memory.router
         if router is None:
             return similarity
-        return router.cache_score(stored_label, similarity, it.guess and it.guess[0])
+        return router.cache_score(stored_label, similarity, it.guess and it.guess.label)
 
     def _cache_answers(self, stored_label: int, similarity: float, score: float) -> bool:
         """Whether the neighbour answers: under the router, its audited (laned) threshold
         per label; else ``min_similarity``."""
-        router = self.clf.router
+        router = self.memory.router
         if router is None:
-            return similarity >= self.settings.min_similarity
+            return similarity >= self.memory.settings.min_similarity
         return router.cache_answers(stored_label, score)
 
     def _audit_now(self) -> bool:
         """Whether this would-be non-LLM answer goes to the LLM too, as a random audit."""
-        rate = self.settings.audit_rate
-        if self.clf.router is None or rate <= 0 or self._rng.random() >= rate:
+        rate = self.memory.settings.audit_rate
+        if self.memory.router is None or rate <= 0 or self.rng.random() >= rate:
             return False
-        self.clf.counters["audits"] += 1
+        self.memory.counters["audits"] += 1
         return True
-
-    def _audited(self, it: Item, label_id: int, item_id: int | None = None) -> None:
-        """The LLM answered ``it`` (stored as ``item_id``): judge what the router and the
-        cache would have said."""
-        router = self.clf.router
-        if router is None:
-            return
-        if it.guess is not None:
-            router.audit(it.guess[0], it.guess[1], label_id, item_id)
-        if it.near is not None:
-            router.audit_cache(it.near[0], it.near[1], label_id, item_id, it.near[2])

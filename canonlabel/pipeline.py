@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, Generic, TypeVar, overload
 
 import numpy as np
 
@@ -13,21 +14,84 @@ from canonlabel.config import Settings
 from canonlabel.embed import Embedder, make_embedder
 from canonlabel.engine import Engine
 from canonlabel.errors import ConfigError
+from canonlabel.index import VectorIndex
+from canonlabel.labelspace import LabelSpace
 from canonlabel.llm import Labeler, make_labeler
 from canonlabel.memory import Memory
-from canonlabel.store import open_store
-from canonlabel.types import Label, Result
+from canonlabel.router import Router
+from canonlabel.store import Store, open_store
+from canonlabel.types import Grouping, Label, Result
 
 _MISS_BATCH = 256  # items normalised, looked up and embedded together
+T = TypeVar("T")
 
 
-class Classifier(Memory):
+class _FromMemory(Generic[T]):
+    """A classifier attribute that is its memory's, read and written through (callers
+    and tests swap a classifier's settings or backends, and the engine must see it)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> _FromMemory[T]: ...
+    @overload
+    def __get__(self, obj: Classifier, owner: type) -> T: ...
+    def __get__(self, obj: Classifier | None, owner: type) -> Any:
+        return self if obj is None else getattr(obj.memory, self.name)
+
+    def __set__(self, obj: Classifier, value: T) -> None:
+        setattr(obj.memory, self.name, value)
+
+
+class Classifier:
     """Labels texts consistently, asking the LLM only for texts unlike any seen before.
 
     >>> clf = Classifier.open("labels.db")               # bundled local models
     >>> clf.classify("my card still hasn't arrived").label
     'card_delivery'
     """
+
+    settings: _FromMemory[Settings] = _FromMemory()
+    store: _FromMemory[Store] = _FromMemory()
+    embedder: _FromMemory[Embedder] = _FromMemory()
+    labeler: _FromMemory[Labeler] = _FromMemory()
+    dim: _FromMemory[int] = _FromMemory()
+    space: _FromMemory[LabelSpace] = _FromMemory()
+    cache: _FromMemory[VectorIndex] = _FromMemory()
+    router: _FromMemory[Router | None] = _FromMemory()
+    categories: _FromMemory[dict[int, str]] = _FromMemory()
+    counters: _FromMemory[dict[str, float]] = _FromMemory()
+
+    def __init__(
+        self,
+        store: Store,
+        embedder: Embedder,
+        labeler: Labeler,
+        settings: Settings | None = None,
+        *,
+        read_only: bool = False,
+    ) -> None:
+        self.memory = Memory(store, embedder, labeler, settings, read_only=read_only)
+        # one engine for the classifier's life; each run starts it afresh (see Engine.start)
+        self.engine = Engine(self.memory, consolidate=self.consolidate)
+
+    def close(self) -> None:
+        """Finish the engine's work and close the store (releasing the writer lock)."""
+        self.engine.close()
+        self.memory.close()
+
+    def sync(self, *, force: bool = False) -> None:
+        """Take in what other processes committed to a shared store (see Memory.sync)."""
+        self.memory.sync(force=force)
+
+    def grouping(self) -> Grouping:
+        """Consolidation's settings (see :meth:`Memory.grouping`)."""
+        return self.memory.grouping()
+
+    def shown_candidates(self) -> int:
+        """How many existing labels the LLM is shown."""
+        return self.memory.shown_candidates()
 
     # -- the label space (see canonlabel.labelspace) ----------------------------------
     def merge(self, source: int, into: int) -> dict:
@@ -124,7 +188,7 @@ class Classifier(Memory):
             if progress:
                 progress(1)
 
-        engine = Engine(self, concurrency)
+        engine = self.engine.start(concurrency)
         try:
             for start in range(0, len(texts), _MISS_BATCH):
                 stop = start + _MISS_BATCH
@@ -171,10 +235,10 @@ class Classifier(Memory):
 
     def consolidate(self, *, dry_run: bool = False, adjudication_budget: int | None = None) -> dict:
         """Regroup every raw label, order-invariantly, and run the consensus (see
-        :meth:`Memory.consolidate`); a stored label hierarchy whose labels drifted is
-        refitted too (``report["hierarchy"]``; its calls count as LLM calls), unless the
-        consolidation may ask the LLM nothing (``adjudication_budget=0``)."""
-        report = super().consolidate(dry_run=dry_run, adjudication_budget=adjudication_budget)
+        :mod:`canonlabel.labelspace.maintenance`); a stored label hierarchy whose labels
+        drifted is refitted too (``report["hierarchy"]``; its calls count as LLM calls),
+        unless the consolidation may ask the LLM nothing (``adjudication_budget=0``)."""
+        report = self.memory.consolidate(dry_run=dry_run, adjudication_budget=adjudication_budget)
         if dry_run or adjudication_budget == 0 or "skipped" in report:
             return report
         from canonlabel import hierarchy

@@ -15,7 +15,6 @@ from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from typing import Any, cast
 
-from canonlabel.engine import Engine
 from canonlabel.errors import CanonlabelError
 from canonlabel.pipeline import Classifier
 from canonlabel.types import Result
@@ -32,7 +31,7 @@ class Service:
         self, clf: Classifier, concurrency: int | None = None, max_batch: int = 256
     ) -> None:
         self.clf = clf
-        self.engine = Engine(clf, concurrency or clf.settings.concurrency, background=True)
+        self.engine = clf.engine.start(concurrency or clf.settings.concurrency, background=True)
         self.max_batch = max_batch
         self._queue: queue.Queue = queue.Queue()
         self._accepting = True
