@@ -204,16 +204,14 @@ class Router:
         """Whether the audits certify some answers without the LLM. A head that
         certifies nothing at the bound is no evidence against an answer (NLU++, 988
         texts, 8 orders at 10% wrong: ARI 0.783 -> 0.762 when it disputed anyway)."""
-        return any(
-            p.ready and math.isfinite(p.threshold_for(-1)) for p in (self.confidence, self.cache)
-        )
+        parts = (self.confidence, self.cache)
+        return any(p.ready and math.isfinite(p.threshold_for(-1)) for p in parts)
 
     def take_disputes(self) -> dict[int, int]:
         """Audited LLM items whose answer a confident head or a near cached neighbour
-        contradicted (item id -> the label it said), since the last call. An LLM wrong e
-        of the time disagrees with a right answer e of the time, so an audit judged by a
-        single answer cannot certify a bound below e; the consensus asks the LLM again
-        about these items, and the audit is judged by the result."""
+        contradicted (item id -> the label it said), since the last call: the consensus
+        asks the LLM again about them, and the audit is judged by the result (an audit
+        judged by a single answer cannot certify a bound below that LLM's error)."""
         taken, self._disputes = self._disputes, {}
         return taken
 
