@@ -23,6 +23,7 @@ from canonlabel.cli_common import (
     LlmOpt,
     err,
     exit_on_error,
+    renamed,
     settings_from,
     writable,
 )
@@ -120,14 +121,23 @@ _LlmMargin = Annotated[
     float,
     typer.Option(help="with --categories: ask the LLM when the top two are this close (0: never)"),
 ]
-_Router = Annotated[
+_Distilled = Annotated[
     Path | None,
     typer.Option(
-        help="distilled model dir: it answers confident items, the rest go to the pipeline"
+        "--distilled",
+        "--router",  # its name until 0.2
+        help="distilled model dir: it answers confident items, the rest go to the pipeline",
+        callback=renamed("--router", "--distilled"),
     ),
 ]
-_RouterThreshold = Annotated[
-    float, typer.Option(help="with --router: top probability needed to skip the pipeline")
+_DistilledThreshold = Annotated[
+    float,
+    typer.Option(
+        "--distilled-threshold",
+        "--router-threshold",  # its name until 0.2
+        help="with --distilled: top probability needed to skip the pipeline",
+        callback=renamed("--router-threshold", "--distilled-threshold"),
+    ),
 ]
 _Ray = Annotated[
     bool, typer.Option("--ray", help="run as a Ray Data pipeline (pip install canonlabel[ray])")
@@ -174,8 +184,8 @@ def classify(
     top_k: _TopK = 1,
     multi_threshold: _MultiThreshold = None,
     llm_margin: _LlmMargin = 0.0,
-    router: _Router = None,
-    router_threshold: _RouterThreshold = 0.7,
+    distilled: _Distilled = None,
+    threshold: _DistilledThreshold = 0.7,
     ray: _Ray = False,
     ray_address: _RayAddress = None,
     ray_embedders: _RayEmbedders = 1,
@@ -194,7 +204,7 @@ def classify(
             audit_rate=audit_rate, max_llm_calls=max_llm_calls,
         )  # fmt: skip
         options = ClassifyOptions(
-            JobIO(input, output, text_field, id_field, limit), settings, router, router_threshold,
+            JobIO(input, output, text_field, id_field, limit), settings, distilled, threshold,
             categories=None if categories is None else CategoryOptions(
                 categories, category_min_similarity, top_k, multi_threshold, llm_margin),
             ray=RayOptions(ray_address, ray_embedders, ray_labelers) if ray else None,

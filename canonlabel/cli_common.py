@@ -41,6 +41,20 @@ def writable(path: Path | None) -> Path | None:
         raise fail(exc) from None
 
 
+def renamed(old: str, new: str) -> Callable:
+    """An option callback that warns when the option was given by its ``old`` name (kept
+    working for one release)."""
+
+    def warn(ctx: typer.Context, param: typer.CallbackParam, value):
+        import sys
+
+        if any(arg == old or arg.startswith(old + "=") for arg in sys.argv[1:]):
+            err.print(f"[yellow]warning:[/] {old} is deprecated; use {new}")
+        return value
+
+    return warn
+
+
 def fail(exc: Exception) -> typer.Exit:
     """Print ``exc`` as one error line; the exit (code 2) to raise."""
     from rich.markup import escape

@@ -139,7 +139,7 @@ class Dispatch:
             if memory.settings.retry_failed
             else store.failures.paid([it.key for it in items if it.key not in rows])
         )
-        memory.know([row.label_id for row in rows.values()])
+        memory.ensure_labels([row.label_id for row in rows.values()])
         hits: list[Hit] = []
         settled = []
         for it in items:

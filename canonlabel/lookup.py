@@ -128,7 +128,7 @@ class Lookup:
         )
         by_key = store.items.by_text_key([it.key for it in items])
         paid = {} if settings.retry_failed else store.failures.paid([i.key for i in items])
-        memory.know([r.label_id for r in (*by_id.values(), *by_key.values())])
+        memory.ensure_labels([r.label_id for r in (*by_id.values(), *by_key.values())])
         elapsed = (time.perf_counter() - start) / max(1, len(items))
         pending: list[Item] = []
         batch_first: dict[str, Item] = {}

@@ -200,10 +200,10 @@ class Memory:
         if missing:
             rows = self.store.items.label_ids(missing)
             self.space.item_label.update(rows)
-            self.know(list(rows.values()))
+            self.ensure_labels(list(rows.values()))
         return {int(i): self.space.item_label[int(i)] for i in item_ids}
 
-    def know(self, label_ids) -> None:
+    def ensure_labels(self, label_ids) -> None:
         """Make sure the label space holds these ids (read from the store just now,
         perhaps written by another process)."""
         if any(int(i) not in self.space.names for i in label_ids):

@@ -57,12 +57,12 @@ class RayOptions:
 @dataclass(frozen=True)
 class ClassifyOptions:
     """One ``classify`` job, as its flags describe it: files, settings, and at most one
-    of a distilled router model, fixed categories or Ray."""
+    of a distilled model, fixed categories or Ray."""
 
     files: JobIO
     settings: Settings
-    router: Path | None = None  # a model directory from ``train``
-    router_threshold: float = 0.7  # its top probability needed to skip the pipeline
+    distilled: Path | None = None  # a model directory from ``train``
+    distilled_threshold: float = 0.7  # its top probability needed to skip the pipeline
     categories: CategoryOptions | None = None
     ray: RayOptions | None = None
     summary_json: Path | None = None  # also write the summary here
@@ -70,13 +70,15 @@ class ClassifyOptions:
 
 def classify_job(options: ClassifyOptions, console: Console | None = None) -> dict:
     """Run one ``classify`` job: fixed categories, on Ray, or the streaming pipeline
-    (with or without a router model); returns its summary."""
+    (with or without a distilled model); returns its summary."""
     from canonlabel.errors import ConfigError
 
     files, settings = options.files, options.settings
-    alone = options.categories is None and options.router is None
+    alone = options.categories is None and options.distilled is None
     if options.ray is not None and not alone:
-        raise ConfigError("--ray runs the open-set pipeline; drop --categories/--router, or --ray")
+        raise ConfigError(
+            "--ray runs the open-set pipeline; drop --categories/--distilled, or --ray"
+        )
     if options.categories is not None:
         summary = run_categories(files, settings, options.categories, console=console)
     elif options.ray is not None:
@@ -104,8 +106,8 @@ def classify_job(options: ClassifyOptions, console: Console | None = None) -> di
             id_field=files.id_field,
             limit=files.limit,
             console=console,
-            router=options.router,
-            router_threshold=options.router_threshold,
+            distilled=options.distilled,
+            distilled_threshold=options.distilled_threshold,
         )
     if options.summary_json:
         options.summary_json.write_text(json.dumps(summary, indent=2) + "\n")
@@ -121,13 +123,13 @@ def run_classify(
     id_field: str = "id",
     limit: int | None = None,
     console: Console | None = None,
-    router: Path | None = None,
-    router_threshold: float = 0.7,
+    distilled: Path | None = None,
+    distilled_threshold: float = 0.7,
 ) -> dict:
     """Classify every record of ``input`` into ``output`` (JSONL); return the summary.
 
-    With ``router`` (a model directory from ``train``), the distilled model answers the
-    items whose top probability reaches ``router_threshold``; only the rest go through
+    With ``distilled`` (a model directory from ``train``), that model answers the items
+    whose top probability reaches ``distilled_threshold``; only the rest go through
     the streaming pipeline (cache, then LLM)."""
     from canonlabel.pipeline import Classifier
 
@@ -137,11 +139,11 @@ def run_classify(
     records, total = files.records(), files.total()
     with console.status("loading models and store..."):
         clf = Classifier.open(settings=settings)
-        model = None if router is None else _load_model(router, clf)
+        model = None if distilled is None else _load_model(distilled, clf)
     start = time.perf_counter()
     with clf, RowSpool() as spool:
         try:
-            _label_records(clf, records, total, spool, model, router_threshold, console)
+            _label_records(clf, records, total, spool, model, distilled_threshold, console)
             summary = _summary(clf, time.perf_counter() - start)
         except KeyboardInterrupt:
             summary = _summary(clf, time.perf_counter() - start) | {"interrupted": True}

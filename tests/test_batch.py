@@ -82,3 +82,4 @@ def test_ray_refuses_options_of_other_pipelines(tmp_path):
     done = run_cli("classify", str(DATA), "--ray", "--router", str(tmp_path), "--llm", "fake",
                    "--embedder", "hash", "--db", str(tmp_path / "x.db"))  # fmt: skip
     assert done.returncode == 2 and "--ray runs the open-set pipeline" in done.stderr
+    assert "--router is deprecated; use --distilled" in done.stderr  # its old name still works

@@ -51,7 +51,7 @@ class Host(Protocol):
     @property
     def router(self) -> _Router | None: ...
     def sync(self, *, force: bool = False) -> None: ...
-    def know(self, label_ids) -> None: ...
+    def ensure_labels(self, label_ids) -> None: ...
     def grouping(self) -> Grouping: ...
 
 
@@ -131,7 +131,7 @@ class Consolidation:
         host, store = self.host, self.host.store
         ids, vectors, stored = store.items.cached(host.space.dim)
         # another process may have committed items under labels made since our sync
-        host.know(stored.tolist())
+        host.ensure_labels(stored.tolist())
         current = store.corrections.all()
         resolve = host.space.resolve
         answers = np.array(
