@@ -40,6 +40,8 @@ PROPOSE = (
     "snake_case label; labels of one theme get the same name."
 )
 PROPOSALS_PER_CALL = 16
+ROUNDS = 5  # theme questions a label may get
+BIG_LEAF = 0.02  # share of the items from which a label's theme needs three agreeing votes
 THEME_JOIN = 0.8  # proposed theme names at least this similar are one theme
 # A consolidation refits the stored tree once this share of the items sits under labels
 # the tree does not hold (made, or split off, since the fit; see refit_if_drifted)
@@ -197,27 +199,38 @@ def theme_grammar(n: int) -> str:
     return numbered_grammar(n, _NEW_LABEL, answer="new")
 
 
-def propose_themes(clf, leaves: list[int], labeler) -> dict[int, str]:
-    """The LLM's theme for each label, by consensus: every label is asked about twice,
-    with other typical texts each time, and a third time where the two answers differ;
-    the theme two answers agree on wins (else the first). ``PROPOSALS_PER_CALL`` labels a
-    call; a label without any valid answer has no theme."""
+def propose_themes(
+    clf, leaves: list[int], labeler, counts: dict[int, int] | None = None
+) -> dict[int, str]:
+    """The LLM's theme for each label, by consensus: every label is asked about with
+    other typical texts each round until one theme has two votes (three for a label
+    holding at least ``BIG_LEAF`` of the items, since its wrong theme moves that many;
+    up to ``ROUNDS`` rounds); else the most voted, earliest first. ``PROPOSALS_PER_CALL``
+    labels a call; a label without any valid answer has no theme."""
+    counts = counts or {}
+    total = sum(counts.values()) or 1
+    need = {lab: 3 if counts.get(lab, 0) >= BIG_LEAF * total else 2 for lab in leaves}
     centroids = clf.space.centroids(leaves)
     texts = {  # every round's examples, read once a label
-        lab: clf.store.members.typical_label_texts(lab, centroid, 6)
+        lab: clf.store.members.typical_label_texts(lab, centroid, 2 * ROUNDS)
         for lab, centroid in zip(leaves, centroids, strict=True)
     }
-    first = _proposals(clf, leaves, labeler, texts, 0)
-    second = _proposals(clf, leaves, labeler, texts, 1)
-    split = [lab for lab in leaves if first.get(lab) != second.get(lab)]
-    third = _proposals(clf, split, labeler, texts, 2) if split else {}
-    themes = {}
-    for lab in leaves:
-        votes = [t for t in (first.get(lab), second.get(lab), third.get(lab)) if t]
-        agreed = [t for t in votes if votes.count(t) >= 2]
-        if agreed or votes:
-            themes[lab] = agreed[0] if agreed else votes[0]
-    return themes
+    votes: dict[int, list[str]] = {lab: [] for lab in leaves}
+    for variant in range(ROUNDS):
+        asked = [lab for lab in leaves if not _settled(votes[lab], need[lab], variant)]
+        if not asked:
+            break
+        for lab, theme in _proposals(clf, asked, labeler, texts, variant).items():
+            votes[lab].append(theme)
+    return {lab: max(v, key=lambda t: (v.count(t), -v.index(t))) for lab, v in votes.items() if v}
+
+
+def _settled(votes: list[str], need: int, asked: int) -> bool:
+    """Whether a label's theme is decided: ``need`` votes agree, or no further round can
+    change the leader (a small label asked ``need`` times with no two alike stays)."""
+    if any(votes.count(t) >= need for t in votes):
+        return True
+    return need == 2 and asked >= 3
 
 
 def _proposals(
@@ -295,7 +308,7 @@ def fit(clf, *, top: int = 12, levels: int = 1, labeler=None) -> Tree:
         return Tree()
     labeler = _Counting(labeler or clf.labeler)
     clf.store.set_meta({FIT_KEY: {"top": top, "levels": levels}})
-    themes = propose_themes(clf, leaves, labeler)
+    themes = propose_themes(clf, leaves, labeler, counts)
     X, w = features(space, leaves), np.array([counts[i] for i in leaves], dtype=np.float64)
     members: list[list[int]] = [[i] for i in leaves]  # labels under each node of a level
     nodes: list[tuple[int, list[int]]] = []  # (level, child indices) per parent to make

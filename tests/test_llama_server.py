@@ -130,7 +130,9 @@ def test_an_adjudication_question_gets_an_answer_or_decides_nothing(llama_server
 
 def test_classify_and_serve_through_the_server(llama_server, tmp_path):
     src = tmp_path / "in.jsonl"
-    src.write_text("".join(json.dumps({"id": str(i), "text": t}) + "\n" for i, t in enumerate(TEXTS)))
+    src.write_text(
+        "".join(json.dumps({"id": str(i), "text": t}) + "\n" for i, t in enumerate(TEXTS))
+    )
     out = tmp_path / "out.jsonl"
     args = ["--llm", "openai:gemma", "--llm-base-url", llama_server]
     done = run_cli("classify", str(src), "-o", str(out), "--db", str(tmp_path / "c.db"), *args)
