@@ -25,7 +25,7 @@ from canonlabel.labelspace import LabelSpace
 from canonlabel.labelspace.maintenance import Consolidation
 from canonlabel.llm import Labeler
 from canonlabel.router import Router
-from canonlabel.store import Store, StoredItem
+from canonlabel.store import CachedItems, Store, StoredItem
 from canonlabel.types import Grouping, Result, Source
 
 
@@ -141,7 +141,7 @@ class Memory:
         self.categories: dict[int, str] = self.store.categories.of_labels()
         self._synced = time.monotonic()
 
-    def _load_cache(self, cached) -> None:
+    def _load_cache(self, cached: CachedItems) -> None:
         if self.settings.index == "pgvector":
             if not self.store.shared:
                 raise ConfigError(
@@ -152,9 +152,9 @@ class Memory:
             self.cache = PgVectorIndex(self.store, self.dim, self.settings.hnsw_ef_search)
         else:
             self.cache = ExactIndex(self.dim)
-            self.cache.add(cached[0], cached[1])
-        self._cached_ids = set(cached[0].tolist())
-        self._cache_mark = int(cached[0].max()) if len(cached[0]) else 0
+            self.cache.add(cached.ids, cached.vectors)
+        self._cached_ids = set(cached.ids.tolist())
+        self._cache_mark = int(cached.ids.max()) if len(cached.ids) else 0
 
     def add_cached(self, item_ids, label_ids, vectors) -> None:
         """Committed items join the semantic cache (each item once)."""

@@ -108,10 +108,10 @@ class Router:
         self.head: SoftmaxHead | None = None
         self.version = 0
         self.trained_on = 0
-        s = settings
-        self.confidence = AuditedThresholds(max_error, s.router_min_audits, lanes(CONFIDENCE_GRID))
-        self.cache = AuditedThresholds(
-            max_error, s.router_min_audits, lanes(SIMILARITY_GRID), default=s.min_similarity
+        s, m = settings, settings.router_min_audits
+        self.head_thresholds = AuditedThresholds(max_error, m, lanes(CONFIDENCE_GRID))
+        self.cache_thresholds = AuditedThresholds(
+            max_error, m, lanes(SIMILARITY_GRID), default=s.min_similarity
         )
         self._hits = _Reservoir(space.dim, s.router_max_items)
         self._audits = 0
@@ -148,32 +148,32 @@ class Router:
         return laned(similarity, agrees, SIMILARITY_GRID)
 
     def answers(self, label: int, score: float) -> bool:
-        return label >= 0 and self.confidence.admits(label, score)
+        return label >= 0 and self.head_thresholds.admits(label, score)
 
     def cache_answers(self, label: int, score: float) -> bool:
         """Whether a cached neighbour with stored ``label`` at (laned) ``score`` answers."""
-        return self.cache.admits(self.space.resolve(label), score)
+        return self.cache_thresholds.admits(self.space.resolve(label), score)
 
     def follow_threshold(self) -> float:
         """Similarity at which a near-duplicate follows an in-flight leader. Nothing can
         agree with an answer not given yet, so it needs the plain lane's threshold."""
-        t, agreeing = plain(self.cache.threshold_for(-1))
+        t, agreeing = plain(self.cache_thresholds.threshold_for(-1))
         return math.inf if agreeing else t
 
     # -- audits ---------------------------------------------------------------------------
     def scored(self, labels, confidences) -> None:
         """The head scored these items (answered or not)."""
-        self.confidence.seen(labels, confidences)
+        self.head_thresholds.seen(labels, confidences)
 
     def cache_scored(self, labels, similarities) -> None:
         """The cache found these items' nearest neighbours (stored ``labels``)."""
-        self.cache.seen(labels, similarities)
+        self.cache_thresholds.seen(labels, similarities)
 
     def audit(self, label: int, confidence: float, truth: int, item: int | None = None) -> bool:
         """Record one audit of the head; returns whether it agreed with the LLM path.
         With the audited ``item``'s id, the truth is the label that item has when judged
         (see :meth:`judge`), else ``truth`` as the label space resolves it."""
-        agreed = self.confidence.add(label, self._truth(truth, item), confidence, self.judge)
+        agreed = self.head_thresholds.add(label, self._truth(truth, item), confidence, self.judge)
         self._audited()
         if not agreed and _disputes(confidence, DISPUTE_CONFIDENCE):
             self._dispute(item, label)
@@ -190,7 +190,7 @@ class Router:
         """Record one audit of the semantic cache (its nearest neighbour's label). With the
         ``neighbour``'s item id, what the cache said is judged as that item's label then."""
         guess = self._truth(label, neighbour)
-        agreed = self.cache.add(guess, self._truth(truth, item), similarity, self.judge)
+        agreed = self.cache_thresholds.add(guess, self._truth(truth, item), similarity, self.judge)
         self._audited()
         if not agreed and _disputes(similarity, DISPUTE_SIMILARITY):
             self._dispute(item, self.judge(guess))  # the neighbour's label now
@@ -204,7 +204,7 @@ class Router:
         """Whether the audits certify some answers without the LLM. A head that
         certifies nothing at the bound is no evidence against an answer (NLU++, 988
         texts, 8 orders at 10% wrong: ARI 0.783 -> 0.762 when it disputed anyway)."""
-        parts = (self.confidence, self.cache)
+        parts = (self.head_thresholds, self.cache_thresholds)
         return any(p.ready and math.isfinite(p.threshold_for(-1)) for p in parts)
 
     def take_disputes(self) -> dict[int, int]:
@@ -221,15 +221,15 @@ class Router:
         self._answered[item] = label
         if len(self._answered) > 40_000:
             self._answered.popitem(last=False)
-        return -item - 1  # an item reference, told apart from label ids by its sign
+        return item_ref(item)
 
     def judge(self, ref: int) -> int:
         """The root label of a label id, or of an audited item as it stands now: a
         consolidation that moves items one by one (grouping by items) moves an item away
         from the label its raw label had, and the LLM path's answer is where it went."""
-        if ref >= 0:
+        item = referred_item(ref)
+        if item is None:
             return self.space.resolve(ref)
-        item = -ref - 1
         label = self.space.item_label.get(item)
         if label is None:
             label = self._answered.get(item)
@@ -243,9 +243,9 @@ class Router:
 
     def _update_pooled(self) -> None:
         """One bound on router and cache answers together (see ``joint_thresholds``)."""
-        parts = [self.confidence, self.cache]
+        parts = [self.head_thresholds, self.cache_thresholds]
         bound = self.bound()
-        if abs(bound - self.confidence.max_error) > 1e-9:
+        if abs(bound - self.head_thresholds.max_error) > 1e-9:
             for part in parts:
                 part.max_error = bound
                 part.refresh(self.judge)
@@ -256,8 +256,8 @@ class Router:
 
     def refresh(self) -> None:
         """After the label space changed (consolidation, curation): re-judge every audit."""
-        self.confidence.refresh(self.judge)
-        self.cache.refresh(self.judge)
+        self.head_thresholds.refresh(self.judge)
+        self.cache_thresholds.refresh(self.judge)
         self._update_pooled()
 
     # -- training -------------------------------------------------------------------------
@@ -329,10 +329,10 @@ class Router:
             "version": self.version,
             "trained_on": self.trained_on,
             "max_error": self.max_error,
-            "bound": round(self.confidence.max_error, 4),
+            "bound": round(self.head_thresholds.max_error, 4),
             "llm_floor": round(self.floor(), 4) if self.settings.router_llm_floor else None,
-            **self.confidence.summary(resolve),
-            "cache": self.cache.summary(resolve),
+            **self.head_thresholds.summary(resolve),
+            "cache": self.cache_thresholds.summary(resolve),
             "llm_self_disagreement": self.self_disagreement(),
             "warning": self.warning(),
             "train_seconds": round(self.train_seconds, 2),
@@ -348,7 +348,7 @@ class Router:
         be the rate of the hard ones, and would rise as more items are answered."""
         if not self.settings.router_llm_floor:
             return 0.0
-        seen, audited, wrong = self.cache.counts(self.judge)
+        seen, audited, wrong = self.cache_thresholds.counts(self.judge)
         near = self._near_duplicate_bins()
         seen, audited, wrong = seen[near], audited[near], wrong[near]
         total = seen.sum()
@@ -363,7 +363,7 @@ class Router:
         return min(0.5, self.max_error + round(self.floor(), 2))
 
     def _near_duplicate_bins(self) -> np.ndarray:
-        return np.array([plain(t)[0] >= NEAR_DUPLICATE - 1e-9 for t in self.cache.grid])
+        return np.array([plain(t)[0] >= NEAR_DUPLICATE - 1e-9 for t in self.cache_thresholds.grid])
 
     def self_disagreement(self) -> dict:
         """How often the LLM path labels near-duplicate texts apart (the cache's audits
@@ -371,7 +371,7 @@ class Router:
         error that implies: two answers, each wrong with chance e independently, differ
         with chance 1 - (1 - e)², so e = 1 - sqrt(1 - rate). An answer that is always
         right still disagrees with such an LLM e of the time: no bound below e holds."""
-        _, audited, wrong = self.cache.counts(self.judge)
+        _, audited, wrong = self.cache_thresholds.counts(self.judge)
         near = self._near_duplicate_bins()
         n, e = int(audited[near].sum()), int(wrong[near].sum())
         if not n:
@@ -389,7 +389,7 @@ class Router:
     def warning(self) -> str | None:
         """Why every item goes to the LLM, when a trained head and enough audits still
         certify nothing, and what to do about it."""
-        parts = (self.confidence, self.cache)
+        parts = (self.head_thresholds, self.cache_thresholds)
         if self.head is None or not all(p.ready for p in parts):
             return None
         if any(not math.isinf(p.threshold_for(-1)) for p in parts):
@@ -419,6 +419,17 @@ def _warning(max_error: float, best: list[float], own: float | None, floor: bool
         )
         + "use a more consistent LLM, or set CANONLABEL_ROUTER=0 for the fixed cache rule"
     )
+
+
+def item_ref(item: int) -> int:
+    """How an audit refers to an item's label as it stands when judged (rather than to
+    a label id): a negative number, so the two share the audits' integer fields."""
+    return -item - 1
+
+
+def referred_item(ref: int) -> int | None:
+    """The item an audit's reference names (None for a label id)."""
+    return -ref - 1 if ref < 0 else None
 
 
 def _disputes(score: float, least: float) -> bool:

@@ -142,8 +142,8 @@ def test_the_router_scores_each_path_in_the_lane_the_other_puts_it():
     assert router.cache_score(7, 0.9, guess=1) == laned(0.9, True, SIMILARITY_GRID)
     assert router.cache_score(7, 0.9, guess=None) == 0.9
     assert router.follow_threshold() == 0.8  # the default, before any audit
-    router.cache.set_pooled(laned(0.85, True, SIMILARITY_GRID))
-    router.cache._audits.extend([(1, 1, 0)] * 100)  # the pool is ready
+    router.cache_thresholds.set_pooled(laned(0.85, True, SIMILARITY_GRID))
+    router.cache_thresholds._audits.extend([(1, 1, 0)] * 100)  # the pool is ready
     assert math.isinf(router.follow_threshold())  # only agreeing answers are certified
 
 
@@ -157,9 +157,9 @@ def test_an_llm_that_disagrees_with_itself_is_reported_not_silently_paid_for():
         router = Router(Settings(), SimpleNamespace(dim=4, resolve=int), max_error)
         router.head = SoftmaxHead()  # a trained head (its weights play no part here)
         for k in range(100):  # near-duplicate texts, labelled apart a fifth of the time
-            router.cache.seen([1], [0.97])
+            router.cache_thresholds.seen([1], [0.97])
             router.audit_cache(1, 0.97, 2 if k % 5 == 0 else 1)
-            router.confidence.seen([1], [0.99])  # the head's surest answers: 15% off
+            router.head_thresholds.seen([1], [0.99])  # the head's surest answers: 15% off
             router.audit(1, 0.99, 2 if k % 20 < 3 else 1)
         return router
 
@@ -190,24 +190,24 @@ def test_with_the_llm_floor_answers_are_bounded_above_the_llms_own_disagreement(
         router.head = SoftmaxHead()
         for k in range(200):
             if k < near_duplicates:
-                router.cache.seen([1], [0.97])
+                router.cache_thresholds.seen([1], [0.97])
                 router.audit_cache(1, 0.97, 2 if k % 5 == 0 else 1)
-            router.confidence.seen([1], [0.99])
+            router.head_thresholds.seen([1], [0.99])
             router.audit(1, 0.99, 2 if k % 100 < head_wrong else 1)
         return router
 
     off = audited(False)
     assert off.bound() == 0.05 and off.summary()["bound"] == 0.05
-    assert math.isinf(off.confidence.threshold_for(-1)) and off.warning() is not None
+    assert math.isinf(off.head_thresholds.threshold_for(-1)) and off.warning() is not None
     assert "CANONLABEL_ROUTER_LLM_FLOOR=1" in off.warning()
     on = audited(True)
     assert 0.05 + 0.1 < on.bound() < 0.05 + 0.2 and on.summary()["bound"] == on.bound()
-    assert not math.isinf(on.confidence.threshold_for(-1)) and on.warning() is None
+    assert not math.isinf(on.head_thresholds.threshold_for(-1)) and on.warning() is None
     assert on.answers(1, 0.99) and not off.answers(1, 0.99)
     # too few near-duplicates to trust: no floor, whatever they say
     assert audited(True, near_duplicates=10).bound() == 0.05
     worse = audited(True, head_wrong=40)  # a head worse than the floor allows
-    assert math.isinf(worse.confidence.threshold_for(-1))
+    assert math.isinf(worse.head_thresholds.threshold_for(-1))
     assert "CANONLABEL_ROUTER_LLM_FLOOR" not in worse.warning()  # it is on already
 
 
@@ -222,11 +222,11 @@ def test_the_llm_floor_weighs_near_duplicates_by_how_many_were_seen_not_audited(
 
     router = Router(Settings(router_llm_floor=True), SimpleNamespace(dim=4, resolve=int), 0.05)
     agreeing = laned(0.97, True, SIMILARITY_GRID)
-    router.cache.seen([1] * 2000, [agreeing] * 2000)  # answered; 40 audited, all agree
+    router.cache_thresholds.seen([1] * 2000, [agreeing] * 2000)  # answered; 40 audited, all agree
     for _ in range(40):
         router.audit_cache(1, agreeing, 1)
     for k in range(60):  # the rest, all audited: half disagree
-        router.cache.seen([1], [0.97])
+        router.cache_thresholds.seen([1], [0.97])
         router.audit_cache(1, 0.97, 2 if k % 2 else 1)
     assert router.self_disagreement()["rate"] == 0.3  # the plain rate: 30 of 100
     assert router.floor() < 0.03  # weighted by what was seen: ~1.5%, at its low end
@@ -369,7 +369,7 @@ def test_the_error_bound_is_the_setting_else_the_llms_own_else_five_percent(make
     own, _ = make_clf("o.db", labeler=Noisy())
     chosen, _ = make_clf("c.db", labeler=Noisy(), max_error=0.2)
     assert generic.router.max_error == 0.05 and own.router.max_error == 0.10
-    assert chosen.router.max_error == 0.2 and chosen.router.confidence.max_error == 0.2
+    assert chosen.router.max_error == 0.2 and chosen.router.head_thresholds.max_error == 0.2
     assert own.router.summary()["max_error"] == 0.10
 
 

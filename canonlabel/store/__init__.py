@@ -13,13 +13,14 @@ from pathlib import Path
 
 from canonlabel.store.base import Store
 from canonlabel.store.decisions import Correction, Recheck
-from canonlabel.store.items import StoredItem
+from canonlabel.store.items import CachedItems, StoredItem
 from canonlabel.store.schema import SCHEMA_VERSION
 from canonlabel.store.sql import Tx, from_blobs, to_blob
 from canonlabel.store.sqlite import SqliteStore
 
 __all__ = [
     "SCHEMA_VERSION",
+    "CachedItems",
     "Correction",
     "PostgresStore",
     "Recheck",

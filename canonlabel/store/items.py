@@ -50,10 +50,18 @@ def item_from_row(row: Sequence) -> StoredItem:
     return StoredItem(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7]))
 
 
-def _cached(rows: list[tuple], dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+class CachedItems(NamedTuple):
+    """The semantic cache's items, row-aligned."""
+
+    ids: np.ndarray  # (N,) item ids
+    vectors: np.ndarray  # (N, dim)
+    labels: np.ndarray  # (N,) stored label ids
+
+
+def _cached(rows: list[tuple], dim: int) -> CachedItems:
     ids = np.array([r[0] for r in rows], dtype=np.int64)
     labels = np.array([r[2] for r in rows], dtype=np.int64)
-    return ids, from_blobs([bytes(r[1]) for r in rows], dim), labels
+    return CachedItems(ids, from_blobs([bytes(r[1]) for r in rows], dim), labels)
 
 
 class Items(Repository):
@@ -72,7 +80,7 @@ class Items(Repository):
         self._labels = labels
 
     # -- the semantic cache -------------------------------------------------------------
-    def cached(self, dim: int, after: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def cached(self, dim: int, after: int = 0) -> CachedItems:
         """``(item_ids, vectors, label_ids)`` of the semantic cache's items (id > after)."""
         return _cached(self._query(
             "SELECT id, vector, label_id FROM items WHERE cached = 1 AND id > ? ORDER BY id",
