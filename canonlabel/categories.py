@@ -14,14 +14,18 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from canonlabel.canon import InvalidLabel, clean_label, label_text
 from canonlabel.embed import Embedder
 from canonlabel.errors import ConfigError
-from canonlabel.store import Store, from_blobs, to_blob
+from canonlabel.store import Store, from_blobs, open_store, to_blob
 from canonlabel.types import LabelRequest
+
+if TYPE_CHECKING:
+    from canonlabel.config import Settings
 
 OTHER = "other"
 
@@ -229,3 +233,28 @@ def label_categories(store: Store) -> dict[int, str]:
 
 def _unit(v: np.ndarray) -> np.ndarray:
     return (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32)
+
+
+class CategoryStore(NamedTuple):
+    """A store holding the writer lock, with category definitions stored in it."""
+
+    store: Store
+    embedder: Embedder
+    defined: dict  # what ``categories.define`` did: embedded, unchanged, removed
+
+
+def open_categories(settings: Settings, file: Path) -> CategoryStore:
+    """Open ``settings.db`` for writing and store the categories of ``file`` in it (only
+    changed ones are re-embedded); the caller closes the store."""
+    from canonlabel.embed import make_embedder
+
+    embedder = make_embedder(settings.embedder, settings)
+    store = open_store(settings.db)
+    try:
+        store.lock_writer(settings.lock_wait)
+        store.bind_embedder(embedder.id, embedder.dim)
+        defined = define(store, embedder, load_categories(file))
+    except BaseException:
+        store.close()
+        raise
+    return CategoryStore(store, embedder, defined)

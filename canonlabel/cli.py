@@ -192,7 +192,7 @@ def classify(
     ray_labelers: _RayLabelers = None,
 ) -> None:
     """Label every text of INPUT with a canonical snake_case label (resumable)."""
-    from canonlabel.runner import CategoryOptions, ClassifyOptions, RayOptions, classify_job
+    from canonlabel.jobs import CategoryOptions, ClassifyOptions, RayOptions, classify_job
 
     with exit_on_error():
         settings = settings_from(

@@ -3,12 +3,14 @@ on evaluation: each builds its backends from :class:`~canonlabel.config.Settings
 runs the concept module (``categories``, ``taxonomy``, ``evaluate``) and reports through
 a rich console; the CLI only parses flags and prints what a job returns.
 
-The streaming ``classify`` job is :mod:`canonlabel.runner`; ``cluster`` and
+``classify`` is :func:`classify_job`, which picks the runner: fixed categories and the
+streaming pipeline (:mod:`canonlabel.runner`) or Ray (:mod:`canonlabel.batch`); ``cluster`` and
 ``train``/``predict`` are in :mod:`canonlabel.cluster` and :mod:`canonlabel.distill`.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, cast
@@ -16,15 +18,83 @@ from typing import TYPE_CHECKING, NamedTuple, cast
 from canonlabel.config import Settings
 from canonlabel.errors import CanonlabelError
 from canonlabel.io import JobIO, Record, count_lines, read_labelled, read_records, usable_text
+from canonlabel.runner import CategoryOptions, run_categories, run_classify
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from canonlabel.embed import Embedder
     from canonlabel.llm import Labeler
     from canonlabel.pipeline import Classifier
     from canonlabel.store import Store
     from canonlabel.taxonomy import Entry
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """``classify --ray``: where the Ray Data pipeline runs and its actor pools."""
+
+    address: str | None = None  # a cluster (auto, ray://head:10001); None: local
+    embedders: int = 1
+    labelers: int | None = None  # None: 2 on PostgreSQL, 1 on SQLite
+
+
+@dataclass(frozen=True)
+class ClassifyOptions:
+    """One ``classify`` job, as its flags describe it: files, settings, and at most one
+    of a distilled model, fixed categories or Ray."""
+
+    files: JobIO
+    settings: Settings
+    distilled: Path | None = None  # a model directory from ``train``
+    distilled_threshold: float = 0.7  # its top probability needed to skip the pipeline
+    categories: CategoryOptions | None = None
+    ray: RayOptions | None = None
+    summary_json: Path | None = None  # also write the summary here
+
+
+def classify_job(options: ClassifyOptions, console: Console | None = None) -> dict:
+    """Run one ``classify`` job: fixed categories, on Ray, or the streaming pipeline
+    (with or without a distilled model); returns its summary."""
+    from canonlabel.batch import run_classify_ray
+    from canonlabel.errors import ConfigError
+
+    files, settings = options.files, options.settings
+    alone = options.categories is None and options.distilled is None
+    if options.ray is not None and not alone:
+        raise ConfigError(
+            "--ray runs the open-set pipeline; drop --categories/--distilled, or --ray"
+        )
+    if options.categories is not None:
+        summary = run_categories(files, settings, options.categories, console=console)
+    elif options.ray is not None:
+        ray = options.ray
+        summary = run_classify_ray(
+            files.input,
+            files.output,
+            settings,
+            address=ray.address,
+            embedders=ray.embedders,
+            labelers=ray.labelers,
+            text_field=files.text_field,
+            id_field=files.id_field,
+            limit=files.limit,
+            console=console,
+        )
+    else:
+        summary = run_classify(
+            files.input,
+            files.output,
+            settings,
+            text_field=files.text_field,
+            id_field=files.id_field,
+            limit=files.limit,
+            console=console,
+            distilled=options.distilled,
+            distilled_threshold=options.distilled_threshold,
+        )
+    if options.summary_json:
+        options.summary_json.write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
 
 
 def open_classifier(
@@ -47,35 +117,10 @@ def open_classifier(
 # -- fixed categories ----------------------------------------------------------------
 
 
-class CategoryStore(NamedTuple):
-    """A store holding the writer lock, with category definitions stored in it."""
-
-    store: Store
-    embedder: Embedder
-    defined: dict  # what ``categories.define`` did: embedded, unchanged, removed
-
-
-def open_categories(settings: Settings, file: Path) -> CategoryStore:
-    """Open ``settings.db`` for writing and store the categories of ``file`` in it (only
-    changed ones are re-embedded); the caller closes the store."""
-    from canonlabel import categories as cat
-    from canonlabel.embed import make_embedder
-    from canonlabel.store import open_store
-
-    embedder = make_embedder(settings.embedder, settings)
-    store = open_store(settings.db)
-    try:
-        store.lock_writer(settings.lock_wait)
-        store.bind_embedder(embedder.id, embedder.dim)
-        defined = cat.define(store, embedder, cat.load_categories(file))
-    except BaseException:
-        store.close()
-        raise
-    return CategoryStore(store, embedder, defined)
-
-
 def define_categories(settings: Settings, file: Path) -> dict:
     """``categories define``: store the definitions of ``file``; returns the counts."""
+    from canonlabel.categories import open_categories
+
     opened = open_categories(settings, file)
     opened.store.close()
     return opened.defined

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from itertools import islice
@@ -43,75 +42,6 @@ class CategoryOptions:
     top_k: int = 1
     multi_threshold: float | None = None  # extra categories need this similarity
     margin: float = 0.0  # ask the LLM when the top two are this close (0: never)
-
-
-@dataclass(frozen=True)
-class RayOptions:
-    """``classify --ray``: where the Ray Data pipeline runs and its actor pools."""
-
-    address: str | None = None  # a cluster (auto, ray://head:10001); None: local
-    embedders: int = 1
-    labelers: int | None = None  # None: 2 on PostgreSQL, 1 on SQLite
-
-
-@dataclass(frozen=True)
-class ClassifyOptions:
-    """One ``classify`` job, as its flags describe it: files, settings, and at most one
-    of a distilled model, fixed categories or Ray."""
-
-    files: JobIO
-    settings: Settings
-    distilled: Path | None = None  # a model directory from ``train``
-    distilled_threshold: float = 0.7  # its top probability needed to skip the pipeline
-    categories: CategoryOptions | None = None
-    ray: RayOptions | None = None
-    summary_json: Path | None = None  # also write the summary here
-
-
-def classify_job(options: ClassifyOptions, console: Console | None = None) -> dict:
-    """Run one ``classify`` job: fixed categories, on Ray, or the streaming pipeline
-    (with or without a distilled model); returns its summary."""
-    from canonlabel.errors import ConfigError
-
-    files, settings = options.files, options.settings
-    alone = options.categories is None and options.distilled is None
-    if options.ray is not None and not alone:
-        raise ConfigError(
-            "--ray runs the open-set pipeline; drop --categories/--distilled, or --ray"
-        )
-    if options.categories is not None:
-        summary = run_categories(files, settings, options.categories, console=console)
-    elif options.ray is not None:
-        from canonlabel.batch import run_classify_ray
-
-        ray = options.ray
-        summary = run_classify_ray(
-            files.input,
-            files.output,
-            settings,
-            address=ray.address,
-            embedders=ray.embedders,
-            labelers=ray.labelers,
-            text_field=files.text_field,
-            id_field=files.id_field,
-            limit=files.limit,
-            console=console,
-        )
-    else:
-        summary = run_classify(
-            files.input,
-            files.output,
-            settings,
-            text_field=files.text_field,
-            id_field=files.id_field,
-            limit=files.limit,
-            console=console,
-            distilled=options.distilled,
-            distilled_threshold=options.distilled_threshold,
-        )
-    if options.summary_json:
-        options.summary_json.write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
 
 
 def run_classify(
@@ -463,13 +393,12 @@ def run_categories(
     ``options.margin`` > 0 (then the LLM breaks near-ties, constrained to the tied
     categories)."""
     from canonlabel import categories as cat
-    from canonlabel.jobs import open_categories
     from canonlabel.llm import make_labeler
 
     console = console or Console(stderr=True)
     check_output(files.output)
     records = files.records()
-    opened = open_categories(settings, options.file)
+    opened = cat.open_categories(settings, options.file)
     try:
         match = _CategoryMatch(
             opened.embedder,
