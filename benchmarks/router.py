@@ -53,6 +53,8 @@ def run(data: EvalData, labeler, settings: Settings, seed: int = 0) -> dict:
             for i, r in zip(chunk, results):
                 sources[i] = r.source or "failed"
             calls_at.append(clf.counters["llm_calls"])
+            if clf.router is not None:  # a real LLM takes longer over a chunk than a fit:
+                clf.router.wait()  # each fit lands before the next chunk (and runs repeat)
             if len(calls_at) % 16 == 0:  # long bundled runs: show they are alive
                 done = pos + len(chunk)
                 print(
@@ -61,8 +63,6 @@ def run(data: EvalData, labeler, settings: Settings, seed: int = 0) -> dict:
                     file=sys.stderr,
                     flush=True,
                 )
-        if clf.router is not None:
-            clf.router.wait()
         consolidating = time.perf_counter()
         clf.consolidate()  # the end of a job's; consensus and its second questions included
         counters_end = {"consolidate_seconds": round(time.perf_counter() - consolidating, 2)}

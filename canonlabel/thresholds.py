@@ -171,6 +171,18 @@ class AuditedThresholds:
         self._update(root, resolve)
         return agreed
 
+    def restart(
+        self, labels, scores, audits: list[tuple[int, int, float]], resolve: Resolve
+    ) -> None:
+        """Forget every audit and score seen, and start again from items scored (``labels``,
+        ``scores``) and ``audits`` (guess, truth, score): a new model is judged on its own."""
+        self._seen.clear()
+        self._audits.clear()
+        self.seen(labels, scores)
+        for guess, truth, score in audits:
+            self._audits.append((guess, truth, bin_of(score, self.grid)))
+        self.refresh(resolve)
+
     def refresh(self, resolve: Resolve) -> None:
         """After the label space changed: regroup and re-judge every audit."""
         self._by_label = defaultdict(list)

@@ -416,3 +416,73 @@ def test_confident_audits_that_disagree_are_disputed_for_the_consensus():
     router.audit_cache(4, laned(0.97, True, SIMILARITY_GRID), truth=3, item=12)  # neighbour: 4
     assert router.take_disputes() == {10: 1, 12: 4}
     assert router.take_disputes() == {}  # each dispute is handed over once
+
+
+def test_cross_fitting_predicts_each_item_with_a_head_that_did_not_learn_it():
+    """A wrong answer inside a tight group: a head fitted on it may repeat it; the fold
+    head that left it out names the group, and its nearest other item is never itself."""
+    from canonlabel.head import SoftmaxHead, cross_fit, nearest_other
+
+    rng = np.random.default_rng(0)
+    centres = np.eye(8, dtype=np.float32)[:3]
+    X = np.repeat(centres, 40, axis=0) + 0.05 * rng.normal(size=(120, 8)).astype(np.float32)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    y = np.repeat(np.array([10, 11, 12]), 40)
+    y[5] = 12  # a wrong answer in group 10
+    judged = cross_fit(X, y, np.ones(120, dtype=bool), cached=120)
+    assert judged is not None and judged.guess[5] == 10 and judged.near[5] == 10
+    assert (judged.guess == np.repeat([10, 11, 12], 40)).mean() == 1.0
+    assert SoftmaxHead().fit(X, y).classes_.tolist() == [10, 11, 12]
+    twins = np.vstack([X[:1], X[:1], X[50:51]])
+    assert nearest_other(twins, cached=3).tolist() == [1, 0, 0]
+    # rows after the cache (items answered without the LLM) may match any cached row
+    assert nearest_other(np.vstack([X[:2], X[:1]]), cached=2).tolist() == [1, 0, 0]
+
+
+def test_a_new_head_is_audited_out_of_fold_not_by_the_audits_of_heads_before_it():
+    """The audits of an early, weak head disagree half the time; a new head's own
+    out-of-fold audits on the cached items replace them, and certify it."""
+    from types import SimpleNamespace
+
+    from canonlabel import Settings
+    from canonlabel.router import Router
+
+    rng = np.random.default_rng(1)
+    n = 400
+    y = np.repeat(np.arange(1, 5), n // 4)
+    X = np.eye(8, dtype=np.float32)[y] + 0.05 * rng.normal(size=(n, 8)).astype(np.float32)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    keys = np.arange(100, 100 + n)
+    space = SimpleNamespace(
+        dim=8, resolve=int, item_label={int(k): int(label) for k, label in zip(keys, y)}
+    )
+    router = Router(Settings(), space, 0.05)
+    for k in range(200):  # a weak head's audits: half of them wrong
+        router.head_thresholds.seen([1], [2.99])
+        router.audit(1, 2.99, 1 if k % 2 else 2)
+    assert math.isinf(router.head_thresholds.threshold_for(-1))
+    router.train(keys, X)
+    router.wait()
+    assert router.version == 1 and len(router.head_thresholds._audits) == n
+    assert not math.isinf(router.head_thresholds.threshold_for(-1))
+    assert router.answers(1, 2.99)
+
+
+def test_a_changed_label_space_makes_a_new_head_due():
+    """After a consolidation the head predicts labels whose raw labels may have moved:
+    a refit is due at once, not only after the next 500 items."""
+    from types import SimpleNamespace
+
+    from canonlabel import Settings
+    from canonlabel.router import Router, SoftmaxHead
+
+    router = Router(Settings(), SimpleNamespace(dim=4, resolve=int), 0.05)
+    router.trained_on = 600
+    assert not router.due(650)  # 50 new items: not yet
+    router.refresh()
+    assert not router.due(650)  # no head yet: nothing is stale
+    router.head = SoftmaxHead()
+    router.refresh()
+    assert router.due(650) and not router.due(100)  # (still at least router_min_items)
+    router._relabelled = False
+    assert not router.due(650)

@@ -46,9 +46,11 @@ class Members(Repository):
         return dict(self._query("SELECT label_id, count(*) FROM items GROUP BY label_id"))
 
     def raw_label_uses(self) -> dict[str, int]:
-        """Items per raw label (LLM answers and the hits that reused them)."""
+        """LLM answers per raw label (the hits that reused one are not the LLM saying it
+        again: counting them let the router's answers reweigh the label space)."""
         return dict(self._query(
-            "SELECT raw_label, count(*) FROM items WHERE raw_label IS NOT NULL GROUP BY raw_label"
+            "SELECT raw_label, count(*) FROM items WHERE raw_label IS NOT NULL "
+            "AND source = 'llm' GROUP BY raw_label"
         ))  # fmt: skip
 
     def texts(self, raw_labels: Sequence[str], limit: int) -> list[str]:
