@@ -14,7 +14,7 @@ the LLM, and the gate that holds the semantic cache to the same error bound.
   LLM-answered item audits the new head's kind of model, judged by its label as it
   stands (consensus included). These replace the audits of earlier heads, which judged
   weaker models: on Banking77 at 10% wrong answers that took the 10,000-text stream
-  from 67% to 41% of texts sent to the LLM. A consolidation that changes the label space
+  from 68% to 41% of texts sent to the LLM. A consolidation that changes the label space
   makes a new head due at once. After that, every item that goes to the LLM anyway is a
   free audit of the router's guess and of its nearest cached neighbour's label. A random ``audit_rate`` share of
   the items the router or the cache *would* answer also go to the LLM (counted as LLM
