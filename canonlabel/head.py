@@ -72,8 +72,11 @@ def cross_fit(
 
     ``trainable`` marks the rows a head may learn (labels with enough support); the
     first ``cached`` rows are the semantic cache (LLM answers), whose nearest other row
-    gives each row its lane. None when a fold would leave fewer than two labels."""
+    gives each row its lane. None when a fold would leave fewer than two labels, or
+    there is no cached row to audit."""
     n = len(X)
+    if cached < 2:
+        return None
     fold = np.random.default_rng(n).permutation(n) % folds
     guess, confidence = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.float32)
     for k in range(folds):

@@ -433,6 +433,7 @@ def test_cross_fitting_predicts_each_item_with_a_head_that_did_not_learn_it():
     assert judged is not None and judged.guess[5] == 10 and judged.near[5] == 10
     assert (judged.guess == np.repeat([10, 11, 12], 40)).mean() == 1.0
     assert SoftmaxHead().fit(X, y).classes_.tolist() == [10, 11, 12]
+    assert cross_fit(X, y, np.ones(120, dtype=bool), cached=0) is None  # nothing to audit
     twins = np.vstack([X[:1], X[:1], X[50:51]])
     assert nearest_other(twins, cached=3).tolist() == [1, 0, 0]
     # rows after the cache (items answered without the LLM) may match any cached row
