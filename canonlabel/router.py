@@ -16,10 +16,10 @@ the LLM, and the gate that holds the semantic cache to the same error bound.
   weaker models: on Banking77 at 10% wrong answers that took the 10,000-text stream
   from 68% to 41% of texts sent to the LLM. A consolidation that changes the label space
   makes a new head due at once. After that, every item that goes to the LLM anyway is a
-  free audit of the router's guess and of its nearest cached neighbour's label. A random ``audit_rate`` share of
-  the items the router or the cache *would* answer also go to the LLM (counted as LLM
-  calls): they keep the estimate honest where those answer, and a disagreeing one
-  corrects its item.
+  free audit of the router's guess and of its nearest cached neighbour's label. A random
+  ``audit_rate`` share of the items the router or the cache *would* answer also go to the
+  LLM (counted as LLM calls): they keep the estimate honest where those answer, and a
+  disagreeing one corrects its item.
 * **Thresholds.** :class:`~canonlabel.thresholds.AuditedThresholds`: per label, the
   lowest confidence (router) or similarity (cache) whose audits keep the upper bound of
   disagreement at or under ``max_error``, in two lanes: answers on which the head and
@@ -52,7 +52,6 @@ import numpy as np
 
 from canonlabel.head import CrossFit, SoftmaxHead, cross_fit
 from canonlabel.thresholds import (
-    AGREEING,
     CONFIDENCE_GRID,
     SIMILARITY_GRID,
     AuditedThresholds,
@@ -306,11 +305,13 @@ class Router:
         """A new head is audited afresh: its out-of-fold predictions on every item in the
         cache (an LLM answer) replace the audits of the heads before it, which judged
         weaker models; items answered without the LLM weigh their score bins."""
-        agrees = (judged.guess == judged.near) & (judged.confidence >= CONFIDENCE_GRID[0])
-        scores = judged.confidence + AGREEING * agrees
+        scores = [
+            laned(c, g == near, CONFIDENCE_GRID)
+            for c, g, near in zip(judged.confidence.tolist(), judged.guess, judged.near)
+        ]
         audits = [
-            (int(g), item_ref(int(k)), float(s))
-            for g, k, s in zip(judged.guess[: len(keys)], keys, scores[: len(keys)], strict=True)
+            (int(g), item_ref(int(k)), s)
+            for g, k, s in zip(judged.guess[: len(keys)], keys, scores, strict=False)
         ]
         self.head_thresholds.restart(judged.guess, scores, audits, self.judge)
         for guess, ref, score in audits:
