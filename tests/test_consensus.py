@@ -175,6 +175,22 @@ def test_one_same_never_joins_a_pair_and_a_third_answer_breaks_a_tie():
     assert verdict(tie | {variant_key(key, 2): False}, key)[0] is False
 
 
+def test_a_tie_is_never_broken_by_a_question_that_repeats_the_first():
+    """With too few texts for new examples, a third question would be the first one
+    again (and get its answer again): two answers that disagree leave the pair apart."""
+    from canonlabel.labelspace.adjudicate import VARIANTS, Adjudication, variant_key, verdict
+
+    key = "a|b"
+    tie = {key: True, variant_key(key, 1): False}
+    assert verdict(tie, key, variants=2) == (None, VARIANTS)  # undecided: not joined
+    assert verdict({key: True}, key, variants=2) == (None, 1)  # the reverse order is new
+    adj = Adjudication.__new__(Adjudication)  # only its texts per raw label matter here
+    adj._texts = {"a": 1, "b": 4}  # two questions show texts 1-2 and 3-4 of b
+    assert adj._variants(key) == 2
+    adj._texts["b"] = 5  # a fifth text: the third question shows something new
+    assert adj._variants(key) == VARIANTS
+
+
 def test_the_erring_judge_depends_on_the_question_not_only_the_texts():
     gold = corpus(n_per_intent=30)
     llm = SimulatedLLM(gold, error_rate=0.0, judge_error_rate=0.5, seed=4)

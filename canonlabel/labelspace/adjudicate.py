@@ -19,8 +19,11 @@ pair is never paid for twice.
 A judge errs too, and its answer depends on the examples shown. So one "same" never
 joins a pair: it is asked again, in the reverse order with other example texts, and a
 third time (other examples again) when the two disagree; two agreeing answers decide
-(:func:`verdict`). With independent errors at rate e a pair is joined wrongly about 3e²
-of the time instead of e. A "different" decides alone: it only leaves a group apart.
+(:func:`verdict`). A third question exists only where a side has texts the first two did
+not show: repeating the first question would repeat its answer (a deterministic judge's,
+as a real one at temperature 0), and two disagreeing answers then leave the pair apart.
+With independent errors at rate e a pair is joined wrongly about 2e² of the time instead
+of e. A "different" decides alone: it only leaves a group apart.
 """
 
 from __future__ import annotations
@@ -117,7 +120,9 @@ def variant_key(key: str, variant: int) -> str:
 CONFIRM_ABOVE = 0.03  # the LLM's estimated error rate from which a "same" is confirmed
 
 
-def verdict(stored: dict[str, bool], key: str, confirm: bool = True) -> tuple[bool | None, int]:
+def verdict(
+    stored: dict[str, bool], key: str, confirm: bool = True, variants: int = VARIANTS
+) -> tuple[bool | None, int]:
     """(decision, next question to ask) for pair ``key`` from its stored answers.
 
     With ``confirm`` (an LLM the consensus found wrong at least ``CONFIRM_ABOVE`` of the
@@ -126,14 +131,17 @@ def verdict(stored: dict[str, bool], key: str, confirm: bool = True) -> tuple[bo
     consolidation can still join); with two answers that disagree, a third decides; a
     "different" decides alone. Without it, the first answer decides. The decision is
     None while a question is still due (the variant to ask next), or after
-    ``VARIANTS`` questions without a majority.
+    ``VARIANTS`` questions without a majority. ``variants``: the distinct questions the
+    pair can get (two when neither side has texts left for a third: a third question
+    that repeats the first would repeat its answer too, so two answers that disagree
+    leave the pair apart).
 
     Asking a "different" again too where the pair's similarity leans "same" was measured
     and not adopted: the questions it adds leave other pairs unasked within the budget
     (Banking77 at 10% wrong answers: 106 -> 173 labels, ARI 0.884 -> 0.846). Confirming
     every "same" whatever the LLM's error halves what the budget settles: NLU++ with an
     LLM that is never wrong went from 55 to 118 labels (ARI 0.965 -> 0.794)."""
-    answers = [stored.get(variant_key(key, v)) for v in range(VARIANTS)]
+    answers = [stored.get(variant_key(key, v)) for v in range(variants)]
     given = [a for a in answers if a is not None]
     if len(given) == 1 and (not confirm or given == [False]):
         return given[0], VARIANTS
@@ -308,6 +316,7 @@ class Adjudication:
         )
         self.raws = [[ev.raw_labels[i] for i in r] for r in self.rows]
         self._examples: dict[int, list[str]] = {}
+        self._texts = self.store.members.raw_label_uses()  # LLM texts per raw label
         self.stored: dict[str, bool] = {}
         self.confirm = confirm  # a "same" needs a second answer (see verdict)
         if len(self.rows) < 2:
@@ -316,7 +325,7 @@ class Adjudication:
         self.stored = stored = self.store.adjudications.get()
         checks: dict[str, tuple[int, int]] = {}  # joins waiting for their heads' answer
         for key in sorted({k.partition("#")[0] for k in stored}):
-            same, _ = verdict(stored, key, confirm)
+            same, _ = verdict(stored, key, confirm, self._variants(key))
             a, _, b = key.partition("|")
             if same and a in group_of and b in group_of:
                 check = self._claim(group_of[a], group_of[b])
@@ -326,10 +335,17 @@ class Adjudication:
         self.pair_of.update(checks)
         for g, h, _ in borderline_pairs(names, self.content, name_weight, floor, 2.0):
             key = self._key(g, h)
-            if verdict(stored, key, confirm)[1] < VARIANTS and not (
+            if verdict(stored, key, confirm, self._variants(key))[1] < VARIANTS and not (
                 self.links.pinned[g] and self.links.pinned[h]
             ):
                 self.pair_of.setdefault(key, (g, h))
+
+    def _variants(self, key: str) -> int:
+        """Distinct questions pair ``key`` can get: a third shows other texts, so it
+        exists only where a side has more than the first two questions showed."""
+        a, _, b = key.partition("|")
+        most = max(self._texts.get(a, 0), self._texts.get(b, 0))
+        return VARIANTS if most > EXAMPLES * (VARIANTS - 1) else VARIANTS - 1
 
     def _key(self, g: int, h: int) -> str:
         return "|".join(sorted((self.top[g], self.top[h])))
@@ -350,7 +366,8 @@ class Adjudication:
         if {ha, hb} == {g, h}:
             links.join(g, h)
             return None
-        known, _ = verdict(self.stored, self._key(ha, hb), self.confirm)
+        key = self._key(ha, hb)
+        known, _ = verdict(self.stored, key, self.confirm, self._variants(key))
         if known is None:
             return (ha, hb)
         if known:
@@ -390,7 +407,7 @@ class Adjudication:
 
         def question(g: int, h: int) -> tuple[str, Callable]:
             key = self._key(g, h)
-            v = verdict(self.stored, key, self.confirm)[1]
+            v = verdict(self.stored, key, self.confirm, self._variants(key))[1]
             if v % 2:  # every other question shows the pair the other way round
                 return variant_key(key, v), lambda: (self._shown(h, v), self._shown(g, v))
             return variant_key(key, v), lambda: (self._shown(g, v), self._shown(h, v))
@@ -398,7 +415,7 @@ class Adjudication:
         def answered(asked: str, same: bool) -> list:
             self.stored[asked] = same
             key = asked.partition("#")[0]
-            decided, following = verdict(self.stored, key, self.confirm)
+            decided, following = verdict(self.stored, key, self.confirm, self._variants(key))
             if decided is None:
                 return [question(*pair_of[key])] if following < VARIANTS else []
             check = self._claim(*pair_of[key]) if decided else None
