@@ -167,6 +167,9 @@ def test_one_same_never_joins_a_pair_and_a_third_answer_breaks_a_tie():
     key = "a|b"
     assert verdict({}, key) == (None, 0)
     assert verdict({key: False}, key) == (False, VARIANTS)  # "different" decides alone
+    # ... unless a "same" between the two sides' members contradicts it
+    assert verdict({key: False}, key, contested=True) == (None, 1)
+    assert verdict({key: False, variant_key(key, 1): True, variant_key(key, 2): True}, key)[0]
     assert verdict({key: True}, key) == (None, 1)  # "same" is asked again
     assert verdict({key: True, variant_key(key, 1): True}, key) == (True, VARIANTS)
     tie = {key: True, variant_key(key, 1): False}
