@@ -348,9 +348,7 @@ class Adjudication:
                 self.pair_of.setdefault(key, (g, h))
 
     def _verdict(self, key: str) -> tuple[bool | None, int]:
-        return verdict(
-            self.stored, key, self.confirm, self._variants(key), key in self.contested
-        )
+        return verdict(self.stored, key, self.confirm, self._variants(key), key in self.contested)
 
     def _variants(self, key: str) -> int:
         """Distinct questions pair ``key`` can get: a third shows other texts, so it
