@@ -214,6 +214,12 @@ def main() -> None:
     ap.add_argument("--error-rates", default="0,0.1", help="simulated LLM's wrong-intent shares")
     ap.add_argument("--inconsistency", type=float, default=0.5)
     ap.add_argument(
+        "--judge-error",
+        type=float,
+        default=None,
+        help="the simulated judge's error rate (default: the answers' error rate)",
+    )
+    ap.add_argument(
         "--error-kinds",
         default="uniform",
         help="uniform (any other intent) and/or confusable (one of the 5 nearest intents)",
@@ -245,6 +251,7 @@ def main() -> None:
                     dict(zip(data.texts, gold)),
                     error_rate=rate,
                     inconsistency=args.inconsistency,
+                    judge_error_rate=args.judge_error,
                     confusions=nearest_intents(data, gold) if kind == "confusable" else None,
                 )
             else:
