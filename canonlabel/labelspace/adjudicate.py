@@ -322,7 +322,7 @@ class Adjudication:
         )
         self.raws = [[ev.raw_labels[i] for i in r] for r in self.rows]
         self._examples: dict[int, list[str]] = {}
-        self._texts = self.store.members.raw_label_uses()  # LLM texts per raw label
+        self._texts = ev.answers  # LLM texts per raw label
         self.contested: set[str] = set()  # heads' pairs whose "different" is contradicted
         self.stored: dict[str, bool] = {}
         self.confirm = confirm  # a "same" needs a second answer (see verdict)
@@ -332,7 +332,7 @@ class Adjudication:
         self.stored = stored = self.store.adjudications.get()
         checks: dict[str, tuple[int, int]] = {}  # joins waiting for their heads' answer
         for key in sorted({k.partition("#")[0] for k in stored}):
-            same, _ = verdict(stored, key, confirm, self._variants(key))
+            same, _ = self._verdict(key)
             a, _, b = key.partition("|")
             if same and a in group_of and b in group_of:
                 check = self._claim(group_of[a], group_of[b])
@@ -342,7 +342,7 @@ class Adjudication:
         self.pair_of.update(checks)
         for g, h, _ in borderline_pairs(names, self.content, name_weight, floor, 2.0):
             key = self._key(g, h)
-            if verdict(stored, key, confirm, self._variants(key))[1] < VARIANTS and not (
+            if self._verdict(key)[1] < VARIANTS and not (
                 self.links.pinned[g] and self.links.pinned[h]
             ):
                 self.pair_of.setdefault(key, (g, h))
@@ -378,7 +378,7 @@ class Adjudication:
             return None
         key = self._key(ha, hb)
         self.contested.add(key)  # a "same" between their members contradicts a "different"
-        known, due = verdict(self.stored, key, self.confirm, self._variants(key), True)
+        known, due = self._verdict(key)
         if known is None:
             return (ha, hb) if due < VARIANTS else None
         if known:

@@ -50,6 +50,7 @@ class Evidence:
     members: np.ndarray  # items labelled with each raw label (LLM answers and cache hits)
     uses: np.ndarray  # all items per raw label (members and the hits that reused them)
     new_vectors: dict[str, np.ndarray] = field(default_factory=dict)  # to store
+    answers: dict[str, int] = field(default_factory=dict)  # LLM answers per raw label, all
     cores: list[str] = field(default_factory=list)  # informative words of each raw label
     core: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # their embeddings
 
@@ -97,6 +98,7 @@ def gather(space: LabelSpace) -> Evidence:
         np.array([counts[r] for r in raws], dtype=np.float64),
         np.array([max(uses.get(r, 0), counts[r]) for r in raws], dtype=np.float64),
         new,
+        uses,
     )
     ev.cores = core_names(raws, word_weights(raws, ev.member_sums, ev.members))
     ev.core = space.phrase_vectors(ev.cores) if raws else np.zeros((0, dim))
