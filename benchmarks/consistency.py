@@ -220,6 +220,12 @@ def main() -> None:
         help="the simulated judge's error rate (default: the answers' error rate)",
     )
     ap.add_argument(
+        "--persistence",
+        type=float,
+        default=0.0,
+        help="share of wrong answers that are misreadings every later question repeats",
+    )
+    ap.add_argument(
         "--error-kinds",
         default="uniform",
         help="uniform (any other intent) and/or confusable (one of the 5 nearest intents)",
@@ -236,6 +242,7 @@ def main() -> None:
     settings = Settings().model_copy(update=json.loads(args.settings))
     embedder = make_embedder("minilm", settings)
     report = {"settings": json.loads(args.settings), "llm": args.llm, "runs": []}
+    report |= {"judge_error": args.judge_error, "persistence": args.persistence}
     for spec in args.data.split(","):
         name, texts, gold = load(spec)
         data = EvalData.build(texts, gold, embedder)
@@ -252,6 +259,7 @@ def main() -> None:
                     error_rate=rate,
                     inconsistency=args.inconsistency,
                     judge_error_rate=args.judge_error,
+                    persistence=args.persistence,
                     confusions=nearest_intents(data, gold) if kind == "confusable" else None,
                 )
             else:

@@ -148,6 +148,9 @@ def test_simulated_errors_vary_with_the_question_and_can_be_confusable():
     assert [llm.intent(t) for t in texts] == [llm.intent(t) for t in texts]
     closed = [llm.intent(t, "closed:a|b") for t in texts]
     assert closed != [llm.intent(t) for t in texts]
+    # a misreading (``persistence``) is repeated by every question about the text
+    sticky = SimulatedLLM(gold, error_rate=0.3, confusions=near, seed=2, persistence=1.0)
+    assert [sticky.intent(t, "closed:a|b") for t in wrong] == [llm.intent(t) for t in wrong]
     # a recheck is a closed choice between two names
     t = texts[0]
     out = llm.label(LabelRequest(t, (gold[t], "something_else"), closed=True)).output

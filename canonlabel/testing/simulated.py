@@ -137,7 +137,9 @@ class SimulatedLLM(Labeler):
     the intents it is mistaken for, e.g. its 5 nearest), among those, as real models
     mostly confuse near intents. An error depends on the question: the same open
     question about a text always gets the same answer (temperature 0), a differently
-    worded one (a closed choice among candidates) errs independently. The judge
+    worded one (a closed choice among candidates) errs independently, except for the
+    ``persistence`` share of wrong open answers: misreadings of the text, which every
+    question about it repeats (the wrong intent, where a closed choice offers it). The judge
     (adjudication) errs at ``judge_error_rate`` (default: ``error_rate``), depending on
     the whole question, example texts and their order included. ``reuse``: chance of
     answering a shown candidate whose content words fit. Unknown texts get a stable
@@ -156,9 +158,11 @@ class SimulatedLLM(Labeler):
         confusions: Mapping[str, Sequence[str]] | None = None,
         judge_error_rate: float | None = None,
         coarse: Mapping[str, str] | None = None,
+        persistence: float = 0.0,
     ) -> None:
         kind = "confusable" if confusions else "uniform"
         self.id = f"simulated:{inconsistency}:{error_rate}:{kind}:{seed}"
+        self.persistence = persistence
         self.confusions = {k: list(v) for k, v in (confusions or {}).items()}
         self.judge_error_rate = error_rate if judge_error_rate is None else judge_error_rate
         self.coarse = dict(coarse or {})  # intent -> coarse category (hierarchy naming)
@@ -191,15 +195,23 @@ class SimulatedLLM(Labeler):
                 return None
             text = key
         truth = self.gold[key]
+        if question != "open" and self.persistence:
+            first = self._wrong(truth, _rng(self.seed, "error", text))
+            if first is not None and _rng(self.seed, "misread", text).random() < self.persistence:
+                return first  # a misreading: every wording of the question repeats it
         rng = (
             _rng(self.seed, "error", text)
             if question == "open"
             else _rng(self.seed, "error", question, text)
         )
+        return self._wrong(truth, rng) or truth
+
+    def _wrong(self, truth: str, rng) -> str | None:
+        """A wrong intent, ``error_rate`` of the time (drawn from ``rng``), else None."""
         if len(self.intents) > 1 and rng.random() < self.error_rate:
             near = [i for i in self.confusions.get(truth, []) if i != truth]
             return rng.choice(near or [i for i in self.intents if i != truth])
-        return truth
+        return None
 
     def _whole(self, text: str) -> str | None:
         """The known text that ``text`` (clipped, perhaps with a trailing ``…``) begins."""
