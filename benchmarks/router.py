@@ -130,6 +130,9 @@ def main() -> None:
     parser.add_argument("--max-error", type=float, default=0.05)
     parser.add_argument("--modes", default="off,on", help="off, on, floor (comma-separated)")
     parser.add_argument("--error-rate", type=float, default=0.0, help="simulated wrong share")
+    parser.add_argument(
+        "--persistence", type=float, default=0.0, help="share of wrong answers that are misreadings"
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     name, texts, gold = load(args.data)
@@ -138,10 +141,13 @@ def main() -> None:
     report = {"data": name, "llm": args.llm, "max_error": args.max_error}
     if args.llm == "simulated":
         report["error_rate"] = args.error_rate
+        report["persistence"] = args.persistence
     for mode in args.modes.split(","):
         if args.llm == "simulated":
             gold = dict(zip(data.texts, data.gold))
-            labeler = SimulatedLLM(gold, inconsistency=0.5, error_rate=args.error_rate)
+            labeler = SimulatedLLM(
+                gold, inconsistency=0.5, error_rate=args.error_rate, persistence=args.persistence
+            )
         else:
             labeler = make_labeler(args.llm, Settings())
         settings = Settings(

@@ -91,7 +91,7 @@ _LlmFloor = Annotated[
     bool | None,
     typer.Option(
         "--llm-floor/--no-llm-floor",
-        help="bound non-LLM answers above the LLM's own near-duplicate disagreement [off]",
+        help="bound non-LLM answers above the LLM path's own error (from near-duplicates) [off]",
     ),
 ]
 _AuditRate = Annotated[

@@ -136,10 +136,10 @@ class Settings(BaseSettings):
     )
     router_llm_floor: bool = Field(
         False,
-        description="hold non-LLM answers to max_error *above* the LLM's own disagreement on "
-        "near-duplicate texts, for an LLM too noisy for any answer to meet max_error itself "
-        "(about half the calls when 10% of answers are wrong, at some cost in order "
-        "invariance)",
+        description="hold non-LLM answers to max_error *above* the LLM path's own error "
+        "(estimated from near-duplicate texts), for an LLM whose labels, even after the "
+        "consensus, are too often wrong for any answer to meet max_error against them "
+        "(at some cost in order invariance)",
     )
     audit_rate: float = Field(
         0.02, ge=0, le=1, description="share of router answers also sent to the LLM to audit"

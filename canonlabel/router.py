@@ -32,12 +32,14 @@ the LLM, and the gate that holds the semantic cache to the same error bound.
   nothing, the summary's ``warning`` says so and what to do, instead of silently sending
   every item to the LLM.
 * **The LLM's floor** (``router_llm_floor``, off by default). For such an LLM the bound
-  can instead be ``max_error`` *above* the rate at which the LLM path labels
-  near-duplicate texts apart (post-stratified, the low end of its one-sided 95%
-  interval, once ``router_min_audits`` near-duplicates were audited): a non-LLM answer
-  is then held to "no less consistent than asking the LLM, within ``max_error``". It
-  answers more items, so which texts carry the LLM's own wrong answers depends more on
-  arrival order.
+  can instead be ``max_error`` *above* the LLM path's own error: the error e of one
+  label that the rate at which the LLM path labels near-duplicate texts apart implies
+  (1 - (1 - e)² of the time; post-stratified, the low end of its one-sided 95%
+  interval, once ``router_min_audits`` near-duplicates were audited). An answer that
+  disagrees with labels wrong e of the time d of the time is itself wrong about d - e
+  of the time, so the bound then holds answers to ``max_error`` against the truth, not
+  against the LLM path. It answers more items, so which texts carry the LLM's own wrong
+  answers depends more on arrival order.
 """
 
 from __future__ import annotations
@@ -335,9 +337,10 @@ class Router:
         }
 
     def floor(self) -> float:
-        """The LLM path's own disagreement on near-duplicate texts, at the low end of
-        its one-sided 95% interval (0 before ``router_min_audits`` of them): no answer
-        can disagree with the LLM less than the LLM disagrees with itself.
+        """The LLM path's own error, from how often it labels near-duplicate texts apart
+        (at the low end of that rate's one-sided 95% interval; 0 before
+        ``router_min_audits`` of them): no answer can disagree with the LLM path less
+        than the LLM path is wrong.
 
         Post-stratified like the bound: near-duplicates the head or cache answer are
         audited at ``audit_rate`` only, the rest all go to the LLM, so a plain rate would
@@ -352,7 +355,10 @@ class Router:
             return 0.0
         p = wrong / (audited + 1.0)  # shrunk towards 0: this is a lower bound
         spread = math.sqrt(float((seen**2 * p * (1 - p) / (audited + 1.0)).sum()))
-        return max(0.0, float((seen * p).sum() - Z * spread) / total)
+        apart = max(0.0, float((seen * p).sum() - Z * spread) / total)
+        # two labels each wrong e of the time differ 1 - (1 - e)^2 of the time; an answer
+        # is held to one label, so the floor is e, not the pairs' rate (about 2e)
+        return 1.0 - math.sqrt(1.0 - min(apart, 1.0))
 
     def bound(self) -> float:
         """The bound the audits hold answers to: ``max_error`` above the LLM's floor."""
