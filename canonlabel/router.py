@@ -423,8 +423,8 @@ def _warning(max_error: float, best: list[float], own: float | None, floor: bool
         + (
             ""
             if floor
-            else "set CANONLABEL_ROUTER_LLM_FLOOR=1 to bound answers above the LLM's own "
-            "disagreement, "
+            else "set CANONLABEL_ROUTER_LLM_FLOOR=1 (--llm-floor) to bound answers above "
+            "the LLM's own error, "
         )
         + "use a more consistent LLM, or set CANONLABEL_ROUTER=0 for the fixed cache rule"
     )
