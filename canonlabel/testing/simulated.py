@@ -162,6 +162,7 @@ class SimulatedLLM(Labeler):
     ) -> None:
         kind = "confusable" if confusions else "uniform"
         self.id = f"simulated:{inconsistency}:{error_rate}:{kind}:{seed}"
+        self.id += f":misread{persistence}" if persistence else ""
         self.persistence = persistence
         self.confusions = {k: list(v) for k, v in (confusions or {}).items()}
         self.judge_error_rate = error_rate if judge_error_rate is None else judge_error_rate
