@@ -356,9 +356,7 @@ class Router:
         p = wrong / (audited + 1.0)  # shrunk towards 0: this is a lower bound
         spread = math.sqrt(float((seen**2 * p * (1 - p) / (audited + 1.0)).sum()))
         apart = max(0.0, float((seen * p).sum() - Z * spread) / total)
-        # two labels each wrong e of the time differ 1 - (1 - e)^2 of the time; an answer
-        # is held to one label, so the floor is e, not the pairs' rate (about 2e)
-        return 1.0 - math.sqrt(1.0 - min(apart, 1.0))
+        return one_answer_error(apart)  # an answer is held to one label, not to a pair
 
     def bound(self) -> float:
         """The bound the audits hold answers to: ``max_error`` above the LLM's floor."""
@@ -401,7 +399,7 @@ def self_disagreement(cache: AuditedThresholds, judge) -> dict:
     if not n:
         return {"near_duplicate_audits": 0, "rate": None, "llm_error": None}
     low, high = wilson_interval(e, n)
-    own = [round(1 - float(np.sqrt(1 - x)), 4) for x in (e / n, low, high)]
+    own = [round(one_answer_error(x), 4) for x in (e / n, low, high)]
     return {
         "near_duplicate_audits": n,
         "rate": round(e / n, 4),
@@ -409,6 +407,12 @@ def self_disagreement(cache: AuditedThresholds, judge) -> dict:
         "llm_error": own[0],
         "llm_error_interval_95": own[1:],
     }
+
+
+def one_answer_error(apart: float) -> float:
+    """The error e of one label, from the rate at which two labels, each wrong e of the
+    time independently, differ: 1 - (1 - e)² of the time (about 2e)."""
+    return 1.0 - math.sqrt(1.0 - min(max(apart, 0.0), 1.0))
 
 
 def _warning(max_error: float, best: list[float], own: float | None, floor: bool) -> str:
