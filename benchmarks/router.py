@@ -3,10 +3,11 @@
     .venv/bin/python benchmarks/router.py                                   # simulated LLM
     .venv/bin/python benchmarks/router.py --data tweeteval_emotion:train:5000
     .venv/bin/python benchmarks/router.py --llm local --data banking77:train:3000
-    .venv/bin/python benchmarks/router.py --error-rate 0.1 --modes off,on,floor
+    .venv/bin/python benchmarks/router.py --error-rate 0.1 --persistence 0.5
 
 The stream (shuffled, fed in chunks of 64 like a service's batches) runs with the router
-off, on (``--max-error``) and on with the LLM's floor (``floor``: ``router_llm_floor``).
+off and on (``--max-error``, held above the LLM's floor). ``--persistence`` makes that
+share of the simulated LLM's wrong answers misreadings every later question repeats.
 Reported: LLM calls overall and in the last 2,000 items
 (audits included), items answered by the router, cache and exact hits, ARI of the final
 labels against gold, and the offline disagreement of every non-LLM answer with what the
@@ -128,7 +129,7 @@ def main() -> None:
     parser.add_argument("--data", default="banking77:train:10000")
     parser.add_argument("--llm", default="simulated")
     parser.add_argument("--max-error", type=float, default=0.05)
-    parser.add_argument("--modes", default="off,on", help="off, on, floor (comma-separated)")
+    parser.add_argument("--modes", default="off,on", help="off, on (comma-separated)")
     parser.add_argument("--error-rate", type=float, default=0.0, help="simulated wrong share")
     parser.add_argument(
         "--persistence", type=float, default=0.0, help="share of wrong answers that are misreadings"
@@ -150,9 +151,7 @@ def main() -> None:
             )
         else:
             labeler = make_labeler(args.llm, Settings())
-        settings = Settings(
-            router=mode != "off", max_error=args.max_error, router_llm_floor=mode == "floor"
-        )
+        settings = Settings(router=mode != "off", max_error=args.max_error)
         report[f"router_{mode}"] = run(data, labeler, settings)
         print(json.dumps({mode: report[f"router_{mode}"]}, indent=1), flush=True)
     out = args.out or OUT / f"router_{args.llm}_{name.split(':')[0]}.json"

@@ -84,14 +84,7 @@ _OnlineRouter = Annotated[
 _MaxError = Annotated[
     float | None,
     typer.Option(
-        help="bound on non-LLM answers' disagreement with the LLM [0.05; bundled model 0.10]"
-    ),
-]
-_LlmFloor = Annotated[
-    bool | None,
-    typer.Option(
-        "--llm-floor/--no-llm-floor",
-        help="bound non-LLM answers above the LLM path's own error (from near-duplicates) [off]",
+        help="bound on non-LLM answers' error beyond the LLM's own [0.05; bundled model 0.10]"
     ),
 ]
 _AuditRate = Annotated[
@@ -174,7 +167,6 @@ def classify(
     summary_json: _SummaryJson = None,
     online_router: _OnlineRouter = None,
     max_error: _MaxError = None,
-    llm_floor: _LlmFloor = None,
     audit_rate: _AuditRate = None,
     max_llm_calls: _MaxLlmCalls = None,
     wait: _Wait = None,
@@ -200,7 +192,7 @@ def classify(
             min_similarity=min_similarity, label_similarity=label_similarity, candidates=candidates,
             candidate_source=candidate_source, concurrency=concurrency, store_hits=store_hits,
             texts_per_call=texts_per_call, retry_failed=retry_failed, lock_wait=wait,
-            router=online_router, max_error=max_error, router_llm_floor=llm_floor,
+            router=online_router, max_error=max_error,
             audit_rate=audit_rate, max_llm_calls=max_llm_calls,
         )  # fmt: skip
         options = ClassifyOptions(

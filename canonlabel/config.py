@@ -131,15 +131,8 @@ class Settings(BaseSettings):
         None,
         gt=0,
         lt=1,
-        description="bound on disagreement of non-LLM answers with the LLM "
-        "(default: the LLM's own, else 0.05)",
-    )
-    router_llm_floor: bool = Field(
-        False,
-        description="hold non-LLM answers to max_error *above* the LLM path's own error "
-        "(estimated from near-duplicate texts), for an LLM whose labels, even after the "
-        "consensus, are too often wrong for any answer to meet max_error against them "
-        "(at some cost in order invariance)",
+        description="bound on the error of non-LLM answers beyond the LLM path's own "
+        "(estimated from near-duplicate texts; default: the LLM's declared one, else 0.05)",
     )
     audit_rate: float = Field(
         0.02, ge=0, le=1, description="share of router answers also sent to the LLM to audit"

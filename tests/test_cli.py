@@ -77,18 +77,14 @@ def test_classify_writes_output_summary_and_resumes(tmp_path):
     assert stats["items"] == 200
 
 
-def test_the_llm_floor_is_an_option_of_classify(tmp_path):
-    def router(*flags: str) -> dict:
-        summary = tmp_path / f"s{len(flags)}.json"
-        db = str(tmp_path / f"db{len(flags)}")
-        args = ["classify", str(DATA), "--db", db, "--summary-json", str(summary), *FAKE]
-        result = cli(*args, "--max-error", "0.2", *flags)
-        assert result.returncode == 0, result.stderr
-        return json.loads(summary.read_text())["router"]
-
-    off, on = router(), router("--llm-floor")
-    assert off["bound"] == on["bound"] == 0.2  # no near-duplicates audited: no floor yet
-    assert off["llm_floor"] is None and on["llm_floor"] == 0.0
+def test_the_summary_reports_the_bound_above_the_llms_floor(tmp_path):
+    summary = tmp_path / "s.json"
+    args = ["classify", str(DATA), "--db", str(tmp_path / "db"), "--summary-json", str(summary)]
+    result = cli(*args, *FAKE, "--max-error", "0.2")
+    assert result.returncode == 0, result.stderr
+    router = json.loads(summary.read_text())["router"]
+    # no near-duplicates audited yet: no floor, the bound is max_error
+    assert router["bound"] == router["max_error"] == 0.2 and router["llm_floor"] == 0.0
 
 
 def test_bad_input_lines_are_counted_not_fatal(tmp_path):

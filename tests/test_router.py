@@ -175,20 +175,19 @@ def test_an_llm_that_disagrees_with_itself_is_reported_not_silently_paid_for():
     assert audited(0.3).warning() is None  # a bound it can meet: paths answer, no warning
 
 
-def test_with_the_llm_floor_answers_are_bounded_above_the_llms_own_disagreement():
+def test_answers_are_bounded_above_the_llms_own_error():
     """An LLM that labels near-duplicates apart a third of the time (each answer wrong
-    about 18%): at max_error 5% nothing is certified, and with ``router_llm_floor`` the
-    bound rises by the one answer's error that the low end of that rate's interval
-    implies (not by the rate: an answer is held to one label, not to a pair), so the
-    head's surest answers (10% off the LLM) are certified."""
+    about 18%): no answer can meet 5% against it, so the bound rises by the one answer's
+    error that the low end of that rate's interval implies (not by the rate: an answer
+    is held to one label, not to a pair), and the head's surest answers (10% off the
+    LLM) are certified."""
     from types import SimpleNamespace
 
     from canonlabel import Settings
     from canonlabel.router import Router, SoftmaxHead
 
-    def audited(floor: bool, near_duplicates: int = 100, head_wrong: int = 10) -> Router:
-        settings = Settings(router_llm_floor=floor)
-        router = Router(settings, SimpleNamespace(dim=4, resolve=int), 0.05)
+    def audited(near_duplicates: int = 100, head_wrong: int = 10) -> Router:
+        router = Router(Settings(), SimpleNamespace(dim=4, resolve=int), 0.05)
         router.head = SoftmaxHead()
         for k in range(200):
             if k < near_duplicates:
@@ -198,21 +197,21 @@ def test_with_the_llm_floor_answers_are_bounded_above_the_llms_own_disagreement(
             router.audit(1, 0.99, 2 if k % 100 < head_wrong else 1)
         return router
 
-    off = audited(False)
-    assert off.bound() == 0.05 and off.summary()["bound"] == 0.05
-    assert math.isinf(off.head_thresholds.threshold_for(-1)) and off.warning() is not None
-    assert "CANONLABEL_ROUTER_LLM_FLOOR=1" in off.warning()
-    on = audited(True)
-    rate = on.self_disagreement()["rate"]
-    assert 0.05 + 0.1 < on.bound() < 0.05 + (1 - math.sqrt(1 - rate)) < 0.05 + rate
-    assert on.summary()["bound"] == on.bound()
-    assert not math.isinf(on.head_thresholds.threshold_for(-1)) and on.warning() is None
-    assert on.answers(1, 0.99) and not off.answers(1, 0.99)
-    # too few near-duplicates to trust: no floor, whatever they say
-    assert audited(True, near_duplicates=10).bound() == 0.05
-    worse = audited(True, head_wrong=40)  # a head worse than the floor allows
+    noisy = audited()
+    rate = noisy.self_disagreement()["rate"]
+    assert 0.05 + 0.1 < noisy.bound() < 0.05 + (1 - math.sqrt(1 - rate)) < 0.05 + rate
+    assert noisy.summary()["bound"] == noisy.bound() > noisy.summary()["max_error"] == 0.05
+    assert 0.1 < noisy.summary()["llm_floor"] < rate
+    assert not math.isinf(noisy.head_thresholds.threshold_for(-1)) and noisy.warning() is None
+    assert noisy.answers(1, 0.99)
+    # too few near-duplicates to trust: no floor, whatever they say; nothing certified
+    unknown = audited(near_duplicates=10)
+    assert unknown.bound() == 0.05 and not unknown.answers(1, 0.99)
+    assert math.isinf(unknown.head_thresholds.threshold_for(-1))
+    worse = audited(head_wrong=40)  # a head worse than the floor allows
     assert math.isinf(worse.head_thresholds.threshold_for(-1))
-    assert "CANONLABEL_ROUTER_LLM_FLOOR" not in worse.warning()  # it is on already
+    warning = worse.warning()
+    assert "max_error 5% above the LLM's floor of" in warning and "Raise --max-error" in warning
 
 
 def test_the_llm_floor_weighs_near_duplicates_by_how_many_were_seen_not_audited():
@@ -224,7 +223,7 @@ def test_the_llm_floor_weighs_near_duplicates_by_how_many_were_seen_not_audited(
     from canonlabel import Settings
     from canonlabel.router import Router
 
-    router = Router(Settings(router_llm_floor=True), SimpleNamespace(dim=4, resolve=int), 0.05)
+    router = Router(Settings(), SimpleNamespace(dim=4, resolve=int), 0.05)
     agreeing = laned(0.97, True, SIMILARITY_GRID)
     router.cache_thresholds.seen([1] * 2000, [agreeing] * 2000)  # answered; 40 audited, all agree
     for _ in range(40):
