@@ -197,6 +197,66 @@ def test_a_tie_is_never_broken_by_a_question_that_repeats_the_first():
     assert adj._variants(key) == VARIANTS
 
 
+def test_a_same_between_two_big_groups_is_confirmed_whatever_the_estimated_error():
+    """The consensus estimates the LLM's error only where embeddings contest its answers
+    (GoEmotions at 10% wrong: 2.5%, so one "same" decided alone), and one wrong "same"
+    between two big groups mislabels all of one. Such a pair is marked when first
+    answered, and its "same" then waits for a second answer; the mark is stored, so a
+    later grouping decides the pair the same way."""
+    from canonlabel.labelspace.adjudicate import (
+        CONFIRM_ITEMS,
+        VARIANTS,
+        Adjudication,
+        _Links,
+        confirm_key,
+        variant_key,
+    )
+
+    adj = Adjudication.__new__(Adjudication)  # only groups, weights and answers matter
+    adj.group_of = {"love": 0, "disapproval": 1, "love_query": 2}
+    adj.links = _Links([False] * 3, [CONFIRM_ITEMS + 100, CONFIRM_ITEMS, 3])
+    adj.confirm, adj.contested, adj._texts = False, set(), {"love": 9, "disapproval": 9}
+    big, small = "disapproval|love", "love|love_query"
+    assert adj._weighty(big) and not adj._weighty(small)
+    adj.stored = {small: True}
+    assert adj._verdict(small) == (True, VARIANTS)  # a small group's "same" decides alone
+    adj.stored = {big: True, confirm_key(big): True}
+    assert adj._verdict(big) == (None, 1)  # asked again, the other way round
+    adj.stored[variant_key(big, 1)] = False
+    assert adj._verdict(big) == (None, 2)  # two that disagree: a third decides
+    adj.stored[variant_key(big, 2)] = False
+    assert adj._verdict(big) == (False, VARIANTS)
+
+
+def test_the_control_shows_the_top_raw_label_s_own_texts():
+    """A group's texts mix in its other raw labels' (and wrong answers'): halves of them
+    can be about different things, and a control that fails in every call spends the
+    budget and joins nothing. The control shows the top raw label's texts, as pairs do."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from canonlabel.labelspace.adjudicate import Adjudication
+
+    asked = []
+
+    def typical_texts(raws, centroid, n):
+        asked.append(list(raws))
+        return [f"{raws[0]} text {k}" for k in range(n)]
+
+    adj = Adjudication.__new__(Adjudication)
+    adj.rows = [np.array([0, 1, 2]), np.array([3])]
+    adj.raws = [["admiration", "gratitude_inquiry", "thanks"], ["love"]]
+    adj.top, adj._examples = ["admiration", "love"], {}
+    adj._top_centroids = np.ones((2, 4), dtype=np.float32)
+    adj.store = SimpleNamespace(members=SimpleNamespace(typical_texts=typical_texts))
+    (same, expected), (other, _) = adj.controls()
+    assert expected and asked == [["admiration"]]  # never the group's other raw labels
+    assert same[0][1] == ["admiration text 0", "admiration text 1"]
+    assert same[1][1] == ["admiration text 2", "admiration text 3"]
+    assert other[0] == same[0]  # against placeholder text: the same label and texts
+
+
 def test_the_erring_judge_depends_on_the_question_not_only_the_texts():
     gold = corpus(n_per_intent=30)
     llm = SimulatedLLM(gold, error_rate=0.0, judge_error_rate=0.5, seed=4)
