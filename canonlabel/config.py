@@ -206,6 +206,13 @@ def load_settings(config: Path | str | None = None, **overrides) -> Settings:
         raise ConfigError(f"invalid setting: {exc}") from exc
 
 
+# settings that no longer exist, and why, so a config file that sets one is told
+RETIRED = {
+    "router_llm_floor": "non-LLM answers are now always bounded max_error above the LLM's "
+    "own error (its floor), see docs/router.md",
+}
+
+
 def read_config(path: Path) -> dict:
     import yaml
 
@@ -219,6 +226,12 @@ def read_config(path: Path) -> dict:
         raise ConfigError(f"config file {path} is not valid YAML/JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of settings")
+    retired = sorted(set(data) & set(RETIRED))
+    if retired:
+        raise ConfigError(
+            f"config file {path} sets {retired[0]}, which was retired: {RETIRED[retired[0]]}; "
+            "remove it"
+        )
     unknown = set(data) - set(Settings.model_fields)
     if unknown:
         raise ConfigError(

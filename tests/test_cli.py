@@ -87,6 +87,16 @@ def test_the_summary_reports_the_bound_above_the_llms_floor(tmp_path):
     assert router["bound"] == router["max_error"] == 0.2 and router["llm_floor"] == 0.0
 
 
+def test_a_config_file_setting_a_retired_setting_is_told_what_replaced_it(tmp_path):
+    from canonlabel.config import read_config
+    from canonlabel.errors import ConfigError
+
+    cfg = tmp_path / "old.yaml"
+    cfg.write_text("router_llm_floor: true\nmax_error: 0.05\n")
+    with pytest.raises(ConfigError, match=r"router_llm_floor, which was retired.*own error"):
+        read_config(cfg)
+
+
 def test_bad_input_lines_are_counted_not_fatal(tmp_path):
     src = tmp_path / "in.jsonl"
     src.write_bytes(
