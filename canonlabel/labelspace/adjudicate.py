@@ -339,14 +339,13 @@ class Adjudication:
         self.confirm = confirm  # a "same" needs a second answer (see verdict)
         if len(self.rows) < 2:
             return
-        group_of = self.group_of
         self.stored = stored = self.store.adjudications.get()
         checks: dict[str, tuple[int, int]] = {}  # joins waiting for their heads' answer
         for key in sorted({k.partition("#")[0] for k in stored}):
             same, _ = self._verdict(key)
             a, _, b = key.partition("|")
-            if same and a in group_of and b in group_of:
-                check = self._claim(group_of[a], group_of[b])
+            if same and a in self.group_of and b in self.group_of:
+                check = self._claim(self.group_of[a], self.group_of[b])
                 if check is not None:
                     checks.setdefault(self._key(*check), check)
         names, self.content = pooled(ev.core, self.rows), pooled(ev.member_sums, self.rows)
@@ -433,9 +432,10 @@ class Adjudication:
         if len(self.rows) < 2:
             return []
         g = max(range(len(self.rows)), key=lambda i: (len(self.rows[i]), -i))
-        texts = self._shown(g, 0)[1] + self._shown(g, 1)[1]
-        same = ((self.top[g], texts[:EXAMPLES]), (self.top[g], texts[EXAMPLES:] or texts))
-        return [(same, True), ((self._shown(g), PLACEHOLDER), False)]
+        return [
+            ((self._shown(g, 0), self._shown(g, 1)), True),
+            ((self._shown(g), PLACEHOLDER), False),
+        ]
 
     def ask(
         self, labeler: Labeler, budget: int, per_call: int = PAIRS_PER_CALL, parallel: int = 1
