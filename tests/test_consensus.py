@@ -164,21 +164,48 @@ def test_consensus_can_be_turned_off_to_measure_it(tmp_path):
     assert Settings().consensus is True
 
 
-def test_one_same_never_joins_a_pair_and_a_third_answer_breaks_a_tie():
+def test_an_answer_in_doubt_needs_a_second_and_a_third_breaks_a_tie():
     from canonlabel.labelspace.adjudicate import VARIANTS, variant_key, verdict
 
     key = "a|b"
     assert verdict({}, key) == (None, 0)
-    assert verdict({key: False}, key) == (False, VARIANTS)  # "different" decides alone
-    # ... unless a "same" between the two sides' members contradicts it
-    assert verdict({key: False}, key, contested=True) == (None, 1)
-    assert verdict({key: False, variant_key(key, 1): True, variant_key(key, 2): True}, key)[0]
-    assert verdict({key: True}, key) == (None, 1)  # "same" is asked again
+    assert verdict({key: False}, key, second=False) == (False, VARIANTS)  # decides alone
+    assert verdict({key: True}, key, second=False) == (True, VARIANTS)
+    assert verdict({key: False}, key) == (None, 1)  # in doubt: asked again
+    assert verdict({key: True}, key) == (None, 1)
     assert verdict({key: True, variant_key(key, 1): True}, key) == (True, VARIANTS)
+    assert verdict({key: False, variant_key(key, 1): True, variant_key(key, 2): True}, key)[0]
     tie = {key: True, variant_key(key, 1): False}
     assert verdict(tie, key) == (None, 2)
     assert verdict(tie | {variant_key(key, 2): True}, key)[0] is True
     assert verdict(tie | {variant_key(key, 2): False}, key)[0] is False
+
+
+def test_an_answer_the_similarity_contradicts_is_asked_again_one_it_agrees_with_decides():
+    """For an LLM found often wrong, the evidence decides which answers need a second: a
+    "same" between dissimilar groups, a "different" between groups as similar as most
+    pairs judged the same. The need is stored with the first answer."""
+    import numpy as np
+
+    from canonlabel.labelspace.adjudicate import Adjudication, _Links, confirm_key
+
+    adj = Adjudication.__new__(Adjudication)
+    unit = np.eye(3, dtype=np.float32)
+    adj._names = adj.content = np.stack([unit[0], unit[0] * 0.8 + unit[1] * 0.6, unit[2]])
+    adj.name_weight, adj.lean, adj.confirm = 0.6, 0.7, True
+    adj.group_of = {"refund": 0, "reimbursement": 1, "card_lost": 2}
+    adj.links = _Links([False] * 3, [5, 5, 5])
+    adj.pair_of = {"refund|reimbursement": (0, 1), "card_lost|refund": (2, 0)}
+    adj.contested, adj._texts = set(), {}
+    near, far = "refund|reimbursement", "card_lost|refund"  # similarity 0.8 and 0
+    assert adj._needs_second(near, False) and not adj._needs_second(near, True)
+    assert adj._needs_second(far, True) and not adj._needs_second(far, False)
+    adj.stored = {near: False}
+    assert adj._verdict(near) == (False, 3)  # stored without the mark: it decided
+    adj.stored[confirm_key(near)] = True
+    assert adj._verdict(near) == (None, 1)  # marked when it came: asked again
+    adj.confirm = False  # an LLM rarely wrong: its first answer decides
+    assert not adj._needs_second(near, False) and not adj._needs_second(far, True)
 
 
 def test_a_tie_is_never_broken_by_a_question_that_repeats_the_first():
@@ -218,6 +245,7 @@ def test_a_same_between_two_big_groups_is_confirmed_whatever_the_estimated_error
     adj.confirm, adj.contested, adj._texts = False, set(), {"love": 9, "disapproval": 9}
     big, small = "disapproval|love", "love|love_query"
     assert adj._weighty(big) and not adj._weighty(small)
+    assert adj._needs_second(big, True) and not adj._needs_second(small, True)
     adj.stored = {small: True}
     assert adj._verdict(small) == (True, VARIANTS)  # a small group's "same" decides alone
     adj.stored = {big: True, confirm_key(big): True}
@@ -250,8 +278,8 @@ def test_the_control_shows_the_top_raw_label_s_own_texts():
     adj.top, adj._examples = ["admiration", "love"], {}
     adj._top_centroids = np.ones((2, 4), dtype=np.float32)
     adj.store = SimpleNamespace(members=SimpleNamespace(typical_texts=typical_texts))
-    (same, expected), (other, _) = adj.controls()
-    assert expected and asked == [["admiration"]]  # never the group's other raw labels
+    (same, expected), (other, _) = adj.controls()[0]
+    assert expected and asked[0] == ["admiration"]  # never the group's other raw labels
     assert same[0][1] == ["admiration text 0", "admiration text 1"]
     assert same[1][1] == ["admiration text 2", "admiration text 3"]
     assert other[0] == same[0]  # against placeholder text: the same label and texts

@@ -7,6 +7,7 @@ import json
 import random
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -392,8 +393,11 @@ def test_an_adjudicator_that_fails_the_controls_joins_nothing(tmp_path):
 
 def test_controls_are_slotted_in_at_varying_positions():
     shown = [((f"a{i}", ["x"]), (f"b{i}", ["y"])) for i in range(5)]
-    controls = [((("same", ["s"]), ("same", ["t"])), True), ((("far", ["d"]), ("x", ["e"])), False)]
-    positions = set()
+    controls = [
+        [((("same", [s]), ("same", [t])), True), ((("far", [d]), ("x", ["e"])), False)]
+        for s, t, d in (("s", "t", "d"), ("u", "v", "w"))
+    ]
+    positions, sets = set(), set()
     for n in range(20):
         keys = [f"k{n}_{i}" for i in range(5)]
         mixed, where = adjudicate._mix(keys, shown, controls)
@@ -403,7 +407,33 @@ def test_controls_are_slotted_in_at_varying_positions():
         assert [mixed[p] for p in where["pairs"]] == shown
         assert {mixed[p][0][0] for p, _ in where["controls"]} == {"same", "far"}
         positions.add(tuple(p for p, _ in where["controls"]))
+        sets.update(mixed[p][0][1][0] for p, same in where["controls"] if same)
     assert len(positions) > 3
+    assert sets == {"s", "u"}  # the sets take turns
+
+
+def test_a_control_the_judge_always_gets_wrong_costs_only_the_calls_that_draw_it():
+    """A judge answers a question the same way each time: with one control set, a control
+    it gets wrong would discard every call."""
+
+    class Judge:
+        def complete(self, prompt, *, grammar=None, max_tokens=256):
+            lines = []
+            for n, (a, b) in enumerate(adjudicate.split_batch(prompt), 1):
+                same = a.splitlines()[0] == b.splitlines()[0].removeprefix("B: ")
+                lines.append(f"{n}: {'same' if same and 'blind' not in a else 'different'}")
+            return LabelResponse("\n".join(lines), Usage(1, 1))
+
+    saved = {}
+    store = SimpleNamespace(adjudications=SimpleNamespace(save=saved.update))
+    controls = [
+        [(((name, ["t"]), (name, ["u"])), True), (((name, ["t"]), ("far", ["v"])), False)]
+        for name in ("blind_spot", "fine")
+    ]
+    pairs = [(f"p{i}", lambda i=i: ((f"x{i}", ["a"]), (f"x{i}", ["b"]))) for i in range(40)]
+    calls = adjudicate.ask(store, Judge(), pairs, 20, per_call=4, controls=controls)
+    assert calls == 20
+    assert 0 < len(saved) < 40 and all(saved.values())
 
 
 def test_simulated_llm_names_by_units_and_never_ambiguously():

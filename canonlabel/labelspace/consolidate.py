@@ -299,7 +299,9 @@ def borderline(
     # not switch it on
     assert space.store is not None
     confirm = float(space.store.meta().get("llm_error_low", 0.0)) >= CONFIRM_ABOVE
-    return Adjudication(space, ev, assigned, name_weight, min(floor, threshold), confirm)
+    floor = min(floor, threshold)
+    lean = (floor + 2 * threshold) / 3  # where the evidence leans "same" (see Adjudication)
+    return Adjudication(space, ev, assigned, name_weight, floor, confirm, lean)
 
 
 def consolidate(
