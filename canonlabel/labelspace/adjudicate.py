@@ -458,18 +458,8 @@ class Adjudication:
         one control question the judge gets wrong costs only the calls that draw it."""
         if len(self.rows) < 2:
             return []
-        import os
 
         largest = sorted(range(len(self.rows)), key=lambda i: (-len(self.rows[i]), i))
-        if os.environ.get("CTL") == "wide":
-            out = []
-            for g in largest[:CONTROL_GROUPS]:
-                texts = self.store.members.typical_texts(
-                    self.raws[g], self.content[g], 2 * EXAMPLES
-                )
-                same = ((self.top[g], texts[:EXAMPLES]), (self.top[g], texts[EXAMPLES:] or texts))
-                out.append([(same, True), ((self._shown(g), PLACEHOLDER), False)])
-            return out
         return [
             [
                 ((self._shown(g, 0), self._shown(g, 1)), True),
