@@ -41,6 +41,10 @@ PROPOSE = (
 )
 PROPOSALS_PER_CALL = 16
 ROUNDS = 5  # theme questions a label may get
+# typical texts shown per label in a theme question: with two, one misleading text ties
+# the vote and the theme is a coin flip (GoEmotions at 10% wrong: `approval`, 244 texts,
+# went under anger in one order of three, parents' order ARI 0.97 -> 0.79)
+THEME_EXAMPLES = 3
 BIG_LEAF = 0.02  # share of the items from which a label's theme needs three agreeing votes
 THEME_JOIN = 0.8  # proposed theme names at least this similar are one theme
 # A consolidation refits the stored tree once this share of the items sits under labels
@@ -212,7 +216,7 @@ def propose_themes(
     need = {lab: 3 if counts.get(lab, 0) >= BIG_LEAF * total else 2 for lab in leaves}
     centroids = clf.space.centroids(leaves)
     texts = {  # every round's examples, read once a label
-        lab: clf.store.members.typical_label_texts(lab, centroid, 2 * ROUNDS)
+        lab: clf.store.members.typical_label_texts(lab, centroid, THEME_EXAMPLES * ROUNDS)
         for lab, centroid in zip(leaves, centroids, strict=True)
     }
     votes: dict[int, list[str]] = {lab: [] for lab in leaves}
@@ -236,15 +240,16 @@ def _settled(votes: list[str], need: int, asked: int) -> bool:
 def _proposals(
     clf, leaves: list[int], labeler, texts: dict[int, list[str]], variant: int
 ) -> dict[int, str]:
-    """One round of proposals, showing each label's ``variant``-th pair of typical texts
-    (the first pair when there are too few)."""
+    """One round of proposals, showing each label's ``variant``-th ``THEME_EXAMPLES``
+    typical texts (the first ones when there are too few)."""
     import re
 
     space, found = clf.space, {}
     for start in range(0, len(leaves), PROPOSALS_PER_CALL):
         chunk = leaves[start : start + PROPOSALS_PER_CALL]
+        k = THEME_EXAMPLES
         shown = [
-            (space.names[lab], texts[lab][2 * variant : 2 * variant + 2] or texts[lab][:2])
+            (space.names[lab], texts[lab][k * variant : k * (variant + 1)] or texts[lab][:k])
             for lab in chunk
         ]
         try:

@@ -121,6 +121,27 @@ def test_a_big_label_needs_three_agreeing_themes_a_small_one_two(tmp_path):
     assert asked == {clf.space.names[big]: 5, clf.space.names[small]: 2}
 
 
+def test_a_theme_question_shows_enough_texts_that_one_cannot_tie_the_vote(tmp_path):
+    """With two texts a label's one misleading text ties the vote, and the theme is a
+    coin flip; each round shows ``THEME_EXAMPLES`` (odd) texts, new ones each round."""
+    import re
+    from types import SimpleNamespace
+
+    clf, _ = _store(tmp_path)
+    label = max(clf.label_counts().items(), key=lambda kv: kv[1])[0]
+    shown: list[list[str]] = []
+
+    class Undecided:  # a new theme every time: every round is asked
+        def complete(self, prompt, **kw):
+            shown.append(re.findall(r"^- (.*)$", prompt, re.MULTILINE))
+            return SimpleNamespace(output=f"1: theme_{len(shown)}")
+
+    hierarchy.propose_themes(clf, [label], Undecided(), {label: 1})
+    assert hierarchy.THEME_EXAMPLES % 2 == 1 and len(shown) >= 3
+    assert all(len(texts) == hierarchy.THEME_EXAMPLES for texts in shown[:3])
+    assert len({t for texts in shown[:3] for t in texts}) == 3 * hierarchy.THEME_EXAMPLES
+
+
 def test_cli_hierarchy_labels_tree_and_rows_carry_their_path(tmp_path, monkeypatch):
     clf, gold = _store(tmp_path)
     clf.hierarchy(top=2)
