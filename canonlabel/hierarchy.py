@@ -244,10 +244,9 @@ def _proposals(
     typical texts (the first ones when there are too few)."""
     import re
 
-    space, found = clf.space, {}
+    space, found, k = clf.space, {}, THEME_EXAMPLES
     for start in range(0, len(leaves), PROPOSALS_PER_CALL):
         chunk = leaves[start : start + PROPOSALS_PER_CALL]
-        k = THEME_EXAMPLES
         shown = [
             (space.names[lab], texts[lab][k * variant : k * (variant + 1)] or texts[lab][:k])
             for lab in chunk

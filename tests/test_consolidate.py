@@ -420,7 +420,7 @@ def test_a_control_the_judge_always_gets_wrong_costs_only_the_calls_that_draw_it
         def complete(self, prompt, *, grammar=None, max_tokens=256):
             lines = []
             for n, (a, b) in enumerate(adjudicate.split_batch(prompt), 1):
-                same = a.splitlines()[0] == b.splitlines()[0].removeprefix("B: ")
+                same = a.splitlines()[0] == b.splitlines()[0]
                 lines.append(f"{n}: {'same' if same and 'blind' not in a else 'different'}")
             return LabelResponse("\n".join(lines), Usage(1, 1))
 

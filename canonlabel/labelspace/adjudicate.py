@@ -458,7 +458,6 @@ class Adjudication:
         one control question the judge gets wrong costs only the calls that draw it."""
         if len(self.rows) < 2:
             return []
-
         largest = sorted(range(len(self.rows)), key=lambda i: (-len(self.rows[i]), i))
         return [
             [
