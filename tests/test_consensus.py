@@ -256,6 +256,33 @@ def test_a_same_between_two_big_groups_is_confirmed_whatever_the_estimated_error
     assert adj._verdict(big) == (False, VARIANTS)
 
 
+def test_an_early_same_is_outvoted_by_later_answers_about_the_same_two_groups():
+    """A "same" given while a group was small stands only while the answers about the
+    two groups' raw labels, all taken together, do not say "different" more often."""
+    from canonlabel.labelspace.adjudicate import Adjudication, _Links, variant_key
+
+    def judged(stored: dict[str, bool]) -> Adjudication:
+        adj = Adjudication.__new__(Adjudication)  # only groups and answers matter here
+        adj.group_of = {"activation_my_card": 0, "activate_my_card": 0}
+        adj.group_of |= {"get_physical": 1, "get_physical_card": 1}
+        adj.top = ["activate_my_card", "get_physical_card"]
+        adj.links = _Links([False] * 2, [50, 40])
+        adj.confirm, adj.contested, adj._texts, adj._votes = False, set(), {}, {}
+        adj.stored = stored
+        for asked, same in stored.items():
+            adj._vote(asked, same)
+        adj._stored_same("activation_my_card|get_physical")
+        return adj
+
+    early = {"activation_my_card|get_physical": True}
+    assert judged(early).links.joined(0, 1)  # nothing says otherwise: it joins
+    later = "activate_my_card|get_physical_card"
+    adj = judged(early | {later: False, variant_key(later, 1): False})
+    assert not adj.links.joined(0, 1) and adj._outvoted(1, 0)
+    adj = judged(early | {later: True, variant_key(later, 1): False})
+    assert adj.links.joined(0, 1) and not adj._outvoted(0, 1)  # a tie does not outvote
+
+
 def test_the_control_shows_the_top_raw_label_s_own_texts():
     """A group's texts mix in its other raw labels' (and wrong answers'): halves of them
     can be about different things, and a control that fails in every call spends the

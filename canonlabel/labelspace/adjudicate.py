@@ -27,7 +27,9 @@ agrees with decides alone, so the budget goes where answers are in doubt; a "sam
 between two big groups is always confirmed. A third question exists only where a side
 has texts the first two did not show: repeating the first question would repeat its
 answer (a deterministic judge's, as a real one at temperature 0), and two disagreeing
-answers then leave the pair apart.
+answers then leave the pair apart. A stored "same" joins two groups only while the
+answers about their raw labels, all taken together, do not say "different" more often:
+an early "same" is revisited by the later answers about the same two groups.
 """
 
 from __future__ import annotations
@@ -344,19 +346,20 @@ class Adjudication:
         self._texts = ev.answers  # LLM texts per raw label
         self.contested: set[str] = set()  # heads' pairs whose "different" is contradicted
         self.stored: dict[str, bool] = {}
+        self._votes: dict[tuple[int, int], tuple[int, int]] = {}  # (same, different) answers
         self.confirm = confirm  # answers the evidence contradicts need a second one
         self.lean = lean  # similarity from which the evidence leans "same" (see _against)
         if len(self.rows) < 2:
             return
         self.stored = stored = self.store.adjudications.get()
-        checks: dict[str, tuple[int, int]] = {}  # joins waiting for their heads' answer
+        for asked, same in stored.items():
+            if not asked.endswith("#confirm"):
+                self._vote(asked, same)
+        checks: dict[str, tuple[int, int]] = {}  # joins waiting for an answer about now
         for key in sorted({k.partition("#")[0] for k in stored}):
-            same, _ = self._verdict(key)
-            a, _, b = key.partition("|")
-            if same and a in self.group_of and b in self.group_of:
-                check = self._claim(self.group_of[a], self.group_of[b])
-                if check is not None:
-                    checks.setdefault(self._key(*check), check)
+            check = self._stored_same(key)
+            if check is not None:
+                checks.setdefault(self._key(*check), check)
         names, self.content = pooled(ev.core, self.rows), pooled(ev.member_sums, self.rows)
         self._names, self.name_weight = names, name_weight
         self.pair_of.update(checks)
@@ -366,6 +369,34 @@ class Adjudication:
                 self.links.pinned[g] and self.links.pinned[h]
             ):
                 self.pair_of.setdefault(key, (g, h))
+
+    def _stored_same(self, key: str) -> tuple[int, int] | None:
+        """Apply a stored "same" about raw labels ``key`` (see :meth:`_claim`); returns the
+        heads' pair still to be asked about."""
+        same, _ = self._verdict(key)
+        a, _, b = key.partition("|")
+        if not same or a not in self.group_of or b not in self.group_of:
+            return None
+        g, h = self.group_of[a], self.group_of[b]
+        return None if g == h or self._outvoted(g, h) else self._claim(g, h)
+
+    def _outvoted(self, g: int, h: int) -> bool:
+        """Whether the answers about the raw labels of groups ``g`` and ``h``, all taken
+        together, say "different" more often than "same". A "same" given early, when a
+        group was small and its texts few, is outvoted by the "different" that later
+        questions about the same two groups' other raw labels gave. Banking77 stream at
+        10% wrong answers: two such answers (``activation_my_card`` / ``get_physical``)
+        stood against six later "different" and merged three intents."""
+        same, different = self._votes.get((min(g, h), max(g, h)), (0, 0))
+        return different > same
+
+    def _vote(self, asked: str, same: bool) -> None:
+        a, _, b = asked.partition("#")[0].partition("|")
+        g, h = self.group_of.get(a), self.group_of.get(b)
+        if g is not None and h is not None and g != h:
+            pair = (min(g, h), max(g, h))
+            votes = self._votes.get(pair, (0, 0))
+            self._votes[pair] = (votes[0] + same, votes[1] + (not same))
 
     def _verdict(self, key: str) -> tuple[bool | None, int]:
         second = self.stored.get(confirm_key(key), False)
@@ -483,6 +514,7 @@ class Adjudication:
 
         def answered(asked: str, same: bool) -> list:
             self.stored[asked] = same
+            self._vote(asked, same)
             key = asked.partition("#")[0]
             if asked == key and self._needs_second(key, same):
                 self.stored[confirm_key(key)] = True
@@ -490,7 +522,8 @@ class Adjudication:
             decided, following = self._verdict(key)
             if decided is None:
                 return [question(*pair_of[key])] if following < VARIANTS else []
-            check = self._claim(*pair_of[key]) if decided else None
+            joins = decided and not self._outvoted(*pair_of[key])
+            check = self._claim(*pair_of[key]) if joins else None
             if check is None:
                 return []
             pair_of.setdefault(self._key(*check), check)
