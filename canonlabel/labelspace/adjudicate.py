@@ -353,7 +353,7 @@ class Adjudication:
             return
         self.stored = stored = self.store.adjudications.get()
         for asked, same in stored.items():
-            if not asked.endswith("#confirm"):
+            if asked != confirm_key(asked.partition("#")[0]):  # a mark, not an answer
                 self._vote(asked, same)
         checks: dict[str, tuple[int, int]] = {}  # joins waiting for an answer about now
         for key in sorted({k.partition("#")[0] for k in stored}):
