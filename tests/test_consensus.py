@@ -267,7 +267,7 @@ def test_an_early_same_is_outvoted_by_later_answers_about_the_same_two_groups():
         adj.group_of |= {"get_physical": 1, "get_physical_card": 1}
         adj.top = ["activate_my_card", "get_physical_card"]
         adj.links = _Links([False] * 2, [50, 40])
-        adj.confirm, adj.contested, adj._texts, adj._votes = False, set(), {}, {}
+        adj.confirm, adj.contested, adj._texts, adj._votes_of = False, set(), {}, {}
         adj.stored = stored
         for asked, same in stored.items():
             adj._vote(asked, same)
@@ -281,6 +281,30 @@ def test_an_early_same_is_outvoted_by_later_answers_about_the_same_two_groups():
     assert not adj.links.joined(0, 1) and adj._outvoted(1, 0)
     adj = judged(early | {later: True, variant_key(later, 1): False})
     assert adj.links.joined(0, 1) and not adj._outvoted(0, 1)  # a tie does not outvote
+
+
+def test_a_same_is_outvoted_by_the_answers_about_the_groups_already_joined_to_its_sides():
+    """An intent split over several groups is judged "different" from its neighbour
+    group by group; one "same" about another of its groups must not join the two."""
+    from canonlabel.labelspace.adjudicate import Adjudication, _Links
+
+    adj = Adjudication.__new__(Adjudication)
+    adj.group_of = {"order_physical_card": 0, "physical_order": 1, "get_physical_card": 2}
+    adj.top = list(adj.group_of)
+    adj.links = _Links([False] * 3, [40, 10, 40])
+    adj.confirm, adj.contested, adj._texts, adj._votes_of = False, set(), {}, {}
+    adj.stored = {"order_physical_card|physical_order": True}
+    adj.stored |= {"get_physical_card|order_physical_card": False}
+    adj.stored |= {"get_physical_card|order_physical_card#2": False}
+    adj.stored |= {"get_physical_card|physical_order": True}
+    for asked, same in adj.stored.items():
+        adj._vote(asked, same)
+    assert not adj._outvoted(1, 2)  # the two groups alone: one "same", nothing against
+    adj._stored_same("order_physical_card|physical_order")
+    assert adj.links.joined(0, 1)
+    assert adj._outvoted(1, 2)  # with group 0 joined to 1: two "different" against one
+    adj._stored_same("get_physical_card|physical_order")
+    assert not adj.links.joined(1, 2)
 
 
 def test_the_control_shows_the_top_raw_label_s_own_texts():

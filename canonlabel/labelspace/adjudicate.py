@@ -28,8 +28,9 @@ between two big groups is always confirmed. A third question exists only where a
 has texts the first two did not show: repeating the first question would repeat its
 answer (a deterministic judge's, as a real one at temperature 0), and two disagreeing
 answers then leave the pair apart. A stored "same" joins two groups only while the
-answers about their raw labels, all taken together, do not say "different" more often:
-an early "same" is revisited by the later answers about the same two groups.
+answers about the raw labels of their components (the groups joined to each so far), all
+taken together, do not say "different" more often: an early "same" is revisited by the
+later answers about the same two sides.
 """
 
 from __future__ import annotations
@@ -346,7 +347,8 @@ class Adjudication:
         self._texts = ev.answers  # LLM texts per raw label
         self.contested: set[str] = set()  # heads' pairs whose "different" is contradicted
         self.stored: dict[str, bool] = {}
-        self._votes: dict[tuple[int, int], tuple[int, int]] = {}  # (same, different) answers
+        # (same, different) answers per group, per other group
+        self._votes_of: dict[int, dict[int, tuple[int, int]]] = {}
         self.confirm = confirm  # answers the evidence contradicts need a second one
         self.lean = lean  # similarity from which the evidence leans "same" (see _against)
         if len(self.rows) < 2:
@@ -381,22 +383,33 @@ class Adjudication:
         return None if g == h or self._outvoted(g, h) else self._claim(g, h)
 
     def _outvoted(self, g: int, h: int) -> bool:
-        """Whether the answers about the raw labels of groups ``g`` and ``h``, all taken
-        together, say "different" more often than "same". A "same" given early, when a
-        group was small and its texts few, is outvoted by the "different" that later
-        questions about the same two groups' other raw labels gave. Banking77 stream at
-        10% wrong answers: two such answers (``activation_my_card`` / ``get_physical``)
-        stood against six later "different" and merged three intents."""
-        same, different = self._votes.get((min(g, h), max(g, h)), (0, 0))
+        """Whether the answers about the raw labels of the components of groups ``g`` and
+        ``h`` (the groups joined so far), all taken together, say "different" more often
+        than "same". A "same" given early, when a group was small and its texts few, is
+        outvoted by the "different" that later questions about the two sides' other raw
+        labels gave. Banking77 stream at 10% wrong answers: two such answers
+        (``activation_my_card`` / ``get_physical``) stood against six later "different"
+        and merged three intents. Counted over components, not the two groups alone: an
+        intent split over eight groups is judged "different" from its neighbour pair by
+        pair, and one "same" between a ninth pair would join all of them."""
+        links = self.links
+        a, b = links.find(g), links.find(h)
+        if len(links.members[a]) > len(links.members[b]):
+            a, b = b, a
+        same = different = 0
+        for x in links.members[a]:
+            for y, (s, d) in self._votes_of.get(x, {}).items():
+                if links.find(y) == b:
+                    same, different = same + s, different + d
         return different > same
 
     def _vote(self, asked: str, same: bool) -> None:
         a, _, b = asked.partition("#")[0].partition("|")
         g, h = self.group_of.get(a), self.group_of.get(b)
         if g is not None and h is not None and g != h:
-            pair = (min(g, h), max(g, h))
-            votes = self._votes.get(pair, (0, 0))
-            self._votes[pair] = (votes[0] + same, votes[1] + (not same))
+            for x, y in ((g, h), (h, g)):
+                s, d = self._votes_of.setdefault(x, {}).get(y, (0, 0))
+                self._votes_of[x][y] = (s + same, d + (not same))
 
     def _verdict(self, key: str) -> tuple[bool | None, int]:
         second = self.stored.get(confirm_key(key), False)
@@ -557,6 +570,7 @@ class _Links:
         self.pinned = pinned
         self.weight = weight  # items per group; a component's head is its heaviest group
         self.head = list(range(len(pinned)))
+        self.members = [[g] for g in range(len(pinned))]  # per component root
 
     def find(self, g: int) -> int:
         while self.parent[g] != g:
@@ -574,5 +588,6 @@ class _Links:
             heads = (self.head[a], self.head[b])
             root = min(a, b)
             self.parent[max(a, b)] = root
+            self.members[root] += self.members[max(a, b)]
             self.pinned[root] = self.pinned[a] or self.pinned[b]
             self.head[root] = max(heads, key=lambda x: (self.weight[x], -x))
