@@ -412,3 +412,23 @@ def test_second_questions_go_sixteen_a_call_and_alone_when_they_must(tmp_path):
                   error_rate=0.2))  # fmt: skip
     other.consolidate()
     assert other.counters["recheck_calls"] >= len(other.store.corrections.rechecks()) > 0
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_second_consolidation_of_a_finished_job_changes_nothing(tmp_path, seed):
+    """Consolidation judges a raw label by its answers whether or not the consensus moved
+    them, and leaves alone a raw label whose label the consensus emptied and merged away:
+    the pass after the one that finished a job (no new text, nothing asked) moves no raw
+    label and no item, and renames and creates nothing."""
+    gold = corpus(n_per_intent=25, seed=seed)
+    llm = SimulatedLLM(gold, inconsistency=0.7, error_rate=0.25, seed=seed)
+    clf = build(tmp_path, "twice", sorted(gold), gold, labeler=llm)
+    clf.consolidate()
+    clf.consolidate(adjudication_budget=0)  # the LLM's error estimate settles
+    before = final_labels(clf)
+    again = clf.consolidate(adjudication_budget=0)
+    changes = ("moved_raw_labels", "merged_labels", "renamed_labels", "new_labels")
+    assert {k: again[k] for k in changes} == dict.fromkeys(changes, 0)
+    assert (again["consensus"]["moved"], again["consensus"]["restored"]) == (0, 0)
+    assert again["consensus"]["emptied_merged"] == 0
+    assert final_labels(clf) == before

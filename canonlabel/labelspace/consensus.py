@@ -235,10 +235,13 @@ def plan(
     found: list[Contest],
     current: dict[int, Correction],
     rechecks: dict[int, Recheck],
+    answer_of: dict[int, int] | None = None,
 ) -> tuple[list[Correction], list[Correction]]:
     """(corrections to write, corrections to undo): a contested item moves when the
     evidence is sure or the LLM, asked again, chose the evidence's label; every other
-    correction stored goes back to the answer. An item a person kept never moves."""
+    correction stored goes back to the answer (``answer_of``: the label each item's answer
+    names now, else the one stored with its correction). An item a person kept never
+    moves."""
     moved, restored, decided = [], [], set()
     for c in found:
         old = current.get(c.item_id)
@@ -254,7 +257,7 @@ def plan(
         if old is not None:  # back to the answer first, so its followers come along
             restored.append(Correction(c.item_id, c.answer_label, old.label_id, old.support))
         moved.append(Correction(c.item_id, c.answer_label, c.label_id, c.support))
-    answers = {c.item_id: c.answer_label for c in found}
+    answers = (answer_of or {}) | {c.item_id: c.answer_label for c in found}
     for item, old in current.items():
         if item not in decided and not old.kept:
             answer = answers.get(item, old.answer_label)

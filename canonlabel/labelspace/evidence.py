@@ -58,11 +58,15 @@ class Evidence:
 def gather(space: LabelSpace) -> Evidence:
     """Read the evidence: each raw label's name embedding, the vectors of the items
     labelled with it (LLM answers and the cache hits that reused them) that still follow
-    its alias (items moved by hand are left alone), and
-    its core name's embedding."""
+    its alias (items moved by hand are left alone; an item the consensus moved counts
+    under its answer), and its core name's embedding. A raw label whose label the
+    consensus emptied and merged away names the label it was merged into: it is not
+    regrouped (regrouping it by its answers would undo the consensus, and the consensus
+    would undo the regrouping at the next pass)."""
     store = space.store
     assert store is not None  # consolidation works on a loaded label space
     rows = store.members.raw_label_vectors()
+    folded = {label for label in store.log.emptied() if label in space.parent}
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = defaultdict(int)
     rows = sorted(  # by raw label and vector: sums never depend on arrival order
@@ -70,6 +74,7 @@ def gather(space: LabelSpace) -> Evidence:
             r
             for r in rows
             if (o := space.aliases.get(r.raw_label)) is not None
+            and o not in folded
             and space.resolve(r.label_id) == space.resolve(o)
         ),
         key=lambda r: (r.raw_label, bytes(r.vector)),

@@ -31,6 +31,7 @@ from canonlabel.thresholds import wilson_interval
 from canonlabel.types import Grouping
 
 _ALONE_PER_BATCH = 32  # second questions sent one a call, this many per label_batch
+SETTLE_PASSES = 10  # regroup-and-consensus passes at most per consolidation (see _settle)
 
 
 class _Router(Protocol):
@@ -98,6 +99,9 @@ class Consolidation:
         if host.settings.consensus and grouping.by != "items":
             # a budget of 0 (a finished job resumed) asks nothing
             report["consensus"] = self._consensus(dry_run, ask=budget != 0)
+            report["settled_in"] = self._settle(grouping, report["consensus"], dry_run)
+            if not dry_run:
+                report["labels_after"] = len(host.space)
         report["grouping"] = asdict(grouping)  # which defaults applied (the LLM's or yours)
         if not dry_run:
             host.consolidated_at = known
@@ -107,6 +111,19 @@ class Consolidation:
         self._release_memory()
         self.record(report["adjudication_calls"])
         return report
+
+    def _settle(self, grouping: Grouping, consensus: dict, dry_run: bool) -> int:
+        """Regroup and rerun the consensus, asking nothing, while the consensus folds
+        labels away (empties and merges them; their raw labels then name the label they
+        were merged into and leave the regrouping). Folding only grows, so this ends, and
+        it ends where a pass changes nothing: the next consolidation with no new answers
+        finds nothing to do. Returns the passes it took (1: none after the first)."""
+        passes = 1
+        while not dry_run and consensus["emptied_merged"] and passes < SETTLE_PASSES:
+            self._consolidate_raw_labels(grouping, dry_run, 0)
+            consensus = self._consensus(dry_run, ask=False)
+            passes += 1
+        return passes
 
     def _consolidate_raw_labels(self, grouping: Grouping, dry_run: bool, budget) -> dict:
         s = self.host.settings
@@ -133,14 +150,8 @@ class Consolidation:
         # another process may have committed items under labels made since our sync
         host.ensure_labels(stored.tolist())
         current = store.corrections.all()
+        answers = self._answer_labels(ids.tolist(), stored.tolist(), current)
         resolve = host.space.resolve
-        answers = np.array(
-            [
-                resolve(current[i].answer_label) if i in current else resolve(label)
-                for i, label in zip(ids.tolist(), stored.tolist(), strict=True)
-            ],
-            dtype=np.int64,
-        )
         rechecks = store.corrections.rechecks()
         overturned, _ = wilson_interval(sum(r.chose for r in rechecks.values()), len(ids))
         stray_moves = overturned >= consensus.STRAY_MOVES_ABOVE  # (low end of its interval)
@@ -152,7 +163,8 @@ class Consolidation:
         asked = consensus.to_recheck(found, rechecks) if ask and not dry_run else []
         if asked and host.labeler.id != "none":
             rechecks |= {r.item_id: r for r in self._recheck(asked)}
-        moved, restored = consensus.plan(found, current, rechecks)
+        answer_of = dict(zip(ids.tolist(), answers.tolist(), strict=True))
+        moved, restored = consensus.plan(found, current, rechecks, answer_of)
         merged = 0
         if not dry_run:
             join = host.settings.label_similarity
@@ -166,6 +178,20 @@ class Consolidation:
             "restored": len(restored),
             "contested_share": round(contested, 4),
         }
+
+    def _answer_labels(self, ids: list[int], stored: list[int], current: dict) -> np.ndarray:
+        """The label of each item's LLM answer: where it is stored, or, for an item the
+        consensus moved, the label its raw label names now (the regrouping may have moved
+        the raw label since the correction was written)."""
+        space = self.host.space
+        raw_of = self.host.store.items.raw_labels([i for i in ids if i in current])
+        out = []
+        for i, label in zip(ids, stored, strict=True):
+            if i in current:
+                alias = space.aliases.get(raw_of.get(i) or "")
+                label = current[i].answer_label if alias is None else alias
+            out.append(space.resolve(label))
+        return np.array(out, dtype=np.int64)
 
     def _recheck(self, asked) -> list:
         """Ask the LLM about contested items (one closed question each, up to

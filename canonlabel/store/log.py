@@ -83,6 +83,11 @@ class MergeLog(Repository):
         )
         return LogEntry(*rows[0]) if rows else None
 
+    def emptied(self) -> set[int]:
+        """Labels the consensus left without items and merged away (kind ``emptied``)."""
+        rows = self._query("SELECT from_label FROM merges WHERE kind = 'emptied' AND undone = 0")
+        return {int(r[0]) for r in rows}
+
     def history(self, label_ids: Sequence[int]) -> list[HistoryEntry]:
         """Entries from or into these label ids, oldest first."""
         return [HistoryEntry(*r) for r in self._query(

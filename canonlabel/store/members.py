@@ -22,7 +22,8 @@ class ItemVector(NamedTuple):
 
 
 class RawLabelVector(NamedTuple):
-    """The vector of an item labelled with ``raw_label`` (now stored under ``label_id``)."""
+    """The vector of an item labelled with ``raw_label``; ``label_id``: its answer's label
+    (where it is stored, unless the consensus moved it)."""
 
     raw_label: str
     label_id: int
@@ -118,9 +119,15 @@ class Members(Repository):
 
     def raw_label_vectors(self) -> list[RawLabelVector]:
         """The vectors of the items labelled with a raw label: LLM answers (and clustered
-        items) in the cache, and the cache hits that reused their raw label."""
+        items) in the cache, and the cache hits that reused their raw label. Each under
+        its answer's label: where it is stored, or, for an item the consensus moved (and
+        a hit that followed it), the label its raw label names."""
         return [RawLabelVector(*r) for r in self._query(
-            "SELECT raw_label, label_id, vector FROM items WHERE vector IS NOT NULL "
-            "AND raw_label IS NOT NULL "
-            "AND (source = 'cache' OR (cached = 1 AND source IN ('llm', 'cluster')))"
+            "SELECT i.raw_label, CASE WHEN c.item_id IS NULL THEN i.label_id ELSE a.label_id "
+            "END, i.vector FROM items i "
+            "LEFT JOIN corrections c ON c.kept = 0 AND c.label_id = i.label_id AND c.item_id = "
+            "(CASE WHEN i.source = 'cache' THEN i.matched_item ELSE i.id END) "
+            "LEFT JOIN aliases a ON a.raw_label = i.raw_label "
+            "WHERE i.vector IS NOT NULL AND i.raw_label IS NOT NULL "
+            "AND (i.source = 'cache' OR (i.cached = 1 AND i.source IN ('llm', 'cluster')))"
         )]  # fmt: skip
