@@ -379,8 +379,7 @@ class Adjudication:
         a, _, b = key.partition("|")
         if not same or a not in self.group_of or b not in self.group_of:
             return None
-        g, h = self.group_of[a], self.group_of[b]
-        return None if g == h or self._outvoted(g, h) else self._claim(g, h)
+        return self._claim(self.group_of[a], self.group_of[b])
 
     def _outvoted(self, g: int, h: int) -> bool:
         """Whether the answers about the raw labels of the components of groups ``g`` and
@@ -455,14 +454,15 @@ class Adjudication:
     def _claim(self, g: int, h: int) -> tuple[int, int] | None:
         """Apply a ``same`` answer about groups ``g`` and ``h``: their components join when
         it was about the two components' heads (most used groups), or when the heads were
-        also judged the same. Returns the heads' pair when that is still to be asked.
+        also judged the same, and the answers between the two components do not outvote
+        it (:meth:`_outvoted`). Returns the heads' pair when that is still to be asked.
 
         Without this, "same" is transitive through any small group: one generic raw label
         (``waiting_transaction``, used once for a card payment and once for a transfer)
         that is like both sides joins two intents that nobody judged alike."""
         links = self.links
         a, b = links.find(g), links.find(h)
-        if a == b:
+        if a == b or self._outvoted(g, h):
             return None
         ha, hb = links.head[a], links.head[b]
         if {ha, hb} == {g, h}:
@@ -535,8 +535,7 @@ class Adjudication:
             decided, following = self._verdict(key)
             if decided is None:
                 return [question(*pair_of[key])] if following < VARIANTS else []
-            joins = decided and not self._outvoted(*pair_of[key])
-            check = self._claim(*pair_of[key]) if joins else None
+            check = self._claim(*pair_of[key]) if decided else None
             if check is None:
                 return []
             pair_of.setdefault(self._key(*check), check)
