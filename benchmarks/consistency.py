@@ -40,6 +40,7 @@ from canonlabel.embed import make_embedder
 from canonlabel.evaluate import EvalData
 from canonlabel.llm import make_labeler
 from canonlabel.metrics import mean_pairwise_ari, stable_share
+from canonlabel.testing import SimulatedLLM
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEFAULT_DATA = "banking77:train:3000,nlupp_banking:train:all,tweeteval_emotion:train:2000"
@@ -59,6 +60,44 @@ KEEP: Path | None = None  # --keep-stores: where each run's store is copied for 
 # llm_calls is naming and themes).
 CALL_KINDS = ("llm_items", "recheck_calls", "adjudication_calls", "consensus_moved")
 BREAKDOWN: list[dict] = []
+ERRORS: list[dict] = []  # per run of the simulated LLM: see where_errors_went
+
+
+def where_errors_went(clf, data: EvalData, labeler: SimulatedLLM, rows) -> dict:
+    """Where the simulated LLM's wrong answers went, and what else ends misplaced: an
+    item is *misplaced* when its final label's majority intent is not its own. Counted:
+    the LLM-labelled items, the wrong open answers among them (the simulator knows which),
+    those the consensus fixed (moved, and now placed right) and those placed right anyway,
+    wrong answers left misplaced (moved elsewhere, or not moved), right answers misplaced
+    (moved away, or their raw label grouped under another intent), items answered without
+    the LLM misplaced, and the LLM's error as the store estimates it (the share of its
+    answers that stand corrected) beside the true share."""
+    moved = set(clf.store.corrections.all())
+    gold = {item: data.gold[int(ext)] for item, ext, _, _ in rows}
+    label = {item: clf.space.resolve(label_id) for item, _, label_id, _ in rows}
+    members: dict[int, Counter] = defaultdict(Counter)
+    for item, g in gold.items():
+        members[label[item]][g] += 1
+    majority = {lab: c.most_common(1)[0][0] for lab, c in members.items()}
+    out: Counter = Counter()
+    for item, ext, _, source in rows:
+        placed = majority[label[item]] == gold[item]
+        if source != "llm":
+            out["other_misplaced"] += not placed
+            continue
+        out["llm_items"] += 1
+        wrong = labeler.intent(data.texts[int(ext)]) != gold[item]
+        kind = "wrong_answer" if wrong else "right_answer"
+        out[f"{kind}s"] += 1
+        if wrong and placed:
+            out["wrong_fixed" if item in moved else "wrong_placed_anyway"] += 1
+        elif not placed:
+            out[f"{kind}_misplaced_" + ("moved" if item in moved else "unmoved")] += 1
+    estimate = float(clf.store.meta().get("llm_error_estimate", 0.0))
+    return dict(out) | {
+        "llm_error_true": round(out["wrong_answers"] / max(out["llm_items"], 1), 4),
+        "llm_error_estimate": estimate,
+    }
 
 
 def run_canonlabel(data: EvalData, order, labeler, settings: Settings) -> tuple[list[str], int]:
@@ -73,10 +112,10 @@ def run_canonlabel(data: EvalData, order, labeler, settings: Settings) -> tuple[
             clf.consolidate()  # what the end of a `classify` job does
         calls = clf.counters["llm_calls"]  # adjudication questions included
         BREAKDOWN.append({k: clf.counters[k] for k in CALL_KINDS})
-        final = {
-            int(ext): clf.space.name(label_id)
-            for ext, label_id in clf.store.conn.execute("SELECT ext_id, label_id FROM items")
-        }
+        rows = clf.store.conn.execute("SELECT id, ext_id, label_id, source FROM items").fetchall()
+        final = {int(ext): clf.space.name(label_id) for _, ext, label_id, _ in rows}
+        if isinstance(labeler, SimulatedLLM):
+            ERRORS.append(where_errors_went(clf, data, labeler, rows))
         clf.close()
         if KEEP is not None:
             KEEP.mkdir(parents=True, exist_ok=True)
@@ -154,6 +193,7 @@ def evaluate(data: EvalData, labeler, settings, strategies, shuffles: int) -> di
     for name in strategies:
         labelings, calls, seconds = [], [], []
         BREAKDOWN.clear()
+        ERRORS.clear()
         for s in range(shuffles):
             order = list(range(len(data.texts)))
             random.Random(1000 + s).shuffle(order)
@@ -188,10 +228,16 @@ def evaluate(data: EvalData, labeler, settings, strategies, shuffles: int) -> di
                 if BREAKDOWN
                 else {}
             )
+            | ({"errors": _mean_counts(ERRORS)} if ERRORS else {})
             | (name_quality(labelings[0], data.gold, data.embedder) if name != "kmeans-k" else {})
         )
         print(f"  {name}: {json.dumps(out[name])}", flush=True)
     return out
+
+
+def _mean_counts(runs: list[dict]) -> dict:
+    keys = sorted({k for r in runs for k in r})
+    return {k: round(float(np.mean([r.get(k, 0) for r in runs])), 4) for k in keys}
 
 
 def nearest_intents(data: EvalData, gold: list[str], k: int = 5) -> dict[str, list[str]]:
