@@ -215,8 +215,11 @@ def propose_themes(
     total = sum(counts.values()) or 1
     need = {lab: 3 if counts.get(lab, 0) >= BIG_LEAF * total else 2 for lab in leaves}
     centroids = clf.space.centroids(leaves)
+    stored = stored_ids(clf)
     texts = {  # every round's examples, read once a label
-        lab: clf.store.members.typical_label_texts(lab, centroid, THEME_EXAMPLES * ROUNDS)
+        lab: clf.store.members.typical_label_texts(
+            stored.get(lab, [lab]), centroid, THEME_EXAMPLES * ROUNDS
+        )
         for lab, centroid in zip(leaves, centroids, strict=True)
     }
     votes: dict[int, list[str]] = {lab: [] for lab in leaves}
@@ -227,6 +230,18 @@ def propose_themes(
         for lab, theme in _proposals(clf, asked, labeler, texts, variant).items():
             votes[lab].append(theme)
     return {lab: max(v, key=lambda t: (v.count(t), -v.index(t))) for lab, v in votes.items() if v}
+
+
+def stored_ids(clf) -> dict[int, list[int]]:
+    """The label ids items are stored under, by the label they resolve to: a label's
+    members include those of the labels merged into it. (Reading the root's own id
+    alone, a label made by merges showed its one or two texts in every theme round, and
+    the same question got the same wrong theme twice: NLU++ `withdraw`, 28 texts,
+    under general.)"""
+    out: dict[int, list[int]] = {}
+    for label_id in sorted(clf.store.members.label_counts()):
+        out.setdefault(clf.space.resolve(label_id), []).append(label_id)
+    return out
 
 
 def _settled(votes: list[str], need: int, asked: int) -> bool:
@@ -444,12 +459,11 @@ def _ask_name(clf, tree: Tree, parent: Parent, labeler, counts: dict[int, int]) 
     space = clf.space
     labels = _labels_under(tree, parent)
     shown = sorted(labels, key=lambda i: (-counts.get(i, 0), i))[:8]
-    children = []
+    stored, children = stored_ids(clf), []
     for lab in shown:
         centroid = space.centroids([lab])[0]
-        children.append(
-            (space.names[lab], clf.store.members.typical_label_texts(lab, centroid, EXAMPLES))
-        )
+        texts = clf.store.members.typical_label_texts(stored.get(lab, [lab]), centroid, EXAMPLES)
+        children.append((space.names[lab], texts))
     fallback = space.names[shown[0]] + "_group"
     try:
         from canonlabel.llm.llamacpp import label_grammar

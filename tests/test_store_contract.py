@@ -437,7 +437,7 @@ def test_members_are_read_by_label_and_raw_label(store):
         "Card still late"
     ]
     assert store.members.typical_texts(["nope"], _vec(2), 1) == []
-    assert store.members.typical_label_texts(a, _vec(1), 2) == ["Card late", "Card still late"]
+    assert store.members.typical_label_texts([a], _vec(1), 2) == ["Card late", "Card still late"]
     assert store.members.label_texts([a, b], 2) == ["Card late", "Card still late"]
     assert [i.id for i in store.members.newest([a], 2)] == [hit, two]
     assert [(m.id, m.label_id, m.raw_label) for m in store.members.cached([a])] == [
@@ -465,6 +465,9 @@ def test_corrections_and_rechecks(store):
     assert store.corrections.all() == {one: moved[0], two: moved[1]}
     assert store.corrections.counts() == {b: 1}  # the kept one is not counted
     assert store.items.label_ids([one, two, hit]) == {one: b, two: a, hit: b}  # the hit follows
+    # a moved item is no example of its new label (the LLM misread it once); a kept one is
+    assert store.members.typical_label_texts([b], _vec(1), 5) == ["Refund?"]
+    assert store.members.typical_label_texts([a, b], _vec(2), 5) == ["Card still late", "Refund?"]
     entry = store.log.last_undoable()
     assert entry.kind == "consensus" and entry.details()["moved"][0] == [one, a, b, 0.8]
     with store.write(label_space=True) as c:  # back to the LLM's answer, unlogged

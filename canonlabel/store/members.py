@@ -74,12 +74,18 @@ class Members(Repository):
             list(raw_labels),
         ), centroid, limit)  # fmt: skip
 
-    def typical_label_texts(self, label_id: int, centroid: np.ndarray, limit: int) -> list[str]:
-        """The LLM-labelled texts of a label (its id as stored) nearest ``centroid``."""
+    def typical_label_texts(
+        self, label_ids: Sequence[int], centroid: np.ndarray, limit: int
+    ) -> list[str]:
+        """The LLM-labelled texts stored under these label ids (a label and those merged
+        into it) nearest ``centroid``, but for those the consensus moved there: the LLM
+        misread them once, and shown to it again as the label's examples they invite the
+        same misreading."""
         return _nearest(self._query(
             "SELECT text, vector FROM items WHERE source = 'llm' AND vector IS NOT NULL "
-            "AND label_id = ?",
-            (label_id,),
+            f"AND label_id IN ({marks(len(label_ids))}) "
+            "AND id NOT IN (SELECT item_id FROM corrections WHERE kept = 0)",
+            list(label_ids),
         ), centroid, limit)  # fmt: skip
 
     def label_texts(self, label_ids: Sequence[int], limit: int) -> list[str]:
