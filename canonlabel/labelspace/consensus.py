@@ -13,11 +13,7 @@ confident learning (Northcutt et al., 2021; what ``cleanlab``'s ``find_label_iss
 does with ``filter_by="both"``): per label ``c`` the threshold ``t_c`` is the mean
 ``p(c)`` of the items answered ``c``; an answer is contested when ``p`` does not reach
 its own label's threshold but reaches that of another label ``c*``, with ``p(c*)`` at
-least ``CONTESTED_SUPPORT`` and ``p(answer)`` at most ``CONTESTED_OWN``. An answer the
-evidence all but rules out (``p(answer)`` at most ``RULED_OUT``) is contested by the
-likeliest other label from ``RULED_OUT_SUPPORT``, whatever that label's threshold: a
-label whose answers sit deep inside it has a threshold that an item between two labels
-reaches for neither.
+least ``CONTESTED_SUPPORT`` and ``p(answer)`` at most ``CONTESTED_OWN``.
 
 A contested item is asked about once more, as a closed choice between its answer's label
 and ``c*`` (:func:`recheck_requests`), and moves to ``c*`` only if the LLM then chooses
@@ -52,10 +48,6 @@ MIN_SIMILARITY = 0.5  # neighbours below this say nothing about the item
 TEMPERATURE = 0.03  # of the centroid head's softmax over cosine similarities
 CONTESTED_SUPPORT = 0.5  # p(c*) from which an answer is contested: the LLM is asked again
 CONTESTED_OWN = 0.15  # ... when p(answer) is at most this
-# An answer the evidence all but rules out (p at most RULED_OUT) is contested by the
-# likeliest other label from RULED_OUT_SUPPORT, whatever that label's own threshold
-RULED_OUT = 0.02
-RULED_OUT_SUPPORT = 0.3
 STRAY = 2  # a label of at most this many answers is stray when they sit near another
 STRAY_SUPPORT = 0.3  # p(c*) from which a stray label's answer is contested
 # A stray answer moves without a second question only for an LLM whose second answers
@@ -138,10 +130,8 @@ def label_issues(ev: Evidence) -> tuple[np.ndarray, np.ndarray]:
     """(issue mask, consensus column) by confident learning: an item is an issue when
     another label ``c*`` reaches its threshold while the answer does not reach its own
     (or holds only this item), and ``p`` gives ``c*`` at least ``CONTESTED_SUPPORT`` and
-    the answer at most ``CONTESTED_OWN``; or when ``p`` gives the answer at most
-    ``RULED_OUT`` and another label (of two answers or more) ``RULED_OUT_SUPPORT``. An
-    answer whose label holds at most ``STRAY`` answers is an issue as soon as a larger
-    label has ``STRAY_SUPPORT``."""
+    the answer at most ``CONTESTED_OWN``. An answer whose label holds at most ``STRAY``
+    answers is an issue as soon as a larger label has ``STRAY_SUPPORT``."""
     n, n_labels = ev.p.shape
     if n == 0 or n_labels < 2:
         return np.zeros(n, dtype=bool), ev.answer.copy()
@@ -161,12 +151,6 @@ def label_issues(ev: Evidence) -> tuple[np.ndarray, np.ndarray]:
         & (ev.p[rows, best] >= CONTESTED_SUPPORT)
         & (own <= CONTESTED_OWN)
     )
-    other = np.where((counts >= 2)[None, :], ev.p, -1.0)
-    other[rows, ev.answer] = -1.0
-    likeliest = other.argmax(axis=1)
-    ruled_out = ~issue & (own <= RULED_OUT) & (other[rows, likeliest] >= RULED_OUT_SUPPORT)
-    best = np.where(ruled_out, likeliest, best)
-    issue |= ruled_out
     # "no labels made of stray answers": the few answers of a tiny label are contested
     # by the most probable label that is not tiny, at a lower support
     big = np.where((counts > STRAY)[None, :], ev.p, -1.0)
