@@ -435,9 +435,10 @@ def _name_new(clf, tree: Tree, labeler, counts: dict[int, int]) -> None:
     """One LLM call per parent still without a name (level 1 first); names are unique
     in the tree (a later parent with a taken name gets a suffix)."""
     used: set[str] = set()
+    stored = stored_ids(clf)  # read once: one query, not one a parent
     for pid in sorted(tree.parents, key=lambda i: (tree.parents[i].level, i)):
         parent = tree.parents[pid]
-        name = parent.name or _ask_name(clf, tree, parent, labeler, counts)
+        name = parent.name or _ask_name(clf, tree, parent, labeler, counts, stored)
         base, n = name, 2
         while name in used:
             name, n = f"{base}_{n}", n + 1
@@ -455,11 +456,13 @@ def naming_prompt(children: Sequence[tuple[str, Sequence[str]]]) -> str:
     return "\n".join(lines)
 
 
-def _ask_name(clf, tree: Tree, parent: Parent, labeler, counts: dict[int, int]) -> str:
+def _ask_name(
+    clf, tree: Tree, parent: Parent, labeler, counts: dict[int, int], stored: dict[int, list[int]]
+) -> str:
     space = clf.space
     labels = _labels_under(tree, parent)
     shown = sorted(labels, key=lambda i: (-counts.get(i, 0), i))[:8]
-    stored, children = stored_ids(clf), []
+    children = []
     for lab in shown:
         centroid = space.centroids([lab])[0]
         texts = clf.store.members.typical_label_texts(stored.get(lab, [lab]), centroid, EXAMPLES)
