@@ -432,3 +432,19 @@ def test_a_second_consolidation_of_a_finished_job_changes_nothing(tmp_path, seed
     assert (again["consensus"]["moved"], again["consensus"]["restored"]) == (0, 0)
     assert again["consensus"]["emptied_merged"] == 0
     assert final_labels(clf) == before
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_consolidation_asks_what_its_own_answers_make_due(tmp_path, seed):
+    """A consolidation goes on while its answers leave questions due (a join meets new
+    borderline neighbours; a "same" the evidence contradicts needs a second answer): the
+    next consolidation, with no new text and the same budget, changes no label."""
+    gold = corpus(n_per_intent=25, seed=seed)
+    llm = SimulatedLLM(gold, inconsistency=0.7, error_rate=0.25, seed=seed)
+    clf = build(tmp_path, "due", sorted(gold), gold, labeler=llm)
+    first = clf.consolidate()
+    before = final_labels(clf)
+    again = clf.consolidate()
+    changes = ("moved_raw_labels", "merged_labels", "renamed_labels", "new_labels")
+    assert {k: again[k] for k in changes} == dict.fromkeys(changes, 0), (first, again)
+    assert final_labels(clf) == before
