@@ -448,3 +448,17 @@ def test_a_consolidation_asks_what_its_own_answers_make_due(tmp_path, seed):
     changes = ("moved_raw_labels", "merged_labels", "renamed_labels", "new_labels")
     assert {k: again[k] for k in changes} == dict.fromkeys(changes, 0), (first, again)
     assert final_labels(clf) == before
+
+
+def test_one_undo_reverts_every_pass_of_a_consolidation(tmp_path):
+    """A consolidation that took several passes is one change: one undo restores the
+    labels it found."""
+    gold = corpus(n_per_intent=25, seed=0)
+    llm = SimulatedLLM(gold, inconsistency=0.7, error_rate=0.25, seed=0)
+    clf = build(tmp_path, "undo", sorted(gold), gold, labeler=llm)
+    before = final_labels(clf)
+    report = clf.consolidate()
+    assert report["passes"] > 1 and final_labels(clf) != before
+    undone = clf.undo()
+    assert undone["consolidation"] and len(undone["entries"]) > 1
+    assert final_labels(clf) == before

@@ -375,6 +375,25 @@ def test_the_merge_log_lists_undoes_and_counts(store):
     assert store.log.last_undoable() is None
 
 
+def test_the_passes_of_one_consolidation_are_grouped_with_their_emptied_merges(store):
+    a, b = _seed(store)
+    before = store.log.last_id()
+    with store.write(label_space=True) as c:
+        store.log.add(c, "merge", from_label=a, into_label=b, detail={"pinned_before": 0})
+        first = store.log.add(c, "consolidate", detail={"moves": []})
+        store.log.add(c, "consensus", detail={"moved": [], "restored": []})
+    assert store.log.last_id() > before
+    with store.write(label_space=True) as c:
+        store.labels.merge_emptied(c, [(a, b, 0.7)])
+        assert store.log.group(c, before) == [first, first + 1]  # the merge is a person's
+    last = store.log.last_undoable()
+    assert (last.kind, last.details()) == ("consensus", {"moved": [], "restored": [], "run": first})
+    (emptied, label), *rest = store.log.emptied_after(last.id)
+    assert label == a and rest == [] and store.log.emptied_after(emptied) == []
+    with store.write(label_space=True) as c:
+        assert store.log.group(c, first) == [first + 1]  # one entry: nothing to group
+
+
 def test_items_are_read_counted_and_relabelled(store):
     a, b = _seed(store)
     one, two, three, hit, exact = _items(store, a, b)

@@ -401,16 +401,28 @@ def _merge_emptied(space, touched: set[int], join: float) -> int:
 
 
 def revert(space, entry: int, detail: dict) -> dict:
-    """Undo consensus entry ``entry``: the items it moved go back to the LLM's answer and
-    keep it from now on (a person decided); the items it moved back are moved again."""
+    """Undo consensus entry ``entry``: the labels its moves emptied and merged away come
+    back, the items it moved go back to the LLM's answer and keep it from now on (a
+    person decided), and the items it moved back are moved again."""
     from dataclasses import replace
 
+    store = space.store
     moved = [Correction(*row) for row in detail["moved"]]
     restored = [Correction(*row) for row in detail["restored"]]
+    emptied = store.log.emptied_after(entry)  # the labels its moves left empty, merged away
     with space.rewrite() as c:
-        space.store.corrections.write(
+        for merge, label in emptied:
+            store.labels.merge(c, label, None)
+            store.log.mark_undone(c, merge)
+        store.corrections.write(
             c, [replace(m, kept=True) for m in moved] + restored, moved, log=False
         )
-        space.store.log.mark_undone(c, entry)
+        store.log.mark_undone(c, entry)
     space.reload()
-    return {"kind": "undo", "consensus": entry, "kept": len(moved), "moved": len(restored)}
+    return {
+        "kind": "undo",
+        "consensus": entry,
+        "kept": len(moved),
+        "moved": len(restored),
+        "unmerged": len(emptied),
+    }

@@ -58,11 +58,24 @@ def merge(space: LabelSpace, source: int, into: int, *, pin: bool = True) -> dic
 
 def undo(space: LabelSpace) -> dict:
     """Revert the most recent merge, consolidation or consensus correction that is not
-    undone yet (undoing a correction keeps those items' LLM answers from then on)."""
+    undone yet (undoing a correction keeps those items' LLM answers from then on). A
+    consolidation of several passes is reverted whole, newest pass first."""
     store = _store(space)
     row = store.log.last_undoable()
     if row is None:
         raise CurationError("nothing to undo: no merge or consolidation is left")
+    run = row.details().get("run")
+    result = _undo_entry(space, row)
+    if run is None:
+        return result
+    reverted = [result]
+    while (row := store.log.last_undoable()) is not None and row.details().get("run") == run:
+        reverted.append(_undo_entry(space, row))
+    return {"kind": "undo", "consolidation": run, "entries": reverted}
+
+
+def _undo_entry(space: LabelSpace, row) -> dict:
+    store = _store(space)
     entry, source, into = row.id, row.from_label, row.into_label
     if row.kind == "consensus":
         from canonlabel.labelspace.consensus import revert as revert_consensus

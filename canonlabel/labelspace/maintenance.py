@@ -91,6 +91,7 @@ class Consolidation:
         then 71, 62 and 51 labels)."""
         host = self.host
         known = len(host.space.aliases)
+        first = host.store.log.last_id()
         report = last = self._pass(dry_run, budget)
         passes = 1
         while not dry_run and passes < ANSWER_PASSES and _asked_and_changed(last):
@@ -102,6 +103,8 @@ class Consolidation:
             passes += 1
         report["passes"] = passes
         if not dry_run:
+            with host.store.write() as c:  # one undo reverts every pass
+                host.store.log.group(c, first)
             host.consolidated_at = known
             host.counters["consolidations"] += 1
             if host.router is not None:
@@ -335,13 +338,18 @@ _SUMMED = (
     "renamed_labels",
     "new_labels",
     "adjudication_calls",
+    "seconds",
 )
 
 
 def _added(report: dict, later: dict) -> dict:
     """One summary of two passes: the later pass's state, the changes and calls of both."""
-    out = later | {k: report.get(k, 0) + later.get(k, 0) for k in _SUMMED if k in later}
+    out = later | {k: report.get(k, 0) + later[k] for k in _SUMMED if k in later}
+    if "seconds" in out:
+        out["seconds"] = round(out["seconds"], 3)
     out["labels_before"] = report.get("labels_before", later.get("labels_before"))
+    if "entry" in report and "entry" not in later:
+        out["entry"] = report["entry"]  # what the consolidation wrote, for undo
     if "consensus" in report and "consensus" in later:
         first, second = report["consensus"], later["consensus"]
         out["consensus"] = second | {

@@ -74,6 +74,28 @@ class MergeLog(Repository):
     def mark_undone(c: Tx, entry: int) -> None:
         c.execute("UPDATE merges SET undone = 1 WHERE id = ?", (entry,))
 
+    def last_id(self) -> int:
+        """The newest entry's id (0 for an empty log)."""
+        rows = self._query("SELECT max(id) FROM merges")
+        return int(rows[0][0] or 0) if rows else 0
+
+    def group(self, c: Tx, after: int) -> list[int]:
+        """Mark the consolidation and consensus entries after entry ``after`` as one
+        change (``run`` in their detail: the first one's id), so one undo reverts them all;
+        returns their ids."""
+        rows = c.execute(
+            "SELECT id, detail FROM merges "
+            "WHERE id > ? AND kind IN ('consolidate', 'consensus') ORDER BY id",
+            (after,),
+        ).fetchall()
+        if len(rows) < 2:
+            return [int(r[0]) for r in rows]
+        run = int(rows[0][0])
+        for entry, detail in rows:
+            marked = json.loads(detail or "{}") | {"run": run}
+            c.execute("UPDATE merges SET detail = ? WHERE id = ?", (json.dumps(marked), entry))
+        return [int(r[0]) for r in rows]
+
     def last_undoable(self) -> LogEntry | None:
         """The newest merge, consolidation or consensus entry not undone yet."""
         rows = self._query(
@@ -87,6 +109,17 @@ class MergeLog(Repository):
         """Labels the consensus left without items and merged away (kind ``emptied``)."""
         rows = self._query("SELECT from_label FROM merges WHERE kind = 'emptied' AND undone = 0")
         return {int(r[0]) for r in rows}
+
+    def emptied_after(self, entry: int) -> list[tuple[int, int]]:
+        """(entry id, label) of the ``emptied`` merges after entry ``entry`` not undone,
+        newest first: those a consensus entry's corrections caused, when it is the newest
+        entry left to undo."""
+        rows = self._query(
+            "SELECT id, from_label FROM merges WHERE kind = 'emptied' AND undone = 0 "
+            "AND id > ? ORDER BY id DESC",
+            (entry,),
+        )
+        return [(int(i), int(label)) for i, label in rows]
 
     def history(self, label_ids: Sequence[int]) -> list[HistoryEntry]:
         """Entries from or into these label ids, oldest first."""
