@@ -204,18 +204,23 @@ def theme_grammar(n: int) -> str:
 
 
 def propose_themes(
-    clf, leaves: list[int], labeler, counts: dict[int, int] | None = None
+    clf,
+    leaves: list[int],
+    labeler,
+    counts: dict[int, int] | None = None,
+    stored: dict[int, list[int]] | None = None,
 ) -> dict[int, str]:
     """The LLM's theme for each label, by consensus: every label is asked about with
     other typical texts each round until one theme has two votes (three for a label
     holding at least ``BIG_LEAF`` of the items, since its wrong theme moves that many;
     up to ``ROUNDS`` rounds); else the most voted, earliest first. ``PROPOSALS_PER_CALL``
-    labels a call; a label without any valid answer has no theme."""
+    labels a call; a label without any valid answer has no theme. ``stored``: the ids
+    each label's items are stored under (:func:`stored_ids`; read when not given)."""
     counts = counts or {}
     total = sum(counts.values()) or 1
     need = {lab: 3 if counts.get(lab, 0) >= BIG_LEAF * total else 2 for lab in leaves}
     centroids = clf.space.centroids(leaves)
-    stored = stored_ids(clf)
+    stored = stored_ids(clf)[1] if stored is None else stored
     texts = {  # every round's examples, read once a label
         lab: clf.store.members.typical_label_texts(
             stored.get(lab, [lab]), centroid, THEME_EXAMPLES * ROUNDS
@@ -232,16 +237,19 @@ def propose_themes(
     return {lab: max(v, key=lambda t: (v.count(t), -v.index(t))) for lab, v in votes.items() if v}
 
 
-def stored_ids(clf) -> dict[int, list[int]]:
-    """The label ids items are stored under, by the label they resolve to: a label's
-    members include those of the labels merged into it. (Reading the root's own id
-    alone, a label made by merges showed its one or two texts in every theme round, and
-    the same question got the same wrong theme twice: NLU++ `withdraw`, 28 texts,
-    under general.)"""
-    out: dict[int, list[int]] = {}
-    for label_id in sorted(clf.store.members.label_counts()):
-        out.setdefault(clf.space.resolve(label_id), []).append(label_id)
-    return out
+def stored_ids(clf) -> tuple[dict[int, int], dict[int, list[int]]]:
+    """(items per label, the label ids its items are stored under), by the label the
+    ids resolve to: a label's members include those of the labels merged into it.
+    (Reading the root's own id alone, a label made by merges showed its one or two texts
+    in every theme round, and the same question got the same wrong theme twice: NLU++
+    `withdraw`, 28 texts, under general.)"""
+    counts: dict[int, int] = {}
+    ids: dict[int, list[int]] = {}
+    for label_id, n in sorted(clf.store.members.label_counts().items()):
+        root = clf.space.resolve(label_id)
+        counts[root] = counts.get(root, 0) + n
+        ids.setdefault(root, []).append(label_id)
+    return counts, ids
 
 
 def _settled(votes: list[str], need: int, asked: int) -> bool:
@@ -317,17 +325,14 @@ def fit(clf, *, top: int = 12, levels: int = 1, labeler=None) -> Tree:
     """Group ``clf``'s labels into ``levels`` levels of parents (``top`` at the top),
     name new parents with ``labeler`` (``clf.labeler`` by default) and store the tree."""
     start = time.perf_counter()
-    space, store = clf.space, clf.store
-    counts: dict[int, int] = {}
-    for label_id, n in store.members.label_counts().items():
-        root = space.resolve(label_id)
-        counts[root] = counts.get(root, 0) + n
+    space = clf.space
+    counts, stored = stored_ids(clf)
     leaves = sorted(counts)
     if not leaves:
         return Tree()
     labeler = _Counting(labeler or clf.labeler)
     clf.store.set_meta({FIT_KEY: {"top": top, "levels": levels}})
-    themes = propose_themes(clf, leaves, labeler, counts)
+    themes = propose_themes(clf, leaves, labeler, counts, stored)
     X, w = features(space, leaves), np.array([counts[i] for i in leaves], dtype=np.float64)
     members: list[list[int]] = [[i] for i in leaves]  # labels under each node of a level
     nodes: list[tuple[int, list[int]]] = []  # (level, child indices) per parent to make
@@ -339,7 +344,7 @@ def fit(clf, *, top: int = 12, levels: int = 1, labeler=None) -> Tree:
         members = [[lab for c in kids for lab in members[c]] for kids in level_nodes]
         X = _pool(X, w, level_nodes)
         w = np.array([w[kids].sum() for kids in level_nodes])
-    tree = _persist(clf, leaves, nodes, counts, labeler, themes)
+    tree = _persist(clf, leaves, nodes, counts, labeler, themes, stored)
     tree.seconds, tree.calls = round(time.perf_counter() - start, 3), labeler.calls
     return tree
 
@@ -385,7 +390,7 @@ def _pool(X: np.ndarray, w: np.ndarray, groups: list[list[int]]) -> np.ndarray:
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
 
-def _persist(clf, leaves, nodes, counts: dict[int, int], labeler, themes=None) -> Tree:
+def _persist(clf, leaves, nodes, counts: dict[int, int], labeler, themes, stored) -> Tree:
     """Parents with ids: a parent whose set of labels is unchanged keeps its id and name;
     the others get new ids and are named by the LLM. Replaces the stored tree."""
     old = load(clf.store)
@@ -412,7 +417,7 @@ def _persist(clf, leaves, nodes, counts: dict[int, int], labeler, themes=None) -
             if level == 1:
                 tree.label_parent.update((c, pid) for c in children)
         ids_by_level[level], below[level] = ids, under
-    _name_new(clf, tree, labeler, counts)
+    _name_new(clf, tree, labeler, counts, stored)
     save(clf.store, tree)
     return tree
 
@@ -431,11 +436,12 @@ def _labels_under(tree: Tree, parent: Parent) -> list[int]:
     return [lab for c in parent.children for lab in _labels_under(tree, tree.parents[c])]
 
 
-def _name_new(clf, tree: Tree, labeler, counts: dict[int, int]) -> None:
+def _name_new(
+    clf, tree: Tree, labeler, counts: dict[int, int], stored: dict[int, list[int]]
+) -> None:
     """One LLM call per parent still without a name (level 1 first); names are unique
     in the tree (a later parent with a taken name gets a suffix)."""
     used: set[str] = set()
-    stored = stored_ids(clf)  # read once: one query, not one a parent
     for pid in sorted(tree.parents, key=lambda i: (tree.parents[i].level, i)):
         parent = tree.parents[pid]
         name = parent.name or _ask_name(clf, tree, parent, labeler, counts, stored)
