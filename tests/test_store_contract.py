@@ -336,26 +336,6 @@ def test_emptied_labels_are_merged_and_logged(store):
     assert [(e.kind, e.from_label, e.into_label, e.similarity) for e in store.log.history([a])] == [
         ("emptied", a, b, pytest.approx(0.7))
     ]
-    (entry,) = store.log.emptied().values()
-    assert store.log.emptied() == {a: entry}
-    with store.write(label_space=True) as c:  # a refold lets it stand
-        store.log.mark_undone(c, entry)
-    assert store.log.emptied() == {}
-    with store.write(label_space=True) as c:  # and its undo folds it again
-        store.log.mark_undone(c, entry, undone=False)
-    assert store.log.emptied() == {a: entry}
-
-
-def test_the_uses_of_raw_labels_are_read_with_the_items_they_reused(store):
-    a, b = _seed(store)
-    ids = _items(store, a, b)
-    uses = store.items.of_raw_labels(["card_arrival", "refund", "card_arrival"])
-    assert [(u.id, u.label_id, u.matched_item) for u in uses] == [
-        (ids[0], a, None),
-        (ids[2], b, None),
-        (ids[3], a, ids[0]),
-    ]
-    assert store.items.of_raw_labels([]) == []
 
 
 def test_aliases_move_and_keep_their_vectors(store):

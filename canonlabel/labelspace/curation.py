@@ -85,11 +85,6 @@ def _undo_entry(space: LabelSpace, row) -> dict:
         from canonlabel.labelspace.consolidate import revert
 
         return revert(space, entry, row.details())
-    if row.kind == "refold":
-        from canonlabel.labelspace import refold
-
-        assert source is not None  # a refold names the folded label
-        return refold.revert(space, entry, source, row.details())
     assert source is not None  # a merge names the label it merged
     pinned_before = row.details().get("pinned_before", True)
     with space.rewrite() as c:

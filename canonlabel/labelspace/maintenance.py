@@ -19,7 +19,7 @@ import numpy as np
 
 from canonlabel.config import Settings
 from canonlabel.errors import BackendError, StaleLabelSpaceError
-from canonlabel.labelspace import consensus, refold
+from canonlabel.labelspace import consensus
 from canonlabel.labelspace.adjudicate import CONFIRM_ABOVE
 from canonlabel.labelspace.consolidate import borderline, consolidate
 from canonlabel.labelspace.evidence import gather
@@ -141,13 +141,11 @@ class Consolidation:
     def _settle(self, grouping: Grouping, consensus: dict, dry_run: bool) -> int:
         """Regroup and rerun the consensus, asking nothing, while the consensus folds
         labels away (empties and merges them; their raw labels then name the label they
-        were merged into and leave the regrouping) or decides folded ones again (see
-        :mod:`canonlabel.labelspace.refold`: the same evidence decides each pass the same
-        way). It ends where a pass changes nothing, so the next consolidation with no new
-        answers finds nothing to do, or after ``SETTLE_PASSES``. Returns the passes it
-        took (1: none after the first)."""
+        were merged into and leave the regrouping). Folding only grows, so this ends, and
+        it ends where a pass changes nothing: the next consolidation with no new answers
+        finds nothing to do. Returns the passes it took (1: none after the first)."""
         passes = 1
-        while not dry_run and _folded(consensus) and passes < SETTLE_PASSES:
+        while not dry_run and consensus["emptied_merged"] and passes < SETTLE_PASSES:
             self._consolidate_raw_labels(grouping, dry_run, 0)
             consensus = self._consensus(dry_run, ask=False)
             passes += 1
@@ -179,9 +177,6 @@ class Consolidation:
         host.ensure_labels(stored.tolist())
         current = store.corrections.all()
         answers = self._answer_labels(ids.tolist(), stored.tolist(), current)
-        refolded = 0 if dry_run else self._refold(ids, vectors, answers, set(current))
-        if refolded:
-            answers = self._answer_labels(ids.tolist(), stored.tolist(), current)
         resolve = host.space.resolve
         rechecks = store.corrections.rechecks()
         overturned, _ = wilson_interval(sum(r.chose for r in rechecks.values()), len(ids))
@@ -203,30 +198,12 @@ class Consolidation:
             host.counters["consensus_moved"] += len(moved)
         return {
             "emptied_merged": merged,
-            "refolded": refolded,
             "contested": len(found),
             "rechecked": len(asked),
             "moved": len(moved),
             "restored": len(restored),
             "contested_share": round(contested, 4),
         }
-
-    def _refold(self, ids, vectors, answers: np.ndarray, corrected: set[int]) -> int:
-        """Decide the folded labels again by their answers so far (see
-        :mod:`canonlabel.labelspace.refold`); returns how many changed."""
-        space, store = self.host.space, self.host.store
-        folded = {label for label in store.log.emptied() if label in space.parent}
-        if not folded:
-            return 0
-        raw_of = store.items.raw_labels(ids.tolist())
-        fold_of = {}
-        for item in ids.tolist():
-            label = space.aliases.get(raw_of.get(item) or "")
-            if (x := refold.fold_root(space.parent, label, folded)) is not None:
-                fold_of[item] = x
-        target = {x: space.resolve(x) for x in set(fold_of.values())}
-        found = refold.refolds(ids, vectors, answers, fold_of, target)
-        return refold.apply(space, found, corrected) if found else 0
 
     def _answer_labels(self, ids: list[int], stored: list[int], current: dict) -> np.ndarray:
         """The label of each item's LLM answer: where it is stored, or, for an item the
@@ -346,11 +323,6 @@ class Consolidation:
         return min(self.host.settings.adjudication_batch, getattr(labeler, "max_pairs", 50))
 
 
-def _folded(consensus: dict) -> bool:
-    """Whether a consensus pass folded labels away or decided folded ones again."""
-    return bool(consensus["emptied_merged"] or consensus.get("refolded"))
-
-
 def _asked_and_changed(report: dict) -> bool:
     """Whether a pass asked the LLM something and changed the labels or the items' places
     (so the next pass may find new questions)."""
@@ -381,7 +353,6 @@ def _added(report: dict, later: dict) -> dict:
     if "consensus" in report and "consensus" in later:
         first, second = report["consensus"], later["consensus"]
         out["consensus"] = second | {
-            k: first[k] + second[k]
-            for k in ("rechecked", "moved", "restored", "emptied_merged", "refolded")
+            k: first[k] + second[k] for k in ("rechecked", "moved", "restored", "emptied_merged")
         }
     return out

@@ -14,14 +14,6 @@ from canonlabel.store.sql import Connection, Repository, Tx, chunks, from_blobs,
 from canonlabel.types import Source
 
 
-class RawLabelUse(NamedTuple):
-    """An item labelled with a raw label: where it is stored, and the item it reused."""
-
-    id: int
-    label_id: int
-    matched_item: int | None
-
-
 @dataclass(frozen=True)
 class StoredItem:
     id: int
@@ -183,18 +175,6 @@ class Items(Repository):
             found.update(self._query(
                 f"SELECT id, label_id FROM items WHERE id IN ({marks(len(chunk))})", chunk
             ))  # fmt: skip
-        return found
-
-    def of_raw_labels(self, raw_labels: Sequence[str]) -> list[RawLabelUse]:
-        """Every item labelled with one of these raw labels (LLM answers, router answers
-        and the cache hits that reused them), by id."""
-        found: list[RawLabelUse] = []
-        for chunk in chunks(list(dict.fromkeys(raw_labels))):
-            found += [RawLabelUse(*r) for r in self._query(
-                f"SELECT id, label_id, matched_item FROM items "
-                f"WHERE raw_label IN ({marks(len(chunk))}) ORDER BY id",
-                chunk,
-            )]  # fmt: skip
         return found
 
     def raw_labels(self, item_ids: Sequence[int]) -> dict[int, str | None]:

@@ -1,8 +1,7 @@
 """The merge log (``merges``): every change to the label space, and how to undo it.
 
 Kinds: ``alias`` (a raw label joined a label), ``merge``, ``rename``, ``split`` (curation),
-``consolidate``, ``consensus``, ``emptied`` and ``refold`` (a label the consensus emptied
-and merged away, merged elsewhere or standing again once its later answers say so). ``detail`` is JSON: what an undo needs.
+``consolidate``, ``consensus`` and ``emptied``. ``detail`` is JSON: what an undo needs.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ from typing import NamedTuple
 
 from canonlabel.store.sql import Repository, Tx, marks
 
-UNDOABLE = ("merge", "consolidate", "consensus", "refold")
+UNDOABLE = ("merge", "consolidate", "consensus")
 
 
 class LogEntry(NamedTuple):
@@ -72,8 +71,8 @@ class MergeLog(Repository):
         ).fetchone()[0])  # fmt: skip
 
     @staticmethod
-    def mark_undone(c: Tx, entry: int, undone: bool = True) -> None:
-        c.execute("UPDATE merges SET undone = ? WHERE id = ?", (int(undone), entry))
+    def mark_undone(c: Tx, entry: int) -> None:
+        c.execute("UPDATE merges SET undone = 1 WHERE id = ?", (entry,))
 
     def last_id(self) -> int:
         """The newest entry's id (0 for an empty log)."""
@@ -86,7 +85,7 @@ class MergeLog(Repository):
         returns their ids."""
         rows = c.execute(
             "SELECT id, detail FROM merges "
-            "WHERE id > ? AND kind IN ('consolidate', 'consensus', 'refold') ORDER BY id",
+            "WHERE id > ? AND kind IN ('consolidate', 'consensus') ORDER BY id",
             (after,),
         ).fetchall()
         if len(rows) < 2:
@@ -106,13 +105,10 @@ class MergeLog(Repository):
         )
         return LogEntry(*rows[0]) if rows else None
 
-    def emptied(self) -> dict[int, int]:
-        """Labels the consensus left without items and merged away (kind ``emptied``), with
-        the entry that merged each."""
-        rows = self._query(
-            "SELECT from_label, id FROM merges WHERE kind = 'emptied' AND undone = 0 ORDER BY id"
-        )
-        return {int(label): int(entry) for label, entry in rows}
+    def emptied(self) -> set[int]:
+        """Labels the consensus left without items and merged away (kind ``emptied``)."""
+        rows = self._query("SELECT from_label FROM merges WHERE kind = 'emptied' AND undone = 0")
+        return {int(r[0]) for r in rows}
 
     def emptied_after(self, entry: int) -> list[tuple[int, int]]:
         """(entry id, label) of the ``emptied`` merges after entry ``entry`` not undone,
