@@ -39,7 +39,7 @@ from canonlabel.canon import label_text
 from canonlabel.embed import make_embedder
 from canonlabel.evaluate import EvalData
 from canonlabel.llm import make_labeler
-from canonlabel.metrics import mean_pairwise_ari, stable_share
+from canonlabel.metrics import mean_pairwise_ari, pairwise_ari, stable_share
 from canonlabel.testing import SimulatedLLM
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -218,6 +218,14 @@ def evaluate(data: EvalData, labeler, settings, strategies, shuffles: int) -> di
                 "stable_share": stable_share(labelings) if shuffles > 1 else None,
                 "llm_calls": round(float(np.mean(calls)), 1),
                 "seconds": round(float(np.mean(seconds)), 1),
+                # per order (and per pair of orders), for paired comparisons of two
+                # benchmarks over the same orders: benchmarks/compare.py
+                "per_order": {
+                    "ari": [round(float(a), 4) for a in ari],
+                    "labels": [len(set(x)) for x in labelings],
+                    "llm_calls": [int(c) for c in calls],
+                    "order_pairs_ari": [round(a, 4) for a in pairwise_ari(labelings)],
+                },
             }
             | (
                 {

@@ -61,14 +61,19 @@ def hit_precision(matches: Sequence[tuple[int, int]], gold: Sequence[Hashable]) 
 
 def mean_pairwise_ari(runs: Sequence[Sequence[Hashable]]) -> float:
     """Order invariance: mean ARI between every pair of runs (aligned by item)."""
+    pairs = pairwise_ari(runs)
+    return round(float(np.mean(pairs)), 4) if pairs else 1.0
+
+
+def pairwise_ari(runs: Sequence[Sequence[Hashable]]) -> list[float]:
+    """ARI between runs ``a`` and ``b`` for every pair ``a < b``, in that order (so two
+    benchmarks over the same orders can be compared pair by pair)."""
     from sklearn.metrics import adjusted_rand_score
 
-    pairs = list(combinations(range(len(runs)), 2))
-    if not pairs:
-        return 1.0
-    return round(
-        float(np.mean([adjusted_rand_score(_codes(runs[a]), _codes(runs[b])) for a, b in pairs])), 4
-    )
+    return [
+        float(adjusted_rand_score(_codes(runs[a]), _codes(runs[b])))
+        for a, b in combinations(range(len(runs)), 2)
+    ]
 
 
 def stable_share(runs: Sequence[Sequence[Hashable]]) -> float:
