@@ -24,6 +24,7 @@ import json
 import shutil
 import sys
 import tempfile
+from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -31,7 +32,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.consistency import EvalData, load, nearest_intents
 from canonlabel import Classifier, Settings
 from canonlabel.metrics import mean_pairwise_ari
-from canonlabel.store import Correction
 
 
 def rederive(clf: Classifier, budget: int) -> dict:
@@ -44,15 +44,17 @@ def rederive(clf: Classifier, budget: int) -> dict:
         for entry, label in folds:
             store.labels.merge(c, label, None)
             store.log.mark_undone(c, entry)
-        back = [Correction(f.item_id, f.answer_label, f.label_id, f.support) for f in fixes]
-        store.corrections.write(c, [], back, log=False)
+        store.corrections.write(c, [], fixes, log=False)  # each back to its answer
     space.reload()
+    home: dict[int, list[int]] = defaultdict(list)  # label -> items to put under it
     rows = store.query("SELECT id, raw_label, label_id FROM items WHERE raw_label IS NOT NULL")
+    for item, raw, label in rows:
+        alias = space.aliases.get(raw)
+        if alias is not None and space.resolve(alias) != space.resolve(label):
+            home[space.resolve(alias)].append(item)
     with space.rewrite() as c:
-        for item, raw, label in rows:
-            alias = space.aliases.get(raw)
-            if alias is not None and space.resolve(alias) != space.resolve(label):
-                store.items.relabel(c, [item], space.resolve(alias))
+        for label, items in sorted(home.items()):
+            store.items.relabel(c, items, label)
     space.reload()
     return clf.consolidate(adjudication_budget=budget)
 
